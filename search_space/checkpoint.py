@@ -1,0 +1,86 @@
+"""Load and save supernet checkpoints in the official once-for-all format.
+
+The official files are ``torch.save({"state_dict": ...})`` with the parameter names of
+``OFAMobileNetV3``; ours are the same (plus optional metadata keys), so either side reads the other.
+Loading never downloads anything: a path is required for trained weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ofa_deploy.atomic import atomic_path
+from ofa_deploy.errors import CheckpointError
+
+from .space import DEFAULT_SPACE, SearchSpace, get_space, list_spaces
+from .supernet import OFAMobileNetV3
+
+log = logging.getLogger(__name__)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (state_dict, metadata) from a checkpoint file; accepts a bare state dict too."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean "not a checkpoint"
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})".splitlines()[0]) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        obj = obj["state_dict"]
+    else:
+        meta = {}
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p}: expected {{'state_dict': {{name: tensor}}}} (official once-for-all format)")
+    # Checkpoints saved from DataParallel/DDP prefix every name with "module.".
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    return state, meta
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise one clear line for the first missing, unexpected or mis-shaped parameter."""
+    expected = model.state_dict()
+    space = getattr(model, "space", None)
+    hint = f" (supernet space {space.name}; known spaces: {', '.join(list_spaces())})" if space else ""
+    for name, t in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{where}: parameter '{name}' is missing{hint}")
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise CheckpointError(
+                f"{where}: parameter '{name}' has shape {tuple(state[name].shape)}, expected {tuple(t.shape)}{hint}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise CheckpointError(f"{where}: unexpected parameter '{extra[0]}' ({len(extra)} in all){hint}")
+
+
+def load_supernet(checkpoint: str | os.PathLike[str] | None = None,
+                  space: str | SearchSpace = DEFAULT_SPACE) -> OFAMobileNetV3:
+    """Build the supernet of ``space`` and load ``checkpoint`` (official format) into it.
+
+    With ``checkpoint=None`` the weights are PyTorch's default random initialisation (seed torch
+    yourself for reproducibility); this is only useful for structure and speed work.
+    """
+    net = OFAMobileNetV3(get_space(space))
+    if checkpoint is None:
+        log.warning("no checkpoint given: the supernet has random weights")
+    else:
+        state, meta = read_state_dict(checkpoint)
+        if "space" in meta and meta["space"] != net.space.name:
+            raise CheckpointError(f"{checkpoint}: checkpoint is for space {meta['space']!r}, not {net.space.name!r}")
+        check_state_dict(net, state, str(checkpoint))
+        net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def save_supernet(net: OFAMobileNetV3, path: str | os.PathLike[str], **metadata: Any) -> None:
+    """Atomically save in the official format, with ``space`` and any metadata beside it."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": net.state_dict(), "space": net.space.name, **metadata}, tmp)

@@ -1,0 +1,43 @@
+"""Shared fixtures. Test tiers (tinygrad style), selected with markers:
+
+* no marker: pure Python / PyTorch / ONNX, fast, always run;
+* ``tvm``: compiles with TVM (minutes on 2 cores);
+* ``slow``: excluded from the default run (``-m slow`` to run them);
+* ``gpu``: needs a CUDA device; skipped where none is present.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = REPO.parent / "shared" / "reference" / "ofa_mbv3"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    """The official implementation's logits for 8 arch configs (see shared/reference)."""
+    meta_path = REFERENCE_DIR / "reference_outputs.json"
+    if not meta_path.is_file():
+        pytest.fail(f"reference data missing: {meta_path} (CI clones the repo with shared/ beside it)")
+    meta = json.loads(meta_path.read_text())
+    logits = np.load(REFERENCE_DIR / meta["logits_file"])
+    meta["checkpoint_path"] = str(REFERENCE_DIR / meta["checkpoint"])
+    meta["logits"] = [logits[f"config{i}"] for i in range(len(meta["records"]))]
+    return meta
+
+
+@pytest.fixture(scope="session")
+def reference_supernet(reference):
+    import ofa_deploy as od
+
+    return od.load_supernet(reference["checkpoint_path"])
+
+
+def reference_input(seed: int, image_size: int, batch: int = 2) -> np.ndarray:
+    """The input described in reference_outputs.json."""
+    return np.random.default_rng(seed).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
