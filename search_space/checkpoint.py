@@ -65,22 +65,25 @@ def load_supernet(checkpoint: str | os.PathLike[str] | None = None,
                   space: str | SearchSpace = DEFAULT_SPACE) -> OFAMobileNetV3:
     """Build the supernet of ``space`` and load ``checkpoint`` (official format) into it.
 
-    With ``checkpoint=None`` the weights are PyTorch's default random initialisation (seed torch
+    The number of classes is read from the checkpoint's classifier (1000 for ImageNet ones). With
+    ``checkpoint=None`` the weights are PyTorch's default random initialisation (seed torch
     yourself for reproducibility); this is only useful for structure and speed work.
     """
-    net = OFAMobileNetV3(get_space(space))
+    sp = get_space(space)
     if checkpoint is None:
         log.warning("no checkpoint given: the supernet has random weights")
-    else:
-        state, meta = read_state_dict(checkpoint)
-        if "space" in meta and meta["space"] != net.space.name:
-            raise CheckpointError(f"{checkpoint}: checkpoint is for space {meta['space']!r}, not {net.space.name!r}")
-        check_state_dict(net, state, str(checkpoint))
-        net.load_state_dict(state, strict=True)
+        return OFAMobileNetV3(sp).eval()
+    state, meta = read_state_dict(checkpoint)
+    if "space" in meta and meta["space"] != sp.name:
+        raise CheckpointError(f"{checkpoint}: checkpoint is for space {meta['space']!r}, not {sp.name!r}")
+    classifier = state.get("classifier.linear.weight")
+    net = OFAMobileNetV3(sp, n_classes=int(classifier.shape[0]) if classifier is not None else None)
+    check_state_dict(net, state, str(checkpoint))
+    net.load_state_dict(state, strict=True)
     return net.eval()
 
 
 def save_supernet(net: OFAMobileNetV3, path: str | os.PathLike[str], **metadata: Any) -> None:
     """Atomically save in the official format, with ``space`` and any metadata beside it."""
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "space": net.space.name, **metadata}, tmp)
+        torch.save({"state_dict": net.state_dict(), "space": net.space.name, "n_classes": net.n_classes, **metadata}, tmp)

@@ -145,9 +145,10 @@ def _block(space: SearchSpace, name: str, shape: Shape, cout: int, kernel: int, 
     return tuple(layers)
 
 
-def count_costs(cfg: SubnetConfig) -> NetworkCost:
-    """Per-layer and total costs of ``cfg`` at ``cfg.image_size``, batch 1."""
+def count_costs(cfg: SubnetConfig, n_classes: int | None = None) -> NetworkCost:
+    """Per-layer and total costs of ``cfg`` at ``cfg.image_size``, batch 1 (ImageNet head by default)."""
     sp = get_space(cfg.space)
+    n_classes = n_classes or sp.n_classes
     r = cfg.image_size
     layers = [_conv("first_conv", (3, r, r), sp.stem_channels, 3, 2)]
     shape = layers[-1].out_shape
@@ -164,7 +165,7 @@ def count_costs(cfg: SubnetConfig) -> NetworkCost:
     c, h, w = layers[-1].out_shape
     layers.append(LayerCost("global_pool", "pool", (c, h, w), (c, 1, 1), 0, 0, 0, c * h * w, c))
     layers.append(_conv("feature_mix_layer", (c, 1, 1), sp.last_channels, bn=False))
-    fc = sp.last_channels * sp.n_classes
-    layers.append(LayerCost("classifier", "linear", (sp.last_channels, 1, 1), (sp.n_classes, 1, 1), fc,
-                            fc + sp.n_classes, fc + sp.n_classes, sp.last_channels, sp.n_classes))
+    fc = sp.last_channels * n_classes
+    layers.append(LayerCost("classifier", "linear", (sp.last_channels, 1, 1), (n_classes, 1, 1), fc,
+                            fc + n_classes, fc + n_classes, sp.last_channels, n_classes))
     return NetworkCost(cfg, tuple(layers))

@@ -80,10 +80,11 @@ class ResidualBlock(nn.Module):
 class MobileNetV3(nn.Module):
     """A static OFA subnet: stem, first block, the active MBConv blocks, head."""
 
-    def __init__(self, cfg: SubnetConfig) -> None:
+    def __init__(self, cfg: SubnetConfig, n_classes: int | None = None) -> None:
         super().__init__()
         sp = cfg.search_space
         self.config = cfg
+        self.n_classes = n_classes or sp.n_classes
         self.first_conv, first_block = build_stem(sp)
         blocks = [first_block]
         for b in cfg.blocks():
@@ -92,7 +93,7 @@ class MobileNetV3(nn.Module):
             blocks.append(ResidualBlock(MBConv(b.in_channels, b.out_channels, b.kernel, b.stride, mid, b.act, se,
                                                sp.bn_eps)))
         self.blocks = nn.ModuleList(blocks)
-        self.final_expand_layer, self.feature_mix_layer, self.classifier = build_head(sp)
+        self.final_expand_layer, self.feature_mix_layer, self.classifier = build_head(sp, self.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first_conv(x)
@@ -109,13 +110,13 @@ def build_stem(sp: SearchSpace) -> tuple[nn.Sequential, ResidualBlock]:
     return first_conv, first_block
 
 
-def build_head(sp: SearchSpace) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+def build_head(sp: SearchSpace, n_classes: int) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
     """final 1x1 expand (BN, h-swish) -> [global pool] -> 1x1 feature mix (no BN) -> classifier."""
     final_expand = conv_bn_act(sp.stages[-1].out_channels, sp.final_expand_channels, 1, act="h_swish", eps=sp.bn_eps)
     feature_mix = conv_bn_act(sp.final_expand_channels, sp.last_channels, 1, act="h_swish", bn=False)
     classifier = nn.Sequential(OrderedDict([
         ("dropout", nn.Dropout(sp.dropout)),
-        ("linear", nn.Linear(sp.last_channels, sp.n_classes)),
+        ("linear", nn.Linear(sp.last_channels, n_classes)),
     ]))
     return final_expand, feature_mix, classifier
 

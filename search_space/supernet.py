@@ -180,9 +180,10 @@ class ElasticMBConv(nn.Module):
 class OFAMobileNetV3(nn.Module):
     """The OFA MobileNetV3 supernet of one :class:`SearchSpace`."""
 
-    def __init__(self, space: str | SearchSpace = DEFAULT_SPACE) -> None:
+    def __init__(self, space: str | SearchSpace = DEFAULT_SPACE, n_classes: int | None = None) -> None:
         super().__init__()
         self.space = get_space(space)
+        self.n_classes = n_classes or self.space.n_classes
         sp = self.space
         self.first_conv, first_block = build_stem(sp)
         blocks: list[nn.Module] = [first_block]
@@ -193,7 +194,7 @@ class OFAMobileNetV3(nn.Module):
                                                           spec.act, spec.use_se)))
                 cin = spec.out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.final_expand_layer, self.feature_mix_layer, self.classifier = build_head(sp)
+        self.final_expand_layer, self.feature_mix_layer, self.classifier = build_head(sp, self.n_classes)
         self.active = SubnetConfig.max(sp.name)
 
     def set_active_subnet(self, cfg: SubnetConfig) -> None:
@@ -221,7 +222,7 @@ class OFAMobileNetV3(nn.Module):
         if cfg is not None:
             self.set_active_subnet(cfg)
         cfg = self.active
-        net = MobileNetV3(cfg)
+        net = MobileNetV3(cfg, self.n_classes)
         state: dict[str, torch.Tensor] = {}
         for name, t in self.state_dict().items():
             if not name.startswith("blocks.") or name.startswith("blocks.0."):

@@ -85,3 +85,15 @@ def test_other_space_supernet_runs():
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(net.extract(cfg)(x), (net.set_active_subnet(cfg), net(x))[1])
+
+
+def test_class_count_comes_from_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    od.save_supernet(od.OFAMobileNetV3(n_classes=10), tmp_path / "ten.pth")
+    net = od.load_supernet(tmp_path / "ten.pth")
+    assert net.n_classes == 10
+    static = net.extract(SubnetConfig.min())
+    assert static(torch.zeros(1, 3, 128, 128)).shape == (1, 10)
+    from ofa_deploy.search_space.costs import count_costs
+
+    assert count_costs(SubnetConfig.min(), n_classes=10).params == sum(p.numel() for p in static.parameters())
