@@ -142,6 +142,17 @@ def export(subnet: str, checkpoint: str | None, random_weights: bool, output: st
     click.echo(f"{out}: {report.nodes} nodes, opset {report.opset}, ORT vs PyTorch max abs err {report.max_abs_err:.2e}")
 
 
+def _register() -> None:
+    """Commands that live in their own modules (one module per area)."""
+    from .cli_train import demo_data, train
+
+    for command in (train, demo_data):
+        cli.add_command(command)
+
+
+_register()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: map user errors to one line and exit code 2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

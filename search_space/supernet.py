@@ -157,6 +157,34 @@ class ElasticMBConv(nn.Module):
         y = self.point_linear(self.depth_conv(self.inverted_bottleneck(x)))
         return x + y if self.residual else y
 
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        """Reorder hidden channels by importance (L1 norm of their projection weights), largest first.
+
+        OFA does this before elastic-expand training so that the channel prefix a small expand
+        ratio keeps holds the most important channels. It permutes every tensor that touches the
+        hidden channels consistently, so the largest subnet computes exactly the same function.
+        """
+        importance = self.point_linear.conv.conv.weight.abs().sum(dim=(0, 2, 3))
+        order = torch.argsort(importance, descending=True)
+        ib, dw = self.inverted_bottleneck, self.depth_conv
+        ib.conv.conv.weight.copy_(ib.conv.conv.weight[order])
+        for bn in (ib.bn.bn, dw.bn.bn):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(bn, name).copy_(getattr(bn, name)[order])
+        dw.conv.conv.weight.copy_(dw.conv.conv.weight[order])
+        self.point_linear.conv.conv.weight.copy_(self.point_linear.conv.conv.weight[:, order])
+        if hasattr(dw, "se"):
+            fc = dw.se.fc
+            fc.reduce.weight.copy_(fc.reduce.weight[:, order])
+            fc.expand.weight.copy_(fc.expand.weight[order])
+            fc.expand.bias.copy_(fc.expand.bias[order])
+            # and the SE hidden units, by the L1 norm of their expand weights
+            se_order = torch.argsort(fc.expand.weight.abs().sum(dim=(0, 2, 3)), descending=True)
+            fc.reduce.weight.copy_(fc.reduce.weight[se_order])
+            fc.reduce.bias.copy_(fc.reduce.bias[se_order])
+            fc.expand.weight.copy_(fc.expand.weight[:, se_order])
+
     def active_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights of the active static block, keyed like :class:`static.MBConv`."""
         mid = self.inverted_bottleneck.conv.active_out
@@ -215,6 +243,11 @@ class OFAMobileNetV3(nn.Module):
         for i in self.active_block_indices():
             x = self.blocks[i](x)
         return forward_head(self, x)
+
+    def sort_channels(self) -> None:
+        """Importance-sort the hidden channels of every elastic block (before elastic expand)."""
+        for block in self.blocks[1:]:
+            block.conv.sort_channels()
 
     @torch.no_grad()
     def extract(self, cfg: SubnetConfig | None = None) -> MobileNetV3:

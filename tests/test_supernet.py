@@ -97,3 +97,17 @@ def test_class_count_comes_from_the_checkpoint(tmp_path):
     from ofa_deploy.search_space.costs import count_costs
 
     assert count_costs(SubnetConfig.min(), n_classes=10).params == sum(p.numel() for p in static.parameters())
+
+
+def test_channel_sorting_keeps_the_largest_network_and_orders_importance(reference):
+    net = od.load_supernet(reference["checkpoint_path"])
+    x = torch.from_numpy(reference_input(0, 160, batch=1))
+    cfg = SubnetConfig.max(image_size=160)
+    net.set_active_subnet(cfg)
+    with torch.no_grad():
+        before = net(x)
+        net.sort_channels()
+        after = net(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    importance = net.blocks[5].conv.point_linear.conv.conv.weight.abs().sum(dim=(0, 2, 3))
+    assert torch.all(importance[:-1] >= importance[1:])
