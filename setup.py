@@ -8,7 +8,9 @@ setup(
     description="Once-for-All MobileNetV3 subnet search with a TVM compiler in the loop",
     python_requires=">=3.10",
     # One namespace for users (ofa_deploy.*), top-level folders for us (see DEVELOPERS.md layout).
-    packages=["ofa_deploy", "ofa_deploy.search_space", "ofa_deploy.compile", "ofa_deploy.targets"],
+    packages=["ofa_deploy", "ofa_deploy.search", "ofa_deploy.search.latency", "ofa_deploy.train",
+              "ofa_deploy.search_space", "ofa_deploy.compile", "ofa_deploy.targets"],
+    package_data={"ofa_deploy": ["defaults/*"]},
     package_dir={
         "ofa_deploy": "ofa_deploy",
         "ofa_deploy.search_space": "search_space",

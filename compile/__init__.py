@@ -1,0 +1,25 @@
+"""ONNX -> TVM (Relax) -> deployable ``.so``: the only part of ofa-deploy that uses TVM.
+
+TVM itself is imported only in a worker subprocess (isolate.py), so importing this package is
+cheap and a TVM crash cannot take the caller down::
+
+    from ofa_deploy.compile import build_module, run_local, time_local, run_emulated_aarch64
+    from ofa_deploy.targets import get_target
+
+    info = build_module("net.onnx", get_target("cortex-a76"), "net_a76.so",
+                        input_name="input", input_shape=(1, 3, 224, 224))
+    y = run_emulated_aarch64(info.so_path, x)          # correctness on x86 via qemu
+"""
+
+from .aarch64_runtime import build_deploy_app_aarch64, fetch_aarch64_runtime
+from .backend import build_module, run_local, time_local, validate_target_specs
+from .binfmt import FatbinEntry, elf_machine, embedded_fatbins
+from .database import database_hash
+from .emulate import run_emulated_aarch64
+from .types import BuildInfo, LatencyMeasurement
+
+__all__ = [
+    "BuildInfo", "FatbinEntry", "LatencyMeasurement", "build_deploy_app_aarch64", "build_module",
+    "database_hash", "elf_machine", "embedded_fatbins", "fetch_aarch64_runtime", "run_emulated_aarch64",
+    "run_local", "time_local", "validate_target_specs",
+]

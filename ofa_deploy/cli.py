@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -124,17 +125,14 @@ def export(subnet: str, checkpoint: str | None, random_weights: bool, output: st
     Example:
       ofa-deploy export subnet.json --supernet ofa_mbv3_d234_e346_k357_w1.0.pth -o subnet.onnx
     """
-    import torch
-
     from .export import export_onnx
-    from .search_space import MobileNetV3, load_supernet
+    from .search_space import load_supernet, random_subnet
 
     cfg = _load_config(subnet, space)
     if checkpoint is None and not random_weights:
         raise OfaDeployError("export: --supernet CHECKPOINT is required (or --random-weights for latency work)")
     if checkpoint is None:
-        torch.manual_seed(0)
-        model = MobileNetV3(cfg).eval()
+        model = random_subnet(cfg, seed=0)
     else:
         model = load_supernet(checkpoint, cfg.space).extract(cfg)
     out = output or f"{cfg.id}.onnx"
@@ -144,20 +142,46 @@ def export(subnet: str, checkpoint: str | None, random_weights: bool, output: st
 
 def _register() -> None:
     """Commands that live in their own modules (one module per area)."""
+    from .cli_compile import compile_command, targets_command
+    from .cli_search import acc_dataset, acc_predictor, search
     from .cli_train import demo_data, train
 
-    for command in (train, demo_data):
+    for command in (search, compile_command, targets_command, train, demo_data, acc_dataset, acc_predictor):
         cli.add_command(command)
 
 
 _register()
 
 
+TVM_OPTION_WORD = re.compile(r"^-[a-z][a-z_]*=")  # -mcpu=cortex-a76, -arch=sm_87, -mattr=+neon
+
+
+def merge_target_words(args: list[str]) -> list[str]:
+    """Join ``--target llvm -mcpu=cortex-a76 -mattr=+neon`` into one ``--target`` value.
+
+    Users type classic TVM target strings unquoted; click would read ``-mcpu=...`` as options.
+    """
+    out: list[str] = []
+    skip_until = 0
+    for i, word in enumerate(args):
+        if i < skip_until:
+            continue
+        out.append(word)
+        if word == "--target" and i + 1 < len(args):
+            j = i + 2
+            while j < len(args) and TVM_OPTION_WORD.match(args[j]):
+                j += 1
+            out.append(" ".join(args[i + 1:j]))
+            skip_until = j
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: map user errors to one line and exit code 2."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = merge_target_words(list(argv if argv is not None else sys.argv[1:]))
+    debug = "--debug" in args
     try:
-        cli.main(args=argv, prog_name="ofa-deploy", standalone_mode=False)
+        cli.main(args=args, prog_name="ofa-deploy", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

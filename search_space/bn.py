@@ -46,3 +46,20 @@ def recalibrate_bn(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     if seen == 0:
         raise ValueError("recalibrate_bn needs at least one batch")
     return seen
+
+
+def random_subnet(cfg, seed: int = 0, n_classes: int | None = None) -> nn.Module:
+    """A static subnet with seeded random weights whose activations neither vanish nor explode.
+
+    PyTorch's default initialisation shrinks activations layer by layer, so the logits of a deep
+    random subnet are nearly the classifier bias, and a numeric comparison of two runtimes on them
+    proves nothing. Recalibrating BN on seeded noise normalises every layer, which gives logits
+    that depend on every weight. For latency and compiler work only.
+    """
+    from .static import MobileNetV3
+
+    torch.manual_seed(seed)
+    model = MobileNetV3(cfg, n_classes)
+    gen = torch.Generator().manual_seed(seed)
+    recalibrate_bn(model, [torch.randn(4, 3, cfg.image_size, cfg.image_size, generator=gen)])
+    return model.eval()

@@ -41,3 +41,19 @@ def reference_supernet(reference):
 def reference_input(seed: int, image_size: int, batch: int = 2) -> np.ndarray:
     """The input described in reference_outputs.json."""
     return np.random.default_rng(seed).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``ofa-deploy ARGS`` in-process (through ``main``, as the console script does).
+
+    Returns (exit code, stdout, stderr).
+    """
+    from ofa_deploy.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -8,18 +8,11 @@ import pytest
 import torch
 
 from ofa_deploy import SubnetConfig
-from ofa_deploy.cli import cli, main
+from ofa_deploy.cli import cli
+from tests.conftest import run_cli
 
 
-def run(args, capsys):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))

@@ -1,0 +1,131 @@
+"""Latency of our compiled module vs ONNX Runtime vs PyTorch eager: same run, same machine, same threads.
+
+For the max, a middle and the min subnet (batch 1, medians), prints a table with ratios to ONNX
+Runtime and each runtime's fraction of the machine's fp32 peak, and rewrites the matching section
+of BENCHMARKS.md. TVM numbers come untuned, and tuned when ``tuning_logs/x86-host/`` holds a
+database.
+
+    python bench/compare_runtimes.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ofa_deploy.compile import build_module, time_local
+from ofa_deploy.deploy import default_database
+from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input
+from ofa_deploy.search_space import SubnetConfig, random_subnet
+from ofa_deploy.search_space.costs import count_costs
+from ofa_deploy.targets import get_target
+
+SUBNETS = {
+    "max (k7 e6 d4 @224)": SubnetConfig.uniform(7, 6, 4, 224),
+    "mid (k5 e4 d3 @192)": SubnetConfig.uniform(5, 4, 3, 192),
+    "min (k3 e3 d2 @160)": SubnetConfig.uniform(3, 3, 2, 160),
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def median_ms(fn, warmup: int, repeat: int) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def bench_one(cfg: SubnetConfig, threads: int, repeat: int, work: Path) -> dict[str, float]:
+    import onnxruntime as ort
+
+    model = random_subnet(cfg, seed=0)  # latency does not depend on weight values
+    onnx_path = work / f"{cfg.id}.onnx"
+    export_onnx(model, cfg.image_size, onnx_path)
+    x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
+    row: dict[str, float] = {}
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        row["pytorch"] = median_ms(lambda: model(xt), 3, repeat)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    row["onnxruntime"] = median_ms(lambda: session.run(None, {INPUT_NAME: x}), 3, repeat)
+    spec = get_target("x86-host")
+    shape = (1, 3, cfg.image_size, cfg.image_size)
+    untuned = build_module(onnx_path, spec, work / f"{cfg.id}.so", input_name=INPUT_NAME, input_shape=shape)
+    row["tvm_untuned"] = time_local(untuned.so_path, x, repeat=max(3, repeat // 5), number=3, num_threads=threads).median_ms
+    database = default_database(spec.name)
+    if database is not None:
+        tuned = build_module(onnx_path, spec, work / f"{cfg.id}.tuned.so", input_name=INPUT_NAME, input_shape=shape,
+                             database_dir=database)
+        row["tvm_tuned"] = time_local(tuned.so_path, x, repeat=max(3, repeat // 5), number=3, num_threads=threads).median_ms
+        row["tuned_funcs"] = f"{tuned.tuned_funcs}/{tuned.total_funcs}"
+    return row
+
+
+def table(results: dict[str, dict], threads: int, peak_gflops: float | None) -> str:
+    cols = ["pytorch", "onnxruntime", "tvm_untuned", "tvm_tuned"]
+    lines = [f"| subnet | MMACs | {' | '.join(c + ' ms' for c in cols)} | TVM untuned / ORT | TVM tuned / ORT | best TVM % of fp32 peak |",
+             "|" + "---|" * (len(cols) + 5)]
+    for name, row in results.items():
+        macs = row["macs"]
+        cells = [f"{row[c]:.2f}" if c in row else "-" for c in cols]
+        best = min(row["tvm_untuned"], row.get("tvm_tuned", float("inf")))
+        peak = f"{100 * 2 * macs / (best * 1e-3) / (peak_gflops * 1e9):.2f} %" if peak_gflops else "-"
+        tuned_ratio = f"{row['tvm_tuned'] / row['onnxruntime']:.2f}x" if "tvm_tuned" in row else "no database"
+        lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['tvm_untuned'] / row['onnxruntime']:.1f}x | "
+                     f"{tuned_ratio} | {peak} |")
+    return "\n".join(lines)
+
+
+def update_benchmarks_md(section: str, body: str) -> None:
+    """Replace (or append) the section ``## section`` of BENCHMARKS.md, atomically."""
+    from ofa_deploy.atomic import write_text
+
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was made by the command shown with it.\n"
+    block = f"## {section}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    write_text(path, text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    spec = get_target("x86-host")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in SUBNETS.items():
+            results[name] = bench_one(cfg, args.threads, args.repeat, Path(tmp)) | {"macs": count_costs(cfg).macs}
+            print(name, {k: v for k, v in results[name].items()}, flush=True)
+    text = table(results, args.threads, spec.peak_gflops_fp32)
+    print(text)
+    if not args.no_write:
+        body = (f"Command: `python bench/compare_runtimes.py --threads {args.threads} --repeat {args.repeat}`  \n"
+                f"Machine: {spec.description}; {args.threads} threads for every runtime; batch 1; medians; "
+                f"fp32 peak {spec.peak_gflops_fp32} GFLOP/s ({spec.peak_source.split(';')[0]}).\n\n{text}\n")
+        update_benchmarks_md("Runtime comparison (x86 host)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Parent-side API: build, run and time modules. Never imports TVM (the worker does)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.targets import TargetSpec, get_target
+
+from .binfmt import elf_machine, embedded_fatbins
+from .database import check_database_target, database_hash, file_sha256
+from .isolate import run_worker
+from .toolchain import find_nvcc, linker_for
+from .types import BuildInfo, LatencyMeasurement
+
+DEFAULT_BUILD_TIMEOUT_S = 3600.0
+DEFAULT_RUN_TIMEOUT_S = 600.0
+
+
+def _check_shape(input_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise OfaDeployError(f"input_shape must be positive integers, e.g. (1, 3, 224, 224); got {input_shape!r}")
+    return shape
+
+
+def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: str | Path, *,
+                 input_name: str, input_shape: tuple[int, ...] | list[int],
+                 database_dir: str | Path | None = None,
+                 timeout: float | None = DEFAULT_BUILD_TIMEOUT_S) -> BuildInfo:
+    """Compile an ONNX model into a deployable ``.so`` for ``target``.
+
+    The work runs in a child process (isolate.py), so a TVM crash is an OfaDeployError here.
+    The ``.so`` is written atomically (temp file + rename). With ``database_dir`` (a
+    MetaSchedule JSON database tuned for this target) tuned schedules are applied where they
+    match; BuildInfo says how many did.
+
+    Raises:
+        OfaDeployError: analytic-only target, missing ONNX file or tool (with the package to
+        install), bad database directory, or a failed/crashed TVM build.
+    """
+    spec = get_target(target)
+    if spec.analytic_only:
+        raise OfaDeployError(f"target {spec.name} is analytic-only ({spec.description}); no module can be built")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise OfaDeployError(f"ONNX file not found: {onnx_path}")
+    shape = _check_shape(input_shape)
+    env: dict[str, str] = {}
+    if spec.kind == "cuda":
+        nvcc_dir = str(Path(find_nvcc()).parent)  # TVM runs "nvcc" from PATH
+        env = {"PATH": nvcc_dir + os.pathsep + os.environ.get("PATH", ""), "TVM_CUDA_COMPILE_MODE": "nvcc"}
+    linker = linker_for(spec.cross_compiler)
+    db_hash = None
+    if database_dir is not None:
+        db_hash = database_hash(database_dir)
+        check_database_target(database_dir, spec.tvm_target, spec.name)
+    out = Path(out_path_so)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.so")
+    request = {
+        "op": "build", "onnx_path": str(onnx_path.resolve()), "target_name": spec.name,
+        "tvm_target": spec.tvm_target_with_host(), "linker": linker, "out_path": str(tmp),
+        "input_name": input_name, "input_shape": list(shape),
+        "database_dir": str(Path(database_dir).resolve()) if database_dir is not None else None,
+    }
+    start = time.perf_counter()
+    try:
+        reply = run_worker(request, what=f"building {spec.name} module from {onnx_path.name}",
+                           timeout=timeout, env=env)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return BuildInfo(
+        so_path=str(out), target_name=spec.name, tvm_target=reply["tvm_target"],
+        tvm_version=reply["tvm_version"], database_hash=db_hash,
+        tuned_records_applied=db_hash is not None and reply["tuned_funcs"] > 0,
+        tuned_funcs=reply["tuned_funcs"], total_funcs=reply["total_funcs"],
+        build_seconds=round(time.perf_counter() - start, 3), input_name=input_name,
+        input_shape=shape, onnx_sha256=file_sha256(onnx_path))
+
+
+def _check_local_module(so_path: str | Path, device: str | None) -> tuple[Path, str]:
+    """The module path and the device to run it on (auto: ``cuda`` iff it embeds CUDA kernels)."""
+    path = Path(so_path)
+    if device not in (None, "cpu", "cuda"):
+        raise OfaDeployError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if not path.is_file():
+        raise OfaDeployError(f"module not found: {path}")
+    machine, here = elf_machine(path), platform.machine()
+    if machine is None:
+        raise OfaDeployError(f"{path} is not a compiled module (not an ELF shared library)")
+    if machine != here:
+        raise OfaDeployError(f"{path} is an {machine} module and this machine is {here}: run it on the device"
+                             + (" or with run_emulated_aarch64()" if machine == "aarch64" else ""))
+    is_cuda = bool(embedded_fatbins(path))
+    if device is None:
+        device = "cuda" if is_cuda else "cpu"
+    if is_cuda and device != "cuda":
+        raise OfaDeployError(f"{path} is a CUDA module: it needs an NVIDIA GPU (device='cuda')")
+    if device == "cuda" and not is_cuda:
+        raise OfaDeployError(f"{path} is a CPU module; use device='cpu'")
+    return path, device
+
+
+def _as_input(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def run_local(so_path: str | Path, input: np.ndarray, *, device: str | None = None,
+              timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> np.ndarray:
+    """Run a module built for this machine on ``input``; returns the first output.
+
+    ``device``: ``"cpu"`` (``x86-host`` modules) or ``"cuda"`` (CUDA modules, on a machine with
+    an NVIDIA GPU; ``cuda-sm80``'s embedded PTX also runs on newer GPUs); default: from the
+    module (CUDA iff it embeds CUDA kernels).
+    """
+    path, device = _check_local_module(so_path, device)
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_run_") as tmp:
+        in_path, out_path = Path(tmp) / "input.npy", Path(tmp) / "output.npy"
+        np.save(in_path, _as_input(input))
+        run_worker({"op": "run", "so_path": str(path.resolve()), "input_path": str(in_path),
+                    "output_path": str(out_path), "device": device},
+                   what=f"running {path.name}", timeout=timeout)
+        return np.load(out_path)
+
+
+def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, number: int = 5,
+               num_threads: int | None = None, device: str | None = None,
+               timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> LatencyMeasurement:
+    """Measure a module on this machine with TVM's time_evaluator (``source="measured"``).
+
+    ``repeat`` samples, each the mean of ``number`` runs, after one discarded warm-up call.
+    ``num_threads`` sets TVM_NUM_THREADS (default: TVM's choice, all cores). Other load on
+    the machine inflates the numbers: measure on an idle machine.
+    """
+    if repeat < 1 or number < 1:
+        raise OfaDeployError(f"repeat and number must be >= 1 (got repeat={repeat}, number={number})")
+    path, device = _check_local_module(so_path, device)
+    env = {"TVM_NUM_THREADS": str(num_threads)} if num_threads else {}
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_time_") as tmp:
+        in_path = Path(tmp) / "input.npy"
+        np.save(in_path, _as_input(input))
+        reply = run_worker({"op": "time", "so_path": str(path.resolve()), "input_path": str(in_path),
+                            "repeat": repeat, "number": number, "device": device},
+                           what=f"timing {path.name}", timeout=timeout, env=env)
+    samples = reply["samples_ms"]
+    threads = num_threads or os.cpu_count()
+    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({threads} threads)"
+    return LatencyMeasurement(
+        median_ms=statistics.median(samples), std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
+        n=len(samples), source="measured", runs_per_sample=reply["number"],
+        device=where)
+
+
+def validate_target_specs(specs: list[TargetSpec], *, timeout: float | None = 300.0) -> dict[str, str | None]:
+    """Ask TVM whether each spec's target dict (with host) is usable: ``{name: problem or None}``.
+
+    Checks that ``tvm.target.Target`` accepts the dict and that LLVM knows every ``-mcpu``
+    (TVM itself silently accepts unknown CPU names and emits generic code).
+    """
+    targets = {s.name: s.tvm_target_with_host() for s in specs}
+    reply = run_worker({"op": "check_targets", "targets": targets}, what="checking target dicts", timeout=timeout)
+    return reply["problems"]

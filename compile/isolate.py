@@ -1,0 +1,69 @@
+"""Run TVM work in a child process (``python -m <this package>.worker``).
+
+TVM can abort or segfault (LLVM asserts, FFI mismatches); in-process that kills the caller,
+e.g. a search loop that has been running for hours. In a child process the same crash becomes
+an OfaDeployError carrying the tail of the child's stderr. A fresh process per job also keeps
+TVM's global state (thread pools, registered callbacks, env vars) from leaking between builds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ofa_deploy.errors import OfaDeployError
+
+log = logging.getLogger(__name__)
+_WORKER_MODULE = f"{__package__}.worker"
+STDERR_TAIL_LINES = 25
+
+
+def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def run_worker(request: dict[str, Any], *, what: str, timeout: float | None,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one worker job and return its JSON reply; any failure -> OfaDeployError.
+
+    ``what`` names the job in error messages ("building cortex-a76 module"). ``env`` adds to
+    (does not replace) this process's environment.
+    """
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_worker_") as tmp:
+        req_path, reply_path = Path(tmp) / "request.json", Path(tmp) / "reply.json"
+        req_path.write_text(json.dumps({**request, "reply_path": str(reply_path)}))
+        child_env = {**os.environ, **(env or {})}
+        cmd = [sys.executable, "-m", _WORKER_MODULE, str(req_path)]
+        log.debug("worker: %s", " ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env)
+        except subprocess.TimeoutExpired as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            raise OfaDeployError(f"{what}: TVM worker timed out after {timeout:.0f} s; last output:\n"
+                                 f"{_tail(stderr)}") from None
+        for line in proc.stderr.splitlines():
+            log.debug("worker| %s", line)
+        reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
+    if reply is not None and reply.get("ok"):
+        return reply
+    if reply is not None:  # a Python exception inside the worker, already summarised
+        raise OfaDeployError(f"{what}: {reply['error']}")
+    raise OfaDeployError(f"{what}: TVM worker crashed ({_describe_exit(proc.returncode)}); "
+                         f"last output:\n{_tail(proc.stderr + proc.stdout)}")

@@ -1,0 +1,145 @@
+"""ONNX -> Relax -> compiled ``.so`` (worker-only: imports TVM).
+
+Pipeline (TVM 0.27 Relax; Relay/tvmc are gone):
+
+1. ``relax.frontend.onnx.from_onnx`` with a static input shape; weights become constants, so
+   the ``.so`` is self-contained.
+2. :func:`prepare`: DecomposeOpsForInference, CanonicalizeBindings and the ``zero`` pipeline
+   (legalize, fold constants, fuse). These are exactly the passes
+   ``relax.pipeline.static_shape_tuning_pipeline`` runs before tuning, so the fused PrimFuncs
+   are the workloads a MetaSchedule database was tuned on, and ``MetaScheduleApplyDatabase``
+   finds them.
+3. Optional database: ``MetaScheduleApplyDatabase(work_dir)``; scheduled functions are marked
+   ``tirx.is_scheduled`` and counted.
+4. Lowering (:func:`lowering_pipeline`): for GPUs DLight default schedules for whatever the
+   database did not cover (every GPU kernel needs thread bindings), then the backend's
+   dataflow-lowering and finalisation passes. No second fusion round (``tvm.compile``'s
+   default GPU pipeline would re-fuse tuned functions).
+5. ``export_library`` with the target's linker (cross compiler for aarch64); CUDA kernels are
+   compiled with nvcc and embedded (tvm_cuda.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from typing import Any
+
+import onnx
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+log = logging.getLogger(__name__)
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+class UserInputError(ValueError):
+    """Bad request content (reported to the user as is)."""
+
+
+def load_onnx(path: str, input_name: str, input_shape: list[int]) -> tvm.IRModule:
+    model = onnx.load(path)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    if input_name not in inputs:
+        raise UserInputError(f"ONNX model {path} has no input {input_name!r} (inputs: {', '.join(inputs)})")
+    if len(inputs) != 1:
+        raise UserInputError(f"ONNX model {path} has {len(inputs)} inputs ({', '.join(inputs)}); expected one")
+    return from_onnx(model, shape_dict={input_name: list(input_shape)}, dtype_dict="float32")
+
+
+def make_target(target_dict: dict[str, Any], target_name: str) -> tvm.target.Target:
+    """``tvm.target.Target`` from the registry dict; ``x86-host`` gets LLVM's own CPU name."""
+    target_dict = dict(target_dict)
+    if target_name == "x86-host":
+        system_cpu = tvm.target.codegen.llvm_get_system_cpu()
+        if system_cpu and system_cpu != target_dict.get("mcpu"):
+            log.info("x86-host: LLVM reports -mcpu=%s (registry guessed %s); using LLVM's",
+                     system_cpu, target_dict.get("mcpu"))
+            target_dict["mcpu"] = system_cpu
+    return tvm.target.Target(target_dict)
+
+
+def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Legalize + fuse, identical to the pre-tuning part of static_shape_tuning_pipeline."""
+    seq = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.get_pipeline("zero"),
+    ])
+    with target:
+        return seq(mod)
+
+
+def count_prim_funcs(mod: tvm.IRModule) -> tuple[int, int]:
+    """(scheduled, total) PrimFuncs."""
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    scheduled = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get(SCHEDULED_ATTR, False)))
+    return scheduled, len(funcs)
+
+
+def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database_dir: str) -> tvm.IRModule:
+    with target:
+        return relax.transform.MetaScheduleApplyDatabase(database_dir, enable_warning=False)(mod)
+
+
+def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    is_gpu = "gpu" in target.keys
+    if is_gpu:
+        from tvm.relax.backend.cuda import pipeline as backend
+    else:
+        from tvm.relax.backend.cpu_generic import pipeline as backend
+    passes = []
+    if is_gpu:
+        from tvm.s_tir import dlight as dl
+
+        passes.append(dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback()))
+    passes += backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+    return tvm.transform.Sequential(passes)
+
+
+def build(request: dict[str, Any]) -> dict[str, Any]:
+    """Worker op ``build``: returns the facts BuildInfo needs."""
+    mod = load_onnx(request["onnx_path"], request["input_name"], request["input_shape"])
+    target = make_target(request["tvm_target"], request["target_name"])
+    mod = prepare(mod, target)
+    if request.get("database_dir"):
+        mod = apply_database(mod, target, request["database_dir"])
+    tuned, total = count_prim_funcs(mod)
+    log.info("%s: %d fused functions, %d scheduled from the database", request["target_name"], total, tuned)
+    with target:
+        executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target))
+    kwargs: dict[str, Any] = {"cc": request["linker"]}
+    if target.kind.name == "cuda":
+        from .tvm_cuda import make_cuda_packer
+
+        kwargs["fpack_imports"] = make_cuda_packer(target)
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_export_") as workspace:
+        executable.export_library(request["out_path"], workspace_dir=workspace, **kwargs)
+    return {"tvm_version": tvm.__version__, "tvm_target": json.loads(str(target)),
+            "tuned_funcs": tuned, "total_funcs": total}
+
+
+def check_targets(request: dict[str, Any]) -> dict[str, Any]:
+    """Worker op ``check_targets``: can TVM build each dict, and does LLVM know each ``mcpu``?
+
+    TVM accepts any ``mcpu`` string and silently emits generic code for a misspelt one, so the
+    CPU names are checked against LLVM explicitly.
+    """
+    problems: dict[str, str | None] = {}
+    for name, target_dict in request["targets"].items():
+        try:
+            target = tvm.target.Target(target_dict)
+            for part in (target, target.host):
+                if part is None or part.kind.name != "llvm" or "mcpu" not in part.attrs:
+                    continue
+                triple = str(part.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
+                if not tvm.target.codegen.llvm_is_valid_cpu(str(part.attrs["mcpu"]), triple):
+                    raise ValueError(f"LLVM does not know -mcpu={part.attrs['mcpu']} for {triple}")
+            problems[name] = None
+        except Exception as exc:  # noqa: BLE001 - reported per target
+            problems[name] = f"{type(exc).__name__}: {exc}"
+    return {"problems": problems}

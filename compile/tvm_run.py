@@ -1,0 +1,46 @@
+"""Load a compiled ``.so`` on this machine's CPU and run or time it (worker-only: imports TVM)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+log = logging.getLogger(__name__)
+
+
+def _load(so_path: str, device: str) -> tuple[relax.VirtualMachine, tvm.runtime.Device]:
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+    if not dev.exist:
+        raise RuntimeError(f"no {device} device on this machine")
+    return relax.VirtualMachine(tvm.runtime.load_module(so_path), dev), dev
+
+
+def _first_tensor(result: Any) -> tvm.runtime.Tensor:
+    while isinstance(result, (tuple, list, tvm.ir.Array)) and len(result) > 0:
+        if len(result) > 1:
+            log.warning("model returned %d outputs; using the first", len(result))
+        result = result[0]
+    return result
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Worker op ``run``: input .npy -> output .npy."""
+    vm, dev = _load(request["so_path"], request.get("device", "cpu"))
+    x = np.load(request["input_path"])
+    out = _first_tensor(vm["main"](tvm.runtime.tensor(x, dev)))
+    np.save(request["output_path"], out.numpy())
+    return {}
+
+
+def time(request: dict[str, Any]) -> dict[str, Any]:
+    """Worker op ``time``: TVM time_evaluator; returns per-sample milliseconds."""
+    vm, dev = _load(request["so_path"], request.get("device", "cpu"))
+    x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
+    vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
+    evaluator = vm.time_evaluator("main", dev, number=request["number"], repeat=request["repeat"])
+    result = evaluator(x)
+    return {"samples_ms": [float(s) * 1e3 for s in result.results], "number": request["number"]}

@@ -1,0 +1,62 @@
+"""Result records of the compile backend (plain data, JSON-friendly, no TVM)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LatencySource = Literal["measured", "emulated", "estimated"]
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What :func:`build_module` produced, for metadata next to the ``.so``.
+
+    ``tuned_records_applied`` is true only if the MetaSchedule database scheduled at least one
+    function (``tuned_funcs`` of ``total_funcs``); a database that matches nothing is not "tuned".
+    ``tvm_target`` is the exact target used (for ``x86-host`` LLVM's own CPU name may replace
+    the registry guess).
+    """
+
+    so_path: str
+    target_name: str
+    tvm_target: dict[str, Any] = field(hash=False)
+    tvm_version: str
+    database_hash: str | None
+    tuned_records_applied: bool
+    tuned_funcs: int
+    total_funcs: int
+    build_seconds: float
+    input_name: str
+    input_shape: tuple[int, ...]
+    onnx_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+
+@dataclass(frozen=True)
+class LatencyMeasurement:
+    """A latency and how it was obtained.
+
+    ``source``: ``"measured"`` (real hardware, TVM time_evaluator), ``"emulated"`` (qemu: says
+    nothing about device speed) or ``"estimated"`` (a model). ``n`` samples, each the mean of
+    ``runs_per_sample`` back-to-back runs.
+    """
+
+    median_ms: float
+    std_ms: float
+    n: int
+    source: LatencySource
+    runs_per_sample: int = 1
+    device: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in ("measured", "emulated", "estimated"):
+            raise ValueError(f"unknown latency source {self.source!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

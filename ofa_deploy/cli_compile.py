@@ -1,0 +1,66 @@
+"""``ofa-deploy compile`` and ``ofa-deploy targets``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("targets")
+@click.option("--kind", type=click.Choice(["cpu", "cuda", "vta"]), default=None)
+def targets_command(kind: str | None) -> None:
+    """List the known targets with their peak figures.
+
+    \b
+    Example:
+      ofa-deploy targets --kind cpu
+    """
+    from .targets import all_targets
+
+    rows = [t for t in all_targets().values() if kind is None or t.kind == kind]
+    click.echo(f"{'name':<14}{'kind':<6}{'arch':<9}{'cores':>6}{'GFLOP/s':>10}{'GB/s':>8}  description")
+    for t in rows:
+        gf = f"{t.peak_gflops_fp32:.0f}" if t.peak_gflops_fp32 else "-"
+        gb = f"{t.peak_gbps:.1f}" if t.peak_gbps else "-"
+        click.echo(f"{t.name:<14}{t.kind:<6}{t.arch:<9}{t.cores:>6}{gf:>10}{gb:>8}  {t.description}")
+
+
+@click.command("compile")
+@click.argument("subnet", type=click.Path())
+@click.option("--target", required=True,
+              help="Registry name, TVM tag or classic TVM string (e.g. llvm -mcpu=cortex-a76).")
+@click.option("--supernet", "checkpoint", type=click.Path(), default=None, help="Supernet checkpoint (official format).")
+@click.option("--random-weights", is_flag=True, help="No checkpoint: seeded random weights (latency work only).")
+@click.option("-o", "--output", default=None, type=click.Path(file_okay=False), help="Output directory (default: build/<id>-<target>).")
+@click.option("--no-verify", is_flag=True, help="Skip the numeric check on the target or its emulator.")
+@click.option("--measure", is_flag=True, help="Time the module on the target where one is reachable.")
+@click.option("--database", type=click.Path(file_okay=False), default=None,
+              help="MetaSchedule database directory (default: tuning_logs/<target>/ if present).")
+def compile_command(subnet: str, target: str, checkpoint: str | None,
+                    random_weights: bool, output: str | None, no_verify: bool, measure: bool, database: str | None) -> None:
+    """Compile a subnet into a verified deployable TVM module (.so + metadata.json + ONNX).
+
+    \b
+    Example:
+      ofa-deploy compile subnet.json --supernet ofa.pth --target x86-host --measure -o build/x86
+      ofa-deploy compile subnet.json --supernet ofa.pth --target llvm -mcpu=cortex-a76 -o build/pi5
+    """
+    from .deploy import CompileOptions, compile_subnet
+    from .search_space import SubnetConfig
+    from .targets import get_target
+
+    cfg = SubnetConfig.from_json(subnet)
+    spec = get_target(target)
+    out = output or f"build/{cfg.id}-{spec.name}"
+    result = compile_subnet(cfg, CompileOptions(target=target, out_dir=out, checkpoint=checkpoint,
+                                                random_weights=random_weights, verify=not no_verify,
+                                                measure=measure, database_dir=database))
+    from .deploy import read_metadata
+
+    meta = read_metadata(result)
+    v = meta["verification"]
+    line = f"{result}: {spec.name}, verification {v['status']}"
+    if "max_rel_err" in v:
+        line += f" on {v['ran_on']} (max rel err {v['max_rel_err']:.1e})"
+    if meta["latency"]:
+        line += f", latency {meta['latency']['median_ms']:.2f} ms ({meta['latency']['source']})"
+    click.echo(line)

@@ -1,0 +1,203 @@
+"""CLI commands of the search issue: ``search``, ``acc-dataset``, ``acc-predictor``.
+
+Plain click commands, registered on the ``ofa-deploy`` group in :mod:`ofa_deploy.cli`. User errors
+are :class:`OfaDeployError` (one line, exit code 2); files are written atomically (the dataset is
+append-only JSONL, fsynced per line).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import click
+
+from .errors import OfaDeployError
+
+log = logging.getLogger("ofa_deploy")
+
+# One word of a classic TVM target string: -mcpu=cortex-a76, -mattr=+neon, -model=rpi5, -libs=cblas.
+# Names have two or more letters, so short options of ours (-o, -h) are never swallowed.
+_TVM_WORD = re.compile(r"^-[A-Za-z][A-Za-z0-9_.]+(=.*)?$")
+
+
+class TargetWordsCommand(click.Command):
+    """Lets ``--target llvm -mcpu=cortex-a76`` work unquoted.
+
+    Click would parse ``-mcpu=...`` as a cluster of short options (its ``o`` would even be taken
+    as ``-o``). Before click sees the arguments, the words of a TVM target string that follow
+    ``--target VALUE`` are joined into that value.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--" or not (arg == "--target" or arg.startswith("--target=")):
+                out.append(arg)
+                i += 1
+                continue
+            if arg == "--target":
+                if i + 1 >= len(args):
+                    out.append(arg)
+                    break
+                words, i = [args[i + 1]], i + 2
+            else:
+                words, i = [arg.split("=", 1)[1]], i + 1
+            while i < len(args) and _TVM_WORD.match(args[i]):
+                words.append(args[i])
+                i += 1
+            out += ["--target", " ".join(words)]
+        return super().parse_args(ctx, out)
+
+
+class HumanNumber(click.ParamType):
+    """A count like 300M, 2.5e8, 5M, 600k (MACs, parameters)."""
+
+    name = "NUMBER"
+    _SUFFIX = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        scale = self._SUFFIX.get(text[-1:], 1.0)
+        try:
+            return float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            self.fail(f"{value!r} is not a number (examples: 300M, 2.5e8, 600k)", param, ctx)
+
+
+@click.command("search", cls=TargetWordsCommand)
+@click.option("--target", required=True, metavar="TARGET",
+              help="Registry name or TVM target string (unquoted words allowed), or vta-ultra96 | vta-zcu104 | vta-pynq.")
+@click.option("--latency-ms", type=float, default=None, help="Latency budget (ms, batch 1).")
+@click.option("--max-macs", type=HumanNumber(), default=None, help="MAC budget, e.g. 300M.")
+@click.option("--max-params", type=HumanNumber(), default=None, help="Parameter budget, e.g. 5M.")
+@click.option("--min-intensity", type=float, default=None,
+              help="Minimum arithmetic intensity, ops/byte at the target's precision (fp32; int8 on VTA).")
+@click.option("--objective", default="accuracy", show_default=True, metavar="accuracy|pareto",
+              help="accuracy: OFA evolution for the most accurate subnet; pareto: NSGA-II front of "
+                   "accuracy / latency / intensity.")
+@click.option("--population", type=int, default=100, show_default=True)
+@click.option("--generations", type=int, default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--supernet", type=click.Path(), default=None,
+              help="Supernet checkpoint: checked against the predictor (space, classes).")
+@click.option("--acc-predictor", type=click.Path(), default=None,
+              help="Accuracy predictor from 'ofa-deploy acc-predictor' (default: the installed one).")
+@click.option("-o", "--output", default="search_out", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for subnet.json, front.csv and pareto.png.")
+@click.option("--verify-top", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Compile and measure the K best subnets on the device; keep the best that meets the budget.")
+def search(target: str, latency_ms: float | None, max_macs: float | None, max_params: float | None,
+           min_intensity: float | None, objective: str, population: int, generations: int, seed: int,
+           supernet: str | None, acc_predictor: str | None, output: str, verify_top: int) -> None:
+    """Find the most accurate subnet for a target under latency / MACs / parameter budgets.
+
+    Latency is the analytic estimate for the target (labelled 'estimated') until a tuned latency
+    model exists; VTA boards use the VTA model. Writes subnet.json (OFA arch dict + results),
+    front.csv and pareto.png to --output.
+
+    \b
+    Example:
+      ofa-deploy search --target vta-ultra96 --latency-ms 25 --acc-predictor predictor.pt -o out/
+      ofa-deploy search --target llvm -mcpu=cortex-a76 --latency-ms 20 --objective pareto
+    """
+    from .search.api import predictor_info, resolve_predictor, run_search
+    from .search.evaluator import Constraints
+    from .search.output import write_outputs
+    from .search.verify import find_measure
+
+    if objective not in ("accuracy", "pareto"):
+        raise OfaDeployError(f"--objective: unknown {objective!r}; allowed: accuracy, pareto")
+    constraints = Constraints(latency_ms, max_macs, max_params, min_intensity)
+    for name, value in constraints.as_dict().items():
+        if not value > 0:
+            raise OfaDeployError(f"--{name.replace('_', '-')}: must be positive, got {value:g}")
+    predictor = resolve_predictor(acc_predictor, supernet)
+    measure = None
+    if verify_top:
+        measure = find_measure(target)
+        if measure is None:
+            raise OfaDeployError(f"--verify-top: no device is reachable for target {target!r} "
+                                 f"(compile+measure backend not available for it)")
+    result = run_search(target, predictor, constraints=constraints, objective=objective, population=population,
+                        generations=generations, seed=seed, progress=None, verify_k=verify_top, measure=measure)
+    paths = write_outputs(result, output, target=target, predictor_info=predictor_info(predictor, acc_predictor))
+    row = result.row(result.best, 0)
+    gops = 2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9
+    click.echo(f"{paths['subnet']}: {row['id']}  predicted acc {100 * row['predicted_accuracy']:.2f}%  "
+               f"{row['latency_ms']:.3f} ms ({row['latency_source']}) on {result.target}  "
+               f"{row['macs'] / 1e6:.1f} MMACs  {row['intensity']:.2f} ops/B ({row['intensity_dtype']})  "
+               f"{gops:.2f} GOP/s")
+    click.echo(f"{paths['front']}: {len(result.front)} Pareto subnets; plot {paths['plot']}")
+    click.echo(f"search: {result.evaluations:,} evaluations in {result.seconds:.2f} s ({result.objective})")
+
+
+@click.command("acc-dataset")
+@click.option("--supernet", "checkpoint", required=True, type=click.Path(),
+              help="Supernet checkpoint (official once-for-all format).")
+@click.option("--data", "data_root", required=True, type=click.Path(),
+              help="ImageFolder dataset root with train/ and val/.")
+@click.option("-n", "--n-subnets", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Subnet sampling seed.")
+@click.option("--val-limit", type=click.IntRange(min=1), default=None, help="Validation images per subnet (default: all).")
+@click.option("--calib-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Training images for BN recalibration.")
+@click.option("--space", default=None, metavar="NAME", help="Search space (default: the checkpoint's, else w1.0).")
+@click.option("-o", "--output", default="acc_dataset.jsonl", show_default=True, type=click.Path(dir_okay=False))
+def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_limit: int | None,
+                calib_images: int, space: str | None, output: str) -> None:
+    """Measure the accuracy of sampled subnets (BN recalibrated) for predictor training.
+
+    Resumable: results are appended to --output one line per subnet; rerun the same command after
+    an interruption and it continues where it stopped (a larger -n extends the set).
+
+    \b
+    Example:
+      ofa-deploy acc-dataset --supernet ofa.pth --data data/demo -n 500 -o acc.jsonl
+    """
+    from .search.dataset import AccDatasetConfig, build_acc_dataset
+    from .search_space import DEFAULT_SPACE, load_supernet
+    from .search_space.checkpoint import read_state_dict
+
+    if not Path(data_root).is_dir():
+        raise OfaDeployError(f"{data_root}: dataset folder not found")
+    space = space or read_state_dict(checkpoint)[1].get("space") or DEFAULT_SPACE
+    net = load_supernet(checkpoint, space)
+    cfg = AccDatasetConfig(n_subnets=n_subnets, seed=seed, val_limit=val_limit, calib_images=calib_images)
+    records = build_acc_dataset(net, data_root, output, cfg)
+    accs = [r["acc"] for r in records]
+    click.echo(f"{output}: {len(records)} subnets, top-1 {100 * min(accs):.1f}..{100 * max(accs):.1f}% "
+               f"(mean {100 * sum(accs) / len(accs):.1f}%)")
+
+
+@click.command("acc-predictor")
+@click.argument("dataset", type=click.Path())
+@click.option("-o", "--output", default="acc_predictor.pt", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Fraction of subnets held out for RMSE / Kendall tau.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def acc_predictor(dataset: str, output: str, epochs: int, holdout: float, seed: int) -> None:
+    """Train OFA's accuracy predictor (3 x 400 MLP) on an acc-dataset file.
+
+    Reports RMSE and Kendall tau on held-out subnets and saves weights + metadata atomically.
+
+    \b
+    Example:
+      ofa-deploy acc-predictor acc.jsonl -o predictor.pt
+    """
+    from .search.dataset import load_acc_dataset
+    from .search.predictor import TrainConfig, save_predictor, train_predictor
+
+    header, genes, accs = load_acc_dataset(dataset)
+    predictor = train_predictor(genes, accs, space=header["space"], n_classes=header["n_classes"],
+                                dataset=header["dataset"], config=TrainConfig(epochs=epochs, holdout=holdout, seed=seed))
+    save_predictor(predictor, output)
+    m = predictor.meta.metrics
+    click.echo(f"{output}: held-out RMSE {100 * m['rmse']:.2f} points, Kendall tau {m['kendall_tau']:.3f} "
+               f"({m['n_train']} train / {m['n_test']} held-out subnets, mean acc {100 * predictor.meta.mean_acc:.1f}%)")

@@ -1,0 +1,198 @@
+"""subnet.json -> verified deployable module: the second half of the user's workflow.
+
+Data flows one way: SubnetConfig -> static torch module -> ONNX (verified with ONNX Runtime) ->
+TVM Relax -> [target's tuning database] -> build -> ``.so`` (cross-compiled where needed) ->
+numeric verification on the target (or its emulator) -> ``metadata.json``.
+
+Everything is written into a temporary directory beside the output and renamed into place at the
+end, so a crash or a failed verification never leaves an output directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .atomic import write_json
+from .data import MEAN, STD
+from .errors import OfaDeployError
+from .export import INPUT_NAME, export_onnx, seeded_input
+from .search_space import SubnetConfig, load_supernet, random_subnet
+from .search_space.costs import count_costs
+
+log = logging.getLogger(__name__)
+
+REPO_TUNING_LOGS = Path(__file__).resolve().parents[1] / "tuning_logs"
+VERIFY_RTOL = 1e-3  # max |compiled - torch| relative to max |torch|
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    target: str  # registry name, TVM tag or classic TVM string
+    out_dir: str
+    checkpoint: str | None = None  # supernet in the official format; None needs random_weights
+    random_weights: bool = False  # latency work only: seeded random weights
+    verify: bool = True  # compare the compiled module with PyTorch on the target or its emulator
+    measure: bool = False  # time on the target where one is reachable (here: the x86 host)
+    database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database
+    batch: int = 1
+    seed: int = 0
+
+
+def tuning_logs_dir() -> Path:
+    """Where per-target databases live (``OFA_DEPLOY_TUNING_LOGS`` overrides the repo's folder)."""
+    return Path(os.environ.get("OFA_DEPLOY_TUNING_LOGS", REPO_TUNING_LOGS))
+
+
+def default_database(target_name: str) -> Path | None:
+    d = tuning_logs_dir() / target_name
+    return d if (d / "database_tuning_record.json").is_file() else None
+
+
+def _model(cfg: SubnetConfig, opts: CompileOptions) -> tuple[torch.nn.Module, list[str] | None]:
+    if opts.checkpoint is None:
+        if not opts.random_weights:
+            raise OfaDeployError("compile: --supernet CHECKPOINT is required (or --random-weights for latency work)")
+        return random_subnet(cfg, opts.seed), None
+    supernet = load_supernet(opts.checkpoint, cfg.space)
+    classes = torch.load(opts.checkpoint, map_location="cpu", weights_only=True).get("classes")
+    return supernet.extract(cfg), classes
+
+
+def _relative_error(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    abs_err = float(np.abs(got - expected).max())
+    return abs_err, abs_err / max(float(np.abs(expected).max()), 1e-12)
+
+
+def verify_module(so_path: Path, spec: Any, x: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+    """Run the module where it can run here and compare with PyTorch's output."""
+    from .compile import run_emulated_aarch64, run_local
+
+    if spec.kind == "cuda":
+        if not torch.cuda.is_available():
+            return {"status": "compiled-only", "reason": "no CUDA GPU here: the generated CUDA was compiled with nvcc, not run"}
+        got, how = run_local(so_path, x), "cuda"
+    elif spec.arch == "aarch64":
+        got, how = run_emulated_aarch64(so_path, x), "qemu-aarch64 (emulated)"
+    else:
+        got, how = run_local(so_path, x), "local"
+    if got.shape != expected.shape:
+        raise OfaDeployError(f"verification: compiled module returned shape {got.shape}, expected {expected.shape}")
+    abs_err, rel_err = _relative_error(got, expected)
+    status = "passed" if rel_err <= VERIFY_RTOL else "failed"
+    return {"status": status, "ran_on": how, "max_abs_err": abs_err, "max_rel_err": rel_err, "rtol": VERIFY_RTOL}
+
+
+def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
+    """Build, verify and (optionally) time ``cfg`` for ``opts.target``; return the output directory."""
+    from .compile import build_module, time_local
+    from .targets import get_target
+
+    spec = get_target(opts.target)
+    if spec.analytic_only:
+        raise OfaDeployError(f"compile: {spec.name} is an analytic-only target ({spec.description}); "
+                             "compile for its host CPU target instead")
+    database = Path(opts.database_dir) if opts.database_dir else default_database(spec.name)
+    model, classes = _model(cfg, opts)
+    out = Path(opts.out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shape = (opts.batch, 3, cfg.image_size, cfg.image_size)
+        export = export_onnx(model, cfg.image_size, work / "subnet.onnx", batch=opts.batch, seed=opts.seed)
+        info = build_module(work / "subnet.onnx", spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
+                            database_dir=database)
+        x = seeded_input(shape, opts.seed)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        verification = verify_module(work / "subnet.so", spec, x, expected) if opts.verify else {"status": "skipped"}
+        if verification["status"] == "failed":
+            raise OfaDeployError(f"verification failed on {verification['ran_on']}: max relative error "
+                                 f"{verification['max_rel_err']:.2e} > {VERIFY_RTOL:g}")
+        latency = None
+        if opts.measure:
+            if is_local_target(spec):
+                latency = time_local(work / "subnet.so", x).to_dict()
+            else:
+                log.warning("--measure: no %s device reachable from here; no latency recorded "
+                            "(emulation is never a speed)", spec.name)
+        costs = count_costs(cfg, n_classes=model.n_classes)
+        metadata = {
+            "ofa_deploy_version": __version__,
+            "subnet": cfg.to_dict(), "subnet_id": cfg.id,
+            "target": spec.to_dict(), "tvm_target": info.tvm_target, "tvm_version": info.tvm_version,
+            "tuning_database": {"path": str(database) if database else None, "sha256": info.database_hash,
+                                "tuned_functions": info.tuned_funcs, "total_functions": info.total_funcs},
+            "input": {"name": INPUT_NAME, "shape": list(shape), "layout": "NCHW", "dtype": "float32"},
+            "output": {"name": "logits", "shape": [opts.batch, model.n_classes], "dtype": "float32", "classes": classes},
+            "preprocessing": {"resize": [cfg.image_size, cfg.image_size], "color": "RGB", "scale": 1 / 255,
+                              "mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()},
+            "macs": costs.macs, "params": costs.params,
+            "arithmetic_intensity": {"fp32": costs.intensity(4), "int8": costs.intensity(1)},
+            "latency_ms": latency["median_ms"] if latency else None,
+            "latency": latency,  # carries its source: measured | emulated | estimated
+            "verification": verification,
+            "onnx": {"file": "subnet.onnx", "sha256": info.onnx_sha256, "max_abs_err_vs_torch": export.max_abs_err},
+            "build_seconds": info.build_seconds,
+            "weights": "random (latency work only)" if opts.checkpoint is None else str(opts.checkpoint),
+        }
+        write_json(work / "metadata.json", metadata)
+        cfg.to_json(work / "subnet.json")
+        _replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("wrote %s (verification: %s)", out, verification["status"])
+    return out
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Move a finished directory into place; an older output is replaced only after success."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metadata(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / "metadata.json").read_text())
+
+
+def is_local_target(spec: Any) -> bool:
+    """True when modules for ``spec`` run on this machine (so their latency can be measured here)."""
+    return spec.kind == "cpu" and spec.arch == os.uname().machine and not spec.is_cross
+
+
+def make_measure(target: str) -> Callable[[SubnetConfig], tuple[float, str]] | None:
+    """``measure(cfg) -> (ms, "measured")`` for ``search --verify-top``; None without a reachable device.
+
+    Latency does not depend on weight values, so candidates are compiled with seeded random weights
+    (with the target's tuning database, as ``compile`` would) and timed with TVM's time_evaluator.
+    """
+    from .targets import get_target
+
+    spec = get_target(target)
+    if spec.analytic_only or not is_local_target(spec):
+        return None
+
+    def measure(cfg: SubnetConfig) -> tuple[float, str]:
+        with tempfile.TemporaryDirectory(prefix="ofa_deploy_measure_") as tmp:
+            out = compile_subnet(cfg, CompileOptions(target=target, out_dir=f"{tmp}/m", random_weights=True,
+                                                     verify=False, measure=True))
+            latency = read_metadata(out)["latency"]
+        return latency["median_ms"], latency["source"]
+
+    return measure

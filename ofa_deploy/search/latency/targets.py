@@ -1,0 +1,69 @@
+"""From a ``--target`` string to a latency model.
+
+VTA boards are modelled here (:mod:`.vta`). Every other target comes from the target registry,
+``ofa_deploy.targets.get_target(text) -> TargetSpec`` (fields name, kind, arch, cores,
+peak_gflops_fp32, peak_gbps, tvm_target), owned by another module; :func:`hardware_from_spec` is
+the one place that reads a spec, so an interface change touches one function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.search_space import SearchSpace
+
+from .base import LatencyModel, TableLatencyModel
+from .roofline import Hardware, efficiency_for, roofline_layer_ms
+from .vta import BOARDS, get_board, vta_layer_ms
+
+log = logging.getLogger(__name__)
+
+KINDS = ("cpu", "cuda", "vta")
+
+
+def hardware_from_spec(name: str, kind: str, peak_gflops_fp32: float, peak_gbps: float) -> Hardware:
+    """The adapter: the four registry fields the analytic models use, validated."""
+    if kind not in KINDS:
+        raise OfaDeployError(f"target {name!r}: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if not (peak_gflops_fp32 and peak_gflops_fp32 > 0 and peak_gbps and peak_gbps > 0):
+        raise OfaDeployError(f"target {name!r}: registry gives no peak GFLOP/s / GB/s, cannot estimate latency")
+    return Hardware(str(name), kind, float(peak_gflops_fp32), float(peak_gbps))
+
+
+def spec_to_hardware(spec: Any) -> Hardware:
+    """Read a registry ``TargetSpec`` (or any object with the same fields, e.g. a test fake)."""
+    return hardware_from_spec(spec.name, spec.kind, spec.peak_gflops_fp32, spec.peak_gbps)
+
+
+def lookup_target(text: str) -> Any:
+    """``ofa_deploy.targets.get_target(text)``, with a clear error while the registry is missing."""
+    try:
+        registry = importlib.import_module("ofa_deploy.targets")
+    except ImportError:
+        registry = None
+    get_target = getattr(registry, "get_target", None)
+    if get_target is None:
+        raise OfaDeployError(f"target {text!r}: the target registry (ofa_deploy.targets.get_target) is not "
+                             f"installed; VTA targets work without it: {', '.join(sorted(BOARDS))}")
+    return get_target(text)
+
+
+def latency_model(target: str | Any, space: str | SearchSpace, n_classes: int | None = None) -> LatencyModel:
+    """The analytic latency model for ``target`` (a target string or a TargetSpec-like object)."""
+    if isinstance(target, str) and target.strip() in BOARDS:
+        board = get_board(target.strip())
+        return TableLatencyModel(space, vta_layer_ms(board), target=board.name, dtype_bytes=1, n_classes=n_classes)
+    spec = lookup_target(target) if isinstance(target, str) else target
+    if getattr(spec, "kind", None) == "vta":
+        board = get_board(spec.name)
+        return TableLatencyModel(space, vta_layer_ms(board), target=board.name, dtype_bytes=1, n_classes=n_classes)
+    hw = spec_to_hardware(spec)
+    log.warning("target %s: latency is an analytic roofline estimate (%.0f GFLOP/s, %.0f GB/s peak), labelled "
+                "'estimated' until a tuned latency model exists for it", hw.name, hw.peak_gflops, hw.peak_gbps)
+    eff = efficiency_for(hw.kind)
+    name = target if isinstance(target, str) else hw.name
+    return TableLatencyModel(space, lambda layer, act: roofline_layer_ms(layer, hw, eff, 4), target=name,
+                             dtype_bytes=4, n_classes=n_classes)

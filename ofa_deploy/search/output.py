@@ -1,0 +1,90 @@
+"""Search outputs: subnet.json (OFA arch dict + results), front.csv and a Pareto plot, all atomic."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofa_deploy.atomic import atomic_path, write_text
+
+from .result import SearchResult
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("rank", "id", "predicted_accuracy", "latency_ms", "latency_source", "macs", "params", "intensity",
+              "intensity_dtype", "gops", "image_size", "ks", "e", "d")
+
+
+def subnet_extra(result: SearchResult, target: str, predictor_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result keys stored beside the arch dict in subnet.json."""
+    row = result.row(result.best, 0)
+    row.pop("config")
+    row.pop("id")
+    extra: dict[str, Any] = {"target": target, **row,
+                             "gops": round(2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9, 3)}
+    extra["search"] = {"objective": result.objective, **result.settings, "evaluations": result.evaluations,
+                       "seconds": round(result.seconds, 3), "front_size": len(result.front)}
+    if predictor_info:
+        extra["search"]["accuracy_predictor"] = predictor_info
+    if result.verified:
+        extra["verified"] = result.verified
+    return extra
+
+
+def front_csv(result: SearchResult) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for i in range(len(result.front)):
+        row = result.row(result.front, i)
+        cfg = row.pop("config")
+        row["gops"] = round(2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9, 3)
+        writer.writerow({"rank": i, **row, "ks": " ".join(map(str, cfg.ks)), "e": " ".join(map(str, cfg.e)),
+                         "d": " ".join(map(str, cfg.d))})
+    return buf.getvalue()
+
+
+def pareto_png(result: SearchResult, path: str | os.PathLike[str], budget_ms: float | None = None) -> None:
+    """Accuracy vs latency, coloured by intensity; the chosen subnet starred. Agg only (no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    f = result.front
+    order = np.argsort(f.latency)
+    sc = ax.scatter(f.latency, 100 * f.acc, c=f.intensity, cmap="viridis", s=18, zorder=3)
+    if result.objective == "accuracy":
+        ax.step(f.latency[order], 100 * f.acc[order], where="post", color="0.6", lw=1, zorder=2)
+    ax.scatter(result.best.latency, 100 * result.best.acc, marker="*", s=220, c="red", zorder=4, label="chosen")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
+    dtype = {1: "int8", 4: "fp32"}.get(result.dtype_bytes, "")
+    fig.colorbar(sc, ax=ax, label=f"arithmetic intensity (ops/byte, {dtype})")
+    ax.set_xlabel(f"latency (ms, {result.latency_source}) on {result.target}")
+    ax.set_ylabel("predicted top-1 accuracy (%)")
+    ax.set_title(f"{result.objective} search: {len(f)} Pareto subnets")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def write_outputs(result: SearchResult, out_dir: str | os.PathLike[str], *, target: str,
+                  predictor_info: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write subnet.json, front.csv and pareto.png into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    paths = {"subnet": out / "subnet.json", "front": out / "front.csv", "plot": out / "pareto.png"}
+    csv_text = front_csv(result)
+    result.best_config.to_json(paths["subnet"], extra=subnet_extra(result, target, predictor_info))
+    write_text(paths["front"], csv_text)
+    pareto_png(result, paths["plot"], result.settings.get("constraints", {}).get("latency_ms"))
+    return paths

@@ -1,0 +1,155 @@
+"""Built-in targets.
+
+Peak figures are theoretical ceilings for a roofline/cost model, never measurements. CPU fp32
+peaks are cores x clock x FLOP/cycle, where FLOP/cycle = fp32 lanes x 2 (FMA) x FMA pipes per
+core: Cortex-A53 has one 64-bit NEON FMA pipe (4), Cortex-A72 one 128-bit FMA per cycle (8),
+Cortex-A76/A78 two 128-bit FMA pipes (16) (Arm Software Optimization Guides for each core).
+DRAM bandwidth = transfer rate x bus width.
+"""
+
+from __future__ import annotations
+
+from .hostcpu import detect_host_cpu, host_copy_bandwidth_gbps
+from .registry import register_target
+from .spec import TargetSpec
+
+_A64 = "aarch64-linux-gnu"
+_A64_CXX = "aarch64-linux-gnu-g++"
+# Fields TVM's own CUDA tags carry; set explicitly so codegen never queries a (missing) GPU.
+_CUDA_LIMITS = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+                "max_num_threads": 1024, "thread_warp_size": 32, "registers_per_block": 65536}
+_X86_SERVER_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+
+
+def _arm_cpu(mcpu: str, cores: int) -> dict:
+    return {"kind": "llvm", "mtriple": _A64, "mcpu": mcpu, "num-cores": cores}
+
+
+@register_target
+def x86_host() -> TargetSpec:
+    cpu = detect_host_cpu()
+    peak = None if cpu.ghz is None else round(cpu.cores * cpu.ghz * cpu.fp32_flops_per_cycle, 1)
+    return TargetSpec(
+        name="x86-host",
+        description=f"this machine: {cpu.model_name}, {cpu.cores} cores (llvm -mcpu={cpu.mcpu})",
+        tvm_target={"kind": "llvm", "mcpu": cpu.mcpu, "num-cores": cpu.cores},
+        host=None, kind="cpu", arch="x86_64", cross_compiler=None, cores=cpu.cores,
+        peak_gflops_fp32=peak, peak_gbps=host_copy_bandwidth_gbps(cpu.model_name),
+        peak_source=(f"estimated from /proc/cpuinfo: {cpu.cores} cores x {cpu.ghz} GHz x "
+                     f"{cpu.fp32_flops_per_cycle} FLOP/cycle (two FMA pipes of the widest ISA, an "
+                     "upper bound); DRAM bandwidth measured here (256 MiB numpy copy, one thread, cached)"),
+        aliases=("host", "local", "native", "llvm"),
+    )
+
+
+@register_target
+def cortex_a76() -> TargetSpec:
+    return TargetSpec(
+        name="cortex-a76",
+        description="Raspberry Pi 5 (BCM2712): 4x Cortex-A76 @ 2.4 GHz, LPDDR4X-4267 32-bit",
+        tvm_target=_arm_cpu("cortex-a76", 4), host=None, kind="cpu", arch="aarch64",
+        cross_compiler=_A64_CXX, cores=4, peak_gflops_fp32=153.6, peak_gbps=17.1,
+        peak_source=("4 cores x 2.4 GHz x 16 FLOP/cycle (2x128-bit FMA, Cortex-A76 SWOG); "
+                     "4267 MT/s x 4 B (Raspberry Pi 5 product brief: LPDDR4X-4267)"),
+        aliases=("rpi5", "raspberry-pi-5", "raspberrypi5", "bcm2712"),
+    )
+
+
+@register_target
+def cortex_a72() -> TargetSpec:
+    return TargetSpec(
+        name="cortex-a72",
+        description=("Raspberry Pi 4 Model B (BCM2711): 4x Cortex-A72 @ 1.8 GHz (1.5 GHz on "
+                     "pre-2021 boards), LPDDR4-3200 32-bit"),
+        tvm_target=_arm_cpu("cortex-a72", 4), host=None, kind="cpu", arch="aarch64",
+        cross_compiler=_A64_CXX, cores=4, peak_gflops_fp32=57.6, peak_gbps=12.8,
+        peak_source=("4 cores x 1.8 GHz x 8 FLOP/cycle (one 128-bit FMA/cycle, Cortex-A72 SWOG; "
+                     "48.0 at 1.5 GHz); 3200 MT/s x 4 B (Raspberry Pi 4 product brief: LPDDR4-3200)"),
+        aliases=("rpi4", "raspberry-pi-4", "raspberrypi4", "bcm2711",
+                 "raspberry-pi/4b-aarch64", "arm/rasp4b64"),
+    )
+
+
+@register_target
+def cortex_a53() -> TargetSpec:
+    return TargetSpec(
+        name="cortex-a53",
+        description="Raspberry Pi 3 Model B+ (BCM2837B0): 4x Cortex-A53 @ 1.4 GHz, LPDDR2 32-bit",
+        tvm_target=_arm_cpu("cortex-a53", 4), host=None, kind="cpu", arch="aarch64",
+        cross_compiler=_A64_CXX, cores=4, peak_gflops_fp32=22.4, peak_gbps=4.0,
+        peak_source=("4 cores x 1.4 GHz x 4 FLOP/cycle (64-bit NEON datapath, Cortex-A53 TRM); "
+                     "1000 MT/s x 4 B (LPDDR2 at sdram_freq=500 MHz)"),
+        aliases=("rpi3", "raspberry-pi-3", "bcm2837"),
+    )
+
+
+@register_target
+def cuda_sm80() -> TargetSpec:
+    return TargetSpec(
+        name="cuda-sm80",
+        description="NVIDIA A100 SXM4 80GB (sm_80, 108 SMs), x86-64 host",
+        tvm_target={"kind": "cuda", "arch": "sm_80", **_CUDA_LIMITS}, host=dict(_X86_SERVER_HOST),
+        kind="cuda", arch="x86_64", cross_compiler=None, cores=108,
+        peak_gflops_fp32=19500.0, peak_gbps=2039.0,
+        peak_source="NVIDIA A100 datasheet: 19.5 TFLOPS FP32 (non-tensor), 2,039 GB/s HBM2e",
+        aliases=("a100", "sm_80", "sm80", "nvidia/nvidia-a100"),
+    )
+
+
+@register_target
+def cuda_sm90() -> TargetSpec:
+    return TargetSpec(
+        name="cuda-sm90",
+        description="NVIDIA H100 SXM5 80GB (sm_90, 132 SMs), x86-64 host",
+        tvm_target={"kind": "cuda", "arch": "sm_90", **_CUDA_LIMITS}, host=dict(_X86_SERVER_HOST),
+        kind="cuda", arch="x86_64", cross_compiler=None, cores=132,
+        peak_gflops_fp32=67000.0, peak_gbps=3350.0,
+        peak_source="NVIDIA H100 datasheet (SXM5): 67 TFLOPS FP32 (non-tensor), 3.35 TB/s HBM3",
+        aliases=("h100", "sm_90", "sm90", "sm_90a", "nvidia/nvidia-h100"),
+    )
+
+
+@register_target
+def jetson_orin() -> TargetSpec:
+    return TargetSpec(
+        name="jetson-orin",
+        description=("NVIDIA Jetson AGX Orin 64GB: Ampere GPU sm_87 (2048 CUDA cores, 16 SMs, "
+                     "1.3 GHz), host 12x Cortex-A78AE, LPDDR5 256-bit"),
+        tvm_target={"kind": "cuda", "arch": "sm_87", **_CUDA_LIMITS},
+        host=_arm_cpu("cortex-a78", 12), kind="cuda", arch="aarch64", cross_compiler=_A64_CXX,
+        cores=16, peak_gflops_fp32=5325.0, peak_gbps=204.8,
+        peak_source=("2048 CUDA cores x 2 x 1.3 GHz = 5.3 TFLOPS FP32; 204.8 GB/s "
+                     "(NVIDIA Jetson AGX Orin series datasheet)"),
+        aliases=("orin", "jetson-agx-orin", "nvidia/jetson-agx-orin-64gb"),
+    )
+
+
+def _vta(name: str, board: str, host: dict, arch: str, cxx: str, cores: int) -> TargetSpec:
+    return TargetSpec(
+        name=name,
+        description=f"VTA on {board} - PLACEHOLDER, analytic cost model only (no compiled module)",
+        tvm_target={"kind": "ext_dev"}, host=host, kind="vta", arch=arch, cross_compiler=cxx,
+        cores=cores, peak_gflops_fp32=None, peak_gbps=None,
+        peak_source="placeholder: VTA peaks depend on the VTA configuration; filled in with the VTA model",
+        analytic_only=True,
+    )
+
+
+@register_target
+def vta_ultra96() -> TargetSpec:
+    return _vta("vta-ultra96", "Avnet Ultra96 (Zynq UltraScale+ ZU3EG, 4x Cortex-A53 @ 1.5 GHz)",
+                _arm_cpu("cortex-a53", 4), "aarch64", _A64_CXX, 4)
+
+
+@register_target
+def vta_zcu104() -> TargetSpec:
+    return _vta("vta-zcu104", "Xilinx ZCU104 (Zynq UltraScale+ ZU7EV, 4x Cortex-A53 @ 1.2 GHz)",
+                _arm_cpu("cortex-a53", 4), "aarch64", _A64_CXX, 4)
+
+
+@register_target
+def vta_pynq() -> TargetSpec:
+    return _vta("vta-pynq", "PYNQ-Z1 (Zynq-7020, 2x Cortex-A9 @ 650 MHz)",
+                {"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mcpu": "cortex-a9",
+                 "mattr": ["+neon"], "num-cores": 2},
+                "armv7", "arm-linux-gnueabihf-g++", 2)

@@ -1,0 +1,142 @@
+"""Describe the build machine's x86-64 CPU without importing TVM/LLVM.
+
+The registry must import in milliseconds, so the LLVM ``-mcpu`` name is guessed from
+``/proc/cpuinfo`` (vendor, family, model, ISA flags). ``compile/`` asks LLVM itself
+(``llvm_get_system_cpu``) when it builds for ``x86-host`` and uses that if it differs, so a
+wrong guess here costs nothing but a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HostCpu:
+    """What /proc/cpuinfo says about this machine."""
+
+    mcpu: str
+    model_name: str
+    cores: int
+    ghz: float | None
+    flags: frozenset[str]
+
+    @property
+    def fp32_flops_per_cycle(self) -> int:
+        """Per-core fp32 FLOP/cycle assuming two FMA pipes of the widest vector ISA."""
+        if "avx512f" in self.flags:
+            return 64  # 2 x 16 lanes x 2 (FMA); some parts have one 512-bit pipe: an upper bound
+        if "avx2" in self.flags and "fma" in self.flags:
+            return 32
+        if "avx" in self.flags:
+            return 16
+        return 8
+
+
+def _amd_mcpu(family: int, model: int) -> str:
+    if family == 0x17:
+        return "znver2" if model >= 0x30 else "znver1"
+    if family == 0x19:
+        zen4 = 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF
+        return "znver4" if zen4 else "znver3"
+    if family >= 0x1A:
+        return "znver5"
+    return "x86-64"
+
+
+def _intel_mcpu(flags: frozenset[str]) -> str:
+    if "amx_tile" in flags:
+        return "sapphirerapids"
+    if "avx512f" in flags:
+        if "avx512_vbmi2" in flags:
+            return "icelake-server"
+        return "cascadelake" if "avx512_vnni" in flags else "skylake-avx512"
+    if "avx2" in flags:
+        return "haswell"
+    if "sse4_2" in flags:
+        return "nehalem"
+    return "x86-64"
+
+
+def _parse_cpuinfo(text: str) -> dict[str, str]:
+    """Fields of the first processor block."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def detect_host_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> HostCpu:
+    """Best-effort description of the local x86-64 CPU (generic values when unknown)."""
+    cores = os.cpu_count() or 1
+    try:
+        fields = _parse_cpuinfo(Path(cpuinfo_path).read_text())
+    except OSError:
+        fields = {}
+    flags = frozenset(fields.get("flags", "").split())
+    vendor = fields.get("vendor_id", "")
+    try:
+        family = int(fields.get("cpu family", "0"))
+        model = int(fields.get("model", "0"))
+    except ValueError:
+        family = model = 0
+    if platform.machine() not in ("x86_64", "AMD64"):
+        mcpu = "x86-64"
+    elif vendor == "AuthenticAMD":
+        mcpu = _amd_mcpu(family, model)
+    elif vendor == "GenuineIntel":
+        mcpu = _intel_mcpu(flags)
+    else:
+        mcpu = "x86-64"
+    try:
+        ghz: float | None = float(fields["cpu MHz"]) / 1000.0
+    except (KeyError, ValueError):
+        ghz = None
+    return HostCpu(mcpu=mcpu, model_name=fields.get("model name", "unknown x86-64"), cores=cores,
+                   ghz=ghz, flags=flags)
+
+
+def host_copy_bandwidth_gbps(model_name: str, cache_dir: str | None = None) -> float:
+    """DRAM bandwidth of this machine from a timed 256 MiB numpy copy (read + write), cached per CPU model.
+
+    A copy with one thread underestimates what all cores can pull, so the roofline built on it is
+    conservative. The first call costs about half a second; later calls read the cache.
+    """
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    root = Path(cache_dir or os.environ.get("OFA_DEPLOY_CACHE", Path.home() / ".cache" / "ofa_deploy"))
+    path = root / "host_bandwidth.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("model_name") == model_name:
+            return float(cached["gbps"])
+    except (OSError, ValueError, KeyError):
+        pass
+    src = np.ones(32 * 2**20, dtype=np.float64)  # 256 MiB: far beyond any cache
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    gbps = round(2 * src.nbytes / best / 1e9, 1)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"model_name": model_name, "gbps": gbps}))
+    os.replace(tmp, path)
+    return gbps

@@ -1,0 +1,89 @@
+"""`TargetSpec`: everything ofa-deploy needs to know about one deployment target.
+
+A spec is plain data (no TVM objects) so that the registry stays importable without TVM and
+can be written into metadata files as JSON. ``compile/`` turns ``tvm_target``/``host`` into
+``tvm.target.Target`` objects; TVM 0.27 only accepts the JSON-dict form, not the old
+``"llvm -mcpu=..."`` strings, so the dicts here are in that form.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["cpu", "cuda", "vta"]
+KINDS: tuple[str, ...] = ("cpu", "cuda", "vta")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A named, documented deployment target.
+
+    Attributes:
+        name: registry key, e.g. ``"cortex-a76"``.
+        description: one line naming the board/chip the numbers below describe.
+        tvm_target: TVM 0.27 target in JSON-dict form, e.g.
+            ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}``.
+            Treat as read-only (use :meth:`replace` to derive a variant).
+        host: the host-side target dict for device targets (CUDA, VTA), else ``None``.
+        kind: ``"cpu"``, ``"cuda"`` or ``"vta"``.
+        arch: the CPU architecture code runs on (for CUDA/VTA: the host CPU's), e.g.
+            ``"aarch64"``; decides cross compilation and emulation.
+        cross_compiler: the C++ compiler that links the module for this target when it is not
+            the build machine, e.g. ``"aarch64-linux-gnu-g++"``; ``None`` = the native ``g++``.
+        cores: parallel units: CPU cores for ``cpu``/``vta`` kinds, streaming multiprocessors
+            for ``cuda``.
+        peak_gflops_fp32: theoretical fp32 peak (roofline ceiling), ``None`` if unknown.
+        peak_gbps: theoretical DRAM bandwidth in GB/s, ``None`` if unknown.
+        peak_source: where the two peak figures come from (datasheet, or how they were derived).
+        aliases: other spellings :func:`get_target` accepts (TVM tags, board nicknames).
+        analytic_only: ``True`` when no compiled module can be produced (VTA placeholders):
+            only the analytic cost model applies.
+    """
+
+    name: str
+    description: str
+    tvm_target: dict[str, Any] = field(hash=False)
+    host: dict[str, Any] | None = field(hash=False)
+    kind: Kind
+    arch: str
+    cross_compiler: str | None
+    cores: int
+    peak_gflops_fp32: float | None
+    peak_gbps: float | None
+    peak_source: str
+    aliases: tuple[str, ...] = ()
+    analytic_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"TargetSpec {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if "kind" not in self.tvm_target:
+            raise ValueError(f"TargetSpec {self.name!r}: tvm_target needs a 'kind' key")
+
+    @property
+    def is_cross(self) -> bool:
+        """True when modules for this target are linked by a cross compiler."""
+        return self.cross_compiler is not None
+
+    def tvm_target_with_host(self) -> dict[str, Any]:
+        """The target dict with ``host`` folded in, ready for ``tvm.target.Target(dict)``."""
+        out = copy.deepcopy(self.tvm_target)
+        if self.host is not None and self.kind != "cpu":
+            out["host"] = copy.deepcopy(self.host)
+        return out
+
+    def replace(self, **changes: Any) -> TargetSpec:
+        """A copy with some fields changed (the dicts are deep-copied, never shared)."""
+        spec = dataclasses.replace(self, **changes)
+        object.__setattr__(spec, "tvm_target", copy.deepcopy(spec.tvm_target))
+        object.__setattr__(spec, "host", copy.deepcopy(spec.host))
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form, for metadata files."""
+        d = dataclasses.asdict(self)
+        d["aliases"] = list(self.aliases)
+        return d

@@ -1,0 +1,187 @@
+"""The target registry: every entry well-formed, every user spelling resolved. No TVM here.
+
+(That TVM itself accepts every entry's dict is checked in test_compile_backend.py, tvm tier.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.targets import KINDS, TargetSpec, all_targets, get_target, list_targets, register_target
+from ofa_deploy.targets.hostcpu import _amd_mcpu, _intel_mcpu, detect_host_cpu
+from ofa_deploy.targets.parse import parse_tvm_string
+
+NAMES = list_targets()
+REQUIRED = ["x86-host", "cortex-a76", "cortex-a72", "cortex-a53", "cuda-sm80", "cuda-sm90", "jetson-orin",
+            "vta-ultra96", "vta-zcu104", "vta-pynq"]
+ARM_MCPUS = {"cortex-a76", "cortex-a72", "cortex-a53", "cortex-a78", "cortex-a9"}
+
+
+def test_required_entries_present():
+    assert set(REQUIRED) <= set(NAMES)
+    assert list_targets("cuda") == ["cuda-sm80", "cuda-sm90", "jetson-orin"]
+    assert set(list_targets("vta")) == {"vta-ultra96", "vta-zcu104", "vta-pynq"}
+
+
+def test_import_does_not_load_tvm():
+    code = "import sys, ofa_deploy.targets as t; t.get_target('cuda -arch=sm_87'); print('tvm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _check_llvm_dict(d: dict, arch: str) -> None:
+    assert d["kind"] == "llvm"
+    assert isinstance(d.get("num-cores", 1), int)
+    if arch == "x86_64":
+        assert "mtriple" not in d or d["mtriple"].startswith("x86_64")
+    else:
+        assert d["mtriple"].split("-")[0] in ("aarch64", "armv7a")
+        assert d["mcpu"] in ARM_MCPUS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entry_is_well_formed(name):
+    spec = all_targets()[name]
+    assert spec.name == name and spec.kind in KINDS and spec.description and spec.peak_source
+    assert spec.cores >= 1
+    json.dumps(spec.to_dict())  # metadata-safe
+    assert get_target(name) is spec
+    for alias in spec.aliases:
+        assert get_target(alias) is spec
+    if spec.kind == "cpu":
+        _check_llvm_dict(spec.tvm_target, spec.arch)
+        assert spec.host is None
+        assert spec.tvm_target.get("num-cores", spec.cores) == spec.cores
+        assert spec.peak_gflops_fp32 is None or spec.peak_gflops_fp32 > 0
+    elif spec.kind == "cuda":
+        assert spec.tvm_target["kind"] == "cuda" and spec.tvm_target["arch"].startswith("sm_")
+        _check_llvm_dict(spec.host, spec.arch)
+        assert spec.tvm_target_with_host()["host"] == spec.host
+        assert spec.peak_gflops_fp32 > 1000 and spec.peak_gbps > 100
+    else:
+        assert spec.analytic_only and spec.host is not None
+        _check_llvm_dict(spec.host, spec.arch)
+    if spec.arch == "aarch64":
+        assert spec.cross_compiler == "aarch64-linux-gnu-g++"
+    if spec.arch == "x86_64":
+        assert spec.cross_compiler is None
+    if name != "x86-host" and spec.kind != "vta":  # datasheet figures for real boards
+        assert spec.peak_gflops_fp32 and spec.peak_gbps
+
+
+def test_arm_peaks_follow_from_cores_clock_and_fma_width():
+    assert get_target("cortex-a76").peak_gflops_fp32 == pytest.approx(4 * 2.4 * 16)
+    assert get_target("cortex-a72").peak_gflops_fp32 == pytest.approx(4 * 1.8 * 8)
+    assert get_target("cortex-a53").peak_gflops_fp32 == pytest.approx(4 * 1.4 * 4)
+
+
+@pytest.mark.parametrize("text, name, mattr", [
+    ("x86-host", "x86-host", None),
+    ("llvm", "x86-host", None),
+    ("  LLVM  ", "x86-host", None),
+    ("llvm -mcpu=native", "x86-host", None),
+    ("llvm -mcpu=cortex-a76", "cortex-a76", None),
+    ("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a76 -mattr=+neon", "cortex-a76", ["+neon"]),
+    ("llvm -device=arm_cpu -mtriple=aarch64-linux-gnu -mcpu=cortex-a72", "cortex-a72", None),
+    ("llvm -mtriple=aarch64-unknown-linux-gnu -mcpu=cortex-a53 -mattr=+neon,+crc", "cortex-a53", ["+neon", "+crc"]),
+    ("cuda -arch=sm_87", "jetson-orin", None),
+    ("cuda -arch=sm_80", "cuda-sm80", None),
+    ("cuda -arch=sm_90a", "cuda-sm90", None),
+    ("nvidia/jetson-agx-orin-64gb", "jetson-orin", None),
+    ("nvidia/nvidia-a100", "cuda-sm80", None),
+    ("raspberry-pi/4b-aarch64", "cortex-a72", None),
+    ("rpi5", "cortex-a76", None),
+    ("CORTEX-A76", "cortex-a76", None),
+    ('{"kind": "llvm", "mcpu": "cortex-a53"}', "cortex-a53", None),
+    ({"kind": "cuda", "arch": "sm_90"}, "cuda-sm90", None),
+])
+def test_user_spellings_resolve(text, name, mattr):
+    spec = get_target(text)
+    assert spec.name == name
+    assert spec.tvm_target.get("mattr") == mattr
+
+
+def test_extra_mattr_does_not_leak_into_registry():
+    derived = get_target("llvm -mcpu=cortex-a76 -mattr=+neon")
+    base = get_target("cortex-a76")
+    assert derived.tvm_target["mattr"] == ["+neon"] and "mattr" not in base.tvm_target
+    assert derived.tvm_target["mcpu"] == base.tvm_target["mcpu"] == "cortex-a76"
+    assert derived.peak_gflops_fp32 == base.peak_gflops_fp32
+
+
+def test_get_target_passes_specs_through():
+    spec = get_target("cortex-a72")
+    assert get_target(spec) is spec
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("foo", "unknown kind"),
+    ("", "non-empty"),
+    ("llvm -mcpu=cortex-a55", "unknown -mcpu=cortex-a55"),
+    ("llvm -mtriple=aarch64-linux-gnu", "needs -mcpu"),
+    ("llvm -mtriple=aarch64-linux-gnu -mcpu=skylake", "unknown -mcpu=skylake"),
+    ("llvm -mcpu=cortex-a76 -mtriple=x86_64-linux-gnu", "does not match"),
+    ("llvm -mcpu=cortex-a76 -libs=cblas", "unsupported option"),
+    ("llvm mcpu=cortex-a76", "expected '-key=value'"),
+    ("cuda", "needs -arch"),
+    ("cuda -arch=sm_70", "unknown -arch=sm_70"),
+    ("nvidia/geforce-rtx-3090", "unknown TVM tag"),
+    ("{not json", "invalid JSON"),
+    ("opencl", "unknown kind"),
+])
+def test_unknown_targets_fail_with_one_line_listing_names(text, hint):
+    with pytest.raises(OfaDeployError) as exc:
+        get_target(text)
+    message = str(exc.value)
+    assert hint in message
+    assert "\n" not in message
+    assert "known targets: " + ", ".join(NAMES) in message
+
+
+def test_parse_tvm_string():
+    assert parse_tvm_string("llvm -mtriple=aarch64-linux-gnu -mattr=+neon,+dotprod") == {
+        "kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
+
+
+def test_register_target_adds_and_overrides():
+    base = get_target("cortex-a76")
+    custom = base.replace(name="my-board", description="test board", aliases=("my-alias",))
+    try:
+        register_target(custom)
+        assert get_target("my-board") is custom and get_target("my-alias") is custom
+        assert "my-board" in list_targets("cpu")
+
+        @register_target
+        def my_board() -> TargetSpec:  # decorator form replaces the entry
+            return custom.replace(peak_gbps=1.0)
+
+        assert get_target("my-board").peak_gbps == 1.0
+    finally:
+        from ofa_deploy.targets import registry
+
+        registry._FACTORIES.pop("my-board", None)
+        registry._SPECS.pop("my-board", None)
+    assert "my-board" not in list_targets()
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        get_target("cortex-a76").replace(kind="fpga")
+    with pytest.raises(ValueError):
+        get_target("cortex-a76").replace(tvm_target={"mcpu": "cortex-a76"})
+
+
+def test_host_cpu_guess():
+    cpu = detect_host_cpu()
+    assert cpu.cores >= 1 and cpu.mcpu
+    assert get_target("x86-host").tvm_target["mcpu"] == cpu.mcpu
+    assert _amd_mcpu(0x17, 0x31) == "znver2" and _amd_mcpu(0x19, 0x61) == "znver4"
+    assert _amd_mcpu(0x19, 0x21) == "znver3" and _amd_mcpu(0x1A, 0x02) == "znver5"
+    assert _intel_mcpu(frozenset({"avx512f", "avx512_vnni"})) == "cascadelake"
+    assert _intel_mcpu(frozenset({"avx2", "fma"})) == "haswell"
+    assert _intel_mcpu(frozenset()) == "x86-64"

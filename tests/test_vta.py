@@ -1,0 +1,115 @@
+"""The analytic VTA model: tiling against the buffers, placement, totals, MobileNetV2, the FPGA finding."""
+
+import numpy as np
+import pytest
+
+from ofa_deploy import SubnetConfig
+from ofa_deploy.search.compare import intensity_table, markdown
+from ofa_deploy.search.evolution import EvolutionConfig
+from ofa_deploy.search.genes import configs_to_genes
+from ofa_deploy.search.latency import BOARDS, ConvShape, VtaConfig, get_board, latency_model, plan_conv, vta_report
+from ofa_deploy.search.latency.vta import estimate_layer, on_vta
+from ofa_deploy.search.mobilenetv2 import mobilenet_v2_layers
+from ofa_deploy.search.tables import layers_with_acts
+from ofa_deploy.search_space.costs import LayerCost, count_costs
+
+ULTRA96 = get_board("vta-ultra96")
+
+
+def conv_layer(cin, cout, hw, k=1, stride=1, residual=False):
+    ho = (hw + 2 * (k // 2) - k) // stride + 1
+    w = cout * cin * k * k
+    out = cout * ho * ho
+    return LayerCost("c", "conv", (cin, hw, hw), (cout, ho, ho), w * ho * ho, w + 2 * cout, w + cout,
+                     cin * hw * hw + (out if residual else 0), out)
+
+
+def tile_usage(shape, plan):
+    th, tw, tco, tci = plan.tile
+    k, s = shape.kernel, shape.stride
+    return {"inp": ((th - 1) * s + k) * ((tw - 1) * s + k) * tci, "wgt": tco * tci * k * k, "acc": th * tw * tco,
+            "uop": tw * tci * k * k}
+
+
+def test_config_and_boards():
+    cap = VtaConfig().capacity()
+    assert cap == {"inp": 1024, "wgt": 512, "acc": 1024, "uop": 4096}  # half of each buffer (2 virtual threads)
+    assert ULTRA96.peak_gops == pytest.approx(170.496)  # 256 MACs x 2 x 333 MHz
+    assert get_board("vta-pynq").peak_gops == pytest.approx(51.2)
+    assert sorted(BOARDS) == ["vta-pynq", "vta-ultra96", "vta-zcu104"]
+
+
+def test_conv_that_fits_moves_each_tensor_once():
+    shape = ConvShape.from_layer(conv_layer(32, 64, 8))
+    assert (shape.kernel, shape.stride, shape.residual) == (1, 1, False)
+    plan = plan_conv(shape, ULTRA96)
+    assert plan.n_tiles[:3] == (1, 1, 1)  # one spatial / output-channel tile: nothing is re-read
+    assert plan.dram_bytes == plan.compulsory_bytes == 8 * 8 * 32 + 64 * 32 + 8 * 8 * 64
+    # exact GEMM count: 64 pixels x 4 out blocks x 2 in blocks, plus one GEMM instruction per tile
+    # (the planner may split the reduction in two so the second half loads while the first computes)
+    assert plan.gemm_cycles == 64 * 4 * 2 + int(np.prod(plan.n_tiles)) * VtaConfig().gemm_insn_cycles
+
+
+def test_conv_that_does_not_fit_is_tiled_within_the_buffers():
+    cap = VtaConfig().capacity()
+    for layer in (conv_layer(960, 1280, 7), conv_layer(16, 96, 112), conv_layer(96, 24, 56, residual=True)):
+        shape = ConvShape.from_layer(layer)
+        plan = plan_conv(shape, ULTRA96)
+        assert np.prod(plan.n_tiles) > 1, layer
+        assert all(v <= cap[k] for k, v in tile_usage(shape, plan).items()), plan
+        assert plan.dram_bytes >= plan.compulsory_bytes
+        ideal = layer.macs / VtaConfig().macs_per_cycle
+        assert plan.gemm_cycles >= ideal  # channels are padded up to multiples of 16
+    big = plan_conv(ConvShape.from_layer(conv_layer(960, 1280, 7)), ULTRA96)
+    assert big.dram_bytes > big.compulsory_bytes  # 1.2 MB of weights vs 128 KiB: something is re-read
+    assert big.cycles >= max(big.load_cycles, big.gemm_cycles + big.alu_cycles, big.store_cycles)
+    assert big.cycles < big.load_cycles + big.gemm_cycles + big.alu_cycles + big.store_cycles  # overlap
+    stride2 = ConvShape.from_layer(conv_layer(24, 48, 56, k=3, stride=2))
+    assert (stride2.kernel, stride2.stride, stride2.ho) == (3, 2, 28)
+
+
+def test_placement_depthwise_se_hswish_on_arm():
+    layers = layers_with_acts(SubnetConfig.max())
+    report = vta_report(layers, ULTRA96)
+    for (layer, act), est in zip(layers, report.layers):
+        if layer.op in ("dwconv", "se", "pool", "linear") or layer.name in ("first_conv", "feature_mix_layer"):
+            assert est.device == "arm", layer.name
+        else:
+            assert est.device == "vta" and on_vta(layer), layer.name
+    expand = next(l for l, a in layers if l.name == "blocks.9.expand")  # an h-swish stage
+    assert estimate_layer(expand, "h_swish", ULTRA96).ms > estimate_layer(expand, None, ULTRA96).ms
+    assert estimate_layer(expand, "relu", ULTRA96).ms == estimate_layer(expand, None, ULTRA96).ms
+
+
+def test_totals_are_consistent():
+    model = latency_model("vta-ultra96", "ofa_mbv3_d234_e346_k357_w1.0")
+    assert model.source == "estimated" and model.dtype_bytes == 1
+    rng = np.random.default_rng(5)
+    cfgs = [SubnetConfig.sample(rng) for _ in range(8)]
+    for cfg, ms in zip(cfgs, model.predict(configs_to_genes(cfgs))):
+        rep = vta_report(layers_with_acts(cfg), "vta-ultra96")
+        costs = count_costs(cfg)
+        assert rep.latency_ms == pytest.approx(ms, rel=1e-12) == pytest.approx(sum(l.ms for l in rep.layers))
+        assert rep.gops == pytest.approx(2 * costs.macs / (ms * 1e-3) / 1e9)
+        assert rep.intensity == pytest.approx(costs.intensity(1))
+        assert 0 < rep.vta_time_fraction < 1 and rep.gops < ULTRA96.peak_gops
+        assert rep.summary()["source"] == "estimated"
+    slow = vta_report(layers_with_acts(cfgs[0]), "vta-pynq").latency_ms
+    assert slow > vta_report(layers_with_acts(cfgs[0]), "vta-ultra96").latency_ms
+
+
+def test_mobilenet_v2_layer_list():
+    layers = mobilenet_v2_layers()
+    assert sum(l.macs for l, _ in layers) == 300_774_272  # torchvision's 300.8 M
+    assert sum(l.params for l, _ in layers) == 3_504_872  # torchvision's parameter count
+    assert sum(l.op == "dwconv" for l, _ in layers) == 17
+    assert vta_report(layers, "vta-ultra96").latency_ms > 0
+
+
+def test_fpga_subnet_has_higher_intensity_than_cpu_subnet():
+    rows = intensity_table((30.0,), "vta-ultra96", config=EvolutionConfig(population=50, generations=80))
+    fpga, cpu, mbv2 = rows
+    assert fpga["searched_for"].startswith("fpga") and cpu["searched_for"].startswith("cpu")
+    assert fpga["fpga_ms"] <= 30.0 and cpu["cpu_ms"] <= 30.0
+    assert fpga["intensity_int8"] > cpu["intensity_int8"]
+    assert mbv2["macs_m"] == 300.8 and "| 30.0 |" in markdown(rows)
