@@ -65,8 +65,7 @@ def _model(cfg: SubnetConfig, opts: CompileOptions) -> tuple[torch.nn.Module, li
             raise OfaDeployError("compile: --supernet CHECKPOINT is required (or --random-weights for latency work)")
         return random_subnet(cfg, opts.seed), None
     supernet = load_supernet(opts.checkpoint, cfg.space)
-    classes = torch.load(opts.checkpoint, map_location="cpu", weights_only=True).get("classes")
-    return supernet.extract(cfg), classes
+    return supernet.extract(cfg), supernet.classes
 
 
 def _relative_error(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:

@@ -80,6 +80,7 @@ def load_supernet(checkpoint: str | os.PathLike[str] | None = None,
     net = OFAMobileNetV3(sp, n_classes=int(classifier.shape[0]) if classifier is not None else None)
     check_state_dict(net, state, str(checkpoint))
     net.load_state_dict(state, strict=True)
+    net.classes = meta.get("classes")  # class names, when the trainer saved them
     return net.eval()
 
 

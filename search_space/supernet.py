@@ -212,6 +212,7 @@ class OFAMobileNetV3(nn.Module):
         super().__init__()
         self.space = get_space(space)
         self.n_classes = n_classes or self.space.n_classes
+        self.classes: list[str] | None = None  # class names, if the checkpoint carries them
         sp = self.space
         self.first_conv, first_block = build_stem(sp)
         blocks: list[nn.Module] = [first_block]

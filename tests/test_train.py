@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ofa_deploy.data import make_demo_dataset
+from ofa_deploy.data import DEMO_CLASSES, make_demo_dataset
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.train import Phase, TrainConfig, get_schedule, train
 
@@ -45,7 +45,7 @@ def test_killed_run_resumes_to_identical_weights(demo, tmp_path):
     import ofa_deploy as od
 
     loaded = od.load_supernet(straight.checkpoint)  # the official format that load_supernet reads
-    assert loaded.n_classes == 10
+    assert loaded.n_classes == 10 and loaded.classes == sorted(DEMO_CLASSES)
 
 
 def test_resume_with_other_settings_is_refused(demo, tmp_path):

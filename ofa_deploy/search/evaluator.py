@@ -2,7 +2,7 @@
 
 One :class:`Evaluator` bundles the accuracy model, the latency model and the cost tables, so the
 evolutionary and the NSGA-II searches see the same numbers. OFA's reference code draws random
-subnets ``while True`` until one meets the budget; here every loop has a bound and an impossible
+subnets in an unbounded loop until one meets the budget; here every loop has a bound and an impossible
 budget ends with an :class:`OfaDeployError` that names the fastest subnet's latency.
 """
 
