@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
 from .binfmt import elf_machine
@@ -32,14 +33,6 @@ log = logging.getLogger(__name__)
 RUNTIME_LIBS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so", "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
 AARCH64_PLATFORM = "manylinux_2_28_aarch64"
 APP_SOURCE_ENV = "OFA_DEPLOY_APP_SRC"
-
-
-def cache_root() -> Path:
-    """``$OFA_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/ofa_deploy``, else ``~/.cache/ofa_deploy``."""
-    if os.environ.get("OFA_DEPLOY_CACHE"):
-        return Path(os.environ["OFA_DEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ofa_deploy"
 
 
 def tvm_versions() -> tuple[str, str]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
+from .cache import cache_root
 from .errors import OfaDeployError
 
-DEMO_CACHE = Path(os.environ.get("OFA_DEPLOY_CACHE", Path.home() / ".cache" / "ofa_deploy")) / "demo_dataset"
+DEMO_CACHE = cache_root() / "demo_dataset"
 
 
 def resolve_data(data: str) -> str:

@@ -106,14 +106,20 @@ class SubnetConfig:
         return cls.uniform(pick(sp.kernel_choices), pick(sp.expand_choices), pick(sp.depth_choices), r, space)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, space: str = DEFAULT_SPACE) -> "SubnetConfig":
-        """Draw one config uniformly per gene (the OFA sampler), from an explicit generator."""
+    def sample(cls, rng: np.random.Generator, space: str = DEFAULT_SPACE, *, kernels: Sequence[int] | None = None,
+               expands: Sequence[int] | None = None, depths: Sequence[int] | None = None,
+               image_size: int | None = None) -> "SubnetConfig":
+        """Draw one config uniformly per gene (the OFA sampler), from an explicit generator.
+
+        ``kernels``/``expands``/``depths`` narrow the choices (a progressive-shrinking phase);
+        ``image_size`` fixes the resolution instead of drawing it.
+        """
         sp = get_space(space)
         return cls(
-            ks=tuple(int(v) for v in rng.choice(sp.kernel_choices, sp.n_blocks)),
-            e=tuple(int(v) for v in rng.choice(sp.expand_choices, sp.n_blocks)),
-            d=tuple(int(v) for v in rng.choice(sp.depth_choices, sp.n_stages)),
-            image_size=int(rng.choice(sp.resolution_choices)),
+            ks=tuple(int(v) for v in rng.choice(kernels or sp.kernel_choices, sp.n_blocks)),
+            e=tuple(int(v) for v in rng.choice(expands or sp.expand_choices, sp.n_blocks)),
+            d=tuple(int(v) for v in rng.choice(depths or sp.depth_choices, sp.n_stages)),
+            image_size=image_size if image_size is not None else int(rng.choice(sp.resolution_choices)),
             space=sp.name,
         )
 

@@ -137,7 +137,7 @@ def _vta(name: str, board: str, host: dict, arch: str, cxx: str, cores: int) -> 
 
 @register_target
 def vta_ultra96() -> TargetSpec:
-    return _vta("vta-ultra96", "Avnet Ultra96 (Zynq UltraScale+ ZU3EG, 4x Cortex-A53 @ 1.5 GHz)",
+    return _vta("vta-ultra96", "Avnet Ultra96-V2 (Zynq UltraScale+ ZU3EG -1, 4x Cortex-A53 @ 1.2 GHz)",
                 _arm_cpu("cortex-a53", 4), "aarch64", _A64_CXX, 4)
 
 

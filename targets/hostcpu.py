@@ -113,13 +113,14 @@ def host_copy_bandwidth_gbps(model_name: str, cache_dir: str | None = None) -> f
     conservative. The first call costs about half a second; later calls read the cache.
     """
     import json
-    import os
     import time
     from pathlib import Path
 
     import numpy as np
 
-    root = Path(cache_dir or os.environ.get("OFA_DEPLOY_CACHE", Path.home() / ".cache" / "ofa_deploy"))
+    from ofa_deploy.cache import cache_root
+
+    root = Path(cache_dir) if cache_dir else cache_root()
     path = root / "host_bandwidth.json"
     try:
         cached = json.loads(path.read_text())

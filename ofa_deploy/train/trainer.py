@@ -95,17 +95,6 @@ def _barrier(world: int) -> None:
 
 
 # -- pieces of a step -----------------------------------------------------------------------------
-def sample_subnet(rng: np.random.Generator, phase: Phase, space: str, image_size: int) -> SubnetConfig:
-    """A subnet with genes drawn uniformly from the phase's active choices."""
-    sp = get_space(space)
-    return SubnetConfig(
-        ks=tuple(int(v) for v in rng.choice(phase.kernels, sp.n_blocks)),
-        e=tuple(int(v) for v in rng.choice(phase.expands, sp.n_blocks)),
-        d=tuple(int(v) for v in rng.choice(phase.depths, sp.n_stages)),
-        image_size=image_size, space=space,
-    )
-
-
 def augment(images: torch.Tensor, image_size: int, rng: np.random.Generator) -> torch.Tensor:
     """uint8 batch -> float batch: random square crop (35-100 % of the side), flips, resize, normalise."""
     side = images.shape[-1]
@@ -250,7 +239,8 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> TrainResult
                 optimizer.zero_grad(set_to_none=True)
                 soft = F.softmax(teacher(x), 1) if teacher is not None else None
                 for k in range(phase.subnets_per_step):
-                    net.set_active_subnet(sample_subnet(rng, phase, cfg.space, res))
+                    net.set_active_subnet(SubnetConfig.sample(rng, cfg.space, kernels=phase.kernels,
+                                                              expands=phase.expands, depths=phase.depths, image_size=res))
                     logits = net(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                     if soft is not None:
