@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ofa_deploy.compile import build_module, time_local
@@ -29,12 +27,14 @@ from ofa_deploy.search_space import SubnetConfig, random_subnet
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.targets import get_target
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import update_benchmarks_md  # noqa: E402
+
 SUBNETS = {
     "max (k7 e6 d4 @224)": SubnetConfig.uniform(7, 6, 4, 224),
     "mid (k5 e4 d3 @192)": SubnetConfig.uniform(5, 4, 3, 192),
     "min (k3 e3 d2 @160)": SubnetConfig.uniform(3, 3, 2, 160),
 }
-REPO = Path(__file__).resolve().parents[1]
 
 
 def median_ms(fn, warmup: int, repeat: int) -> float:
@@ -90,18 +90,6 @@ def table(results: dict[str, dict], threads: int, peak_gflops: float | None) -> 
         lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['tvm_untuned'] / row['onnxruntime']:.1f}x | "
                      f"{tuned_ratio} | {peak} |")
     return "\n".join(lines)
-
-
-def update_benchmarks_md(section: str, body: str) -> None:
-    """Replace (or append) the section ``## section`` of BENCHMARKS.md, atomically."""
-    from ofa_deploy.atomic import write_text
-
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was made by the command shown with it.\n"
-    block = f"## {section}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    write_text(path, text)
 
 
 def main() -> int:

@@ -1,10 +1,10 @@
-"""The aarch64 TVM runtime (libtvm_runtime.so + libtvm_ffi.so) and the aarch64 deploy app.
+"""The aarch64 TVM runtime (libtvm_runtime.so + libtvm_ffi.so), deploy app and RPC server.
 
-Both come from what is installed here: the runtime libs are unpacked from the aarch64 wheels
+All come from what is installed here: the runtime libs are unpacked from the aarch64 wheels
 of the *same* apache-tvm / apache-tvm-ffi versions (a module must be loaded by the runtime
-version that built it), fetched once with pip and cached; the app is
-``examples/deploy_cpp/deploy_app.cc`` cross-compiled against them with the x86 wheel's tvm-ffi
-headers (architecture-independent).
+version that built it), fetched once with pip and cached; the programs are
+``examples/deploy_cpp/deploy_app.cc`` and ``rpc_server.cc`` cross-compiled against them with the
+x86 wheel's tvm-ffi headers (architecture-independent).
 
     python -m ofa_deploy.compile aarch64-runtime             # fetch (if needed), print the dir
     python -m ofa_deploy.compile aarch64-runtime --print-dir # only print where it goes
@@ -89,12 +89,19 @@ def fetch_aarch64_runtime(cache_dir: str | Path | None = None) -> Path:
     return dest
 
 
-def app_source() -> Path:
-    """``examples/deploy_cpp/deploy_app.cc`` of this checkout (or ``$OFA_DEPLOY_APP_SRC``)."""
+def app_source(name: str = "deploy_app.cc") -> Path:
+    """``examples/deploy_cpp/NAME`` of this checkout (``$OFA_DEPLOY_APP_SRC``: that directory or,
+    for the deploy app, the file itself)."""
     env = os.environ.get(APP_SOURCE_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "examples" / "deploy_cpp" / "deploy_app.cc"
+    default_dir = Path(__file__).resolve().parents[1] / "examples" / "deploy_cpp"
+    if env and Path(env).is_dir():
+        path = Path(env) / name
+    elif env and name == "deploy_app.cc":
+        path = Path(env)
+    else:
+        path = default_dir / name
     if not path.is_file():
-        raise OfaDeployError(f"deploy app source not found at {path}: use a source checkout "
+        raise OfaDeployError(f"{name} not found at {path}: use a source checkout "
                              f"(pip install -e .) or set {APP_SOURCE_ENV}")
     return path
 
@@ -106,16 +113,15 @@ def tvm_ffi_include_dir() -> Path:
     return Path(spec.origin).parent / "include"
 
 
-def build_deploy_app_aarch64(cache_dir: str | Path | None = None) -> Path:
-    """The cross-compiled deploy app, next to the aarch64 runtime libs (rpath $ORIGIN); cached."""
-    cxx = require_tool("aarch64-linux-gnu-g++", "cross-compile the aarch64 deploy app")
+def _cross_build(src: Path, cache_dir: str | Path | None) -> Path:
+    """``src`` cross-compiled for aarch64 next to the runtime libs (rpath $ORIGIN), cached by content."""
+    cxx = require_tool("aarch64-linux-gnu-g++", f"cross-compile {src.name} for aarch64")
     rt = fetch_aarch64_runtime(cache_dir)
-    src = app_source()
     key = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-    app = rt / f"deploy_app-{key}"
-    if app.is_file():
-        return app
-    tmp = app.with_name(f".{app.name}.{os.getpid()}")
+    out = rt / f"{src.stem}-{key}"
+    if out.is_file():
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
     cmd = [cxx, "-O2", "-std=c++17", f"-I{tvm_ffi_include_dir()}", str(src), "-o", str(tmp), f"-L{rt}",
            "-Wl,-rpath,$ORIGIN", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-Wl,--as-needed",
            "-ldl", "-lpthread"]
@@ -123,8 +129,21 @@ def build_deploy_app_aarch64(cache_dir: str | Path | None = None) -> Path:
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise OfaDeployError(f"cross-compiling {src.name} failed:\n{proc.stderr.strip()[-2000:]}")
-    os.replace(tmp, app)
-    return app
+    os.replace(tmp, out)
+    return out
+
+
+def build_deploy_app_aarch64(cache_dir: str | Path | None = None) -> Path:
+    """The cross-compiled deploy app, next to the aarch64 runtime libs (rpath $ORIGIN); cached."""
+    return _cross_build(app_source(), cache_dir)
+
+
+def build_rpc_server_aarch64(cache_dir: str | Path | None = None) -> Path:
+    """The cross-compiled C++ RPC server (``examples/deploy_cpp/rpc_server.cc``); cached.
+
+    Runs on a board without Python, and under qemu here (emulate.py: emulated_rpc_server).
+    """
+    return _cross_build(app_source("rpc_server.cc"), cache_dir)
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,8 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
     """
     spec = get_target(target)
     if spec.analytic_only:
-        raise OfaDeployError(f"target {spec.name} is analytic-only ({spec.description}); no module can be built")
+        raise OfaDeployError(f"target {spec.name} is analytic-only ({spec.description}): TVM has no backend for "
+                             "it; build its host_spec() (the whole network on its host CPU), as compile does")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise OfaDeployError(f"ONNX file not found: {onnx_path}")

@@ -36,6 +36,18 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         from .tvm_run import run, time
 
         return run(request) if op == "run" else time(request)
+    if op in ("rpc_run", "rpc_time"):
+        from . import tvm_rpc
+
+        return tvm_rpc.run(request) if op == "rpc_run" else tvm_rpc.time(request)
+    if op == "profile":
+        from .tvm_profile import profile
+
+        return profile(request)
+    if op in ("tune_plan", "tune_chunk"):
+        from . import tvm_tune
+
+        return tvm_tune.tune_plan(request) if op == "tune_plan" else tvm_tune.tune_chunk(request)
     if op == "check_targets":
         from .tvm_build import check_targets
 
@@ -43,10 +55,31 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown worker op {op!r}")
 
 
+def die_with_parent(parent_pid: int | None) -> None:
+    """Have Linux SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    A worker that writes into shared state (a tuning database) must not outlive a parent killed
+    with SIGKILL: an orphan would keep appending while a restarted run repairs the same files.
+    ``parent_pid`` closes the race of a parent that died before the call. No-op off Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     request = json.loads(Path(argv[1]).read_text())
+    if request.get("die_with_parent"):
+        die_with_parent(request.get("parent_pid"))
     reply_path = Path(request["reply_path"])
     try:
         reply = {"ok": True, **handle(request)}

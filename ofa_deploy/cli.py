@@ -10,7 +10,6 @@ import json
 import logging
 import re
 import sys
-from pathlib import Path
 
 import click
 
@@ -143,11 +142,15 @@ def export(subnet: str, checkpoint: str | None, random_weights: bool, output: st
 def _register() -> None:
     """Commands that live in their own modules (one module per area)."""
     from .cli_compile import compile_command, targets_command
+    from .cli_profile import profile_command
     from .cli_search import acc_dataset, acc_predictor, search
     from .cli_train import demo_data, train
+    from .cli_tune import tune_command
 
     for command in (search, compile_command, targets_command, train, demo_data, acc_dataset, acc_predictor):
         cli.add_command(command)
+    cli.add_command(profile_command)
+    cli.add_command(tune_command)
 
 
 _register()

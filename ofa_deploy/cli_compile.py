@@ -22,6 +22,9 @@ def targets_command(kind: str | None) -> None:
         gf = f"{t.peak_gflops_fp32:.0f}" if t.peak_gflops_fp32 else "-"
         gb = f"{t.peak_gbps:.1f}" if t.peak_gbps else "-"
         click.echo(f"{t.name:<14}{t.kind:<6}{t.arch:<9}{t.cores:>6}{gf:>10}{gb:>8}  {t.description}")
+    if any(t.kind == "vta" for t in rows):
+        click.echo("vta-*: arch, cores and GFLOP/s (fp32) are the board's ARM host's, GB/s its DRAM; the VTA fabric "
+                   "is an analytic model (TVM 0.27 has no VTA backend): compile builds for the ARM host")
 
 
 @click.command("compile")
@@ -33,15 +36,21 @@ def targets_command(kind: str | None) -> None:
 @click.option("-o", "--output", default=None, type=click.Path(file_okay=False), help="Output directory (default: build/<id>-<target>).")
 @click.option("--no-verify", is_flag=True, help="Skip the numeric check on the target or its emulator.")
 @click.option("--measure", is_flag=True, help="Time the module on the target where one is reachable.")
+@click.option("--rpc", default=None, metavar="HOST:PORT[:KEY]",
+              help="Verify and --measure on a remote device over TVM RPC: a tracker and device key "
+                   "(HOST:PORT:KEY) or a server (HOST:PORT).")
+@click.option("--rpc-emulated", is_flag=True, help="The --rpc server runs under qemu: latency labelled 'emulated'.")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="MetaSchedule database directory (default: tuning_logs/<target>/ if present).")
 def compile_command(subnet: str, target: str, checkpoint: str | None,
-                    random_weights: bool, output: str | None, no_verify: bool, measure: bool, database: str | None) -> None:
+                    random_weights: bool, output: str | None, no_verify: bool, measure: bool, rpc: str | None,
+                    rpc_emulated: bool, database: str | None) -> None:
     """Compile a subnet into a verified deployable TVM module (.so + metadata.json + ONNX).
 
     \b
     Example:
       ofa-deploy compile subnet.json --supernet ofa.pth --target x86-host --measure -o build/x86
+      ofa-deploy compile subnet.json --supernet ofa.pth --target cortex-a76 --measure --rpc 192.168.1.2:9190:pi5
       ofa-deploy compile subnet.json --supernet ofa.pth --target llvm -mcpu=cortex-a76 -o build/pi5
     """
     from .deploy import CompileOptions, compile_subnet
@@ -53,7 +62,8 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
     out = output or f"build/{cfg.id}-{spec.name}"
     result = compile_subnet(cfg, CompileOptions(target=target, out_dir=out, checkpoint=checkpoint,
                                                 random_weights=random_weights, verify=not no_verify,
-                                                measure=measure, database_dir=database))
+                                                measure=measure, rpc=rpc, rpc_emulated=rpc_emulated,
+                                                database_dir=database))
     from .deploy import read_metadata
 
     meta = read_metadata(result)
@@ -63,4 +73,11 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
         line += f" on {v['ran_on']} (max rel err {v['max_rel_err']:.1e})"
     if meta["latency"]:
         line += f", latency {meta['latency']['median_ms']:.2f} ms ({meta['latency']['source']})"
+        if meta["latency"]["source"] == "emulated":
+            line += " - emulated: not a device speed"
     click.echo(line)
+    if "vta" in meta:  # say plainly what runs where: the module is ARM-only, the VTA figures are a model's
+        from .search.latency.vta import describe_offload
+
+        for text in describe_offload(meta["vta"]):
+            click.echo(text)

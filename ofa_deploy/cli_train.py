@@ -43,9 +43,11 @@ def demo_data(output: str, seed: int) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Per process.")
 @click.option("--resolutions", default="", help="Comma-separated training resolutions (default: the space's 128..224).")
 @click.option("--val-resolution", default=160, show_default=True, type=int)
+@click.option("--limit-train", default=None, type=click.IntRange(min=1),
+              help="Train on a seeded subset of this many train/ images (default: all).")
 @click.option("--seed", default=0, show_default=True, type=int)
 def train(data: str, output: str, schedule: str, space: str, batch_size: int, resolutions: str, val_resolution: int,
-          seed: int) -> None:
+          limit_train: int | None, seed: int) -> None:
     """Train an OFA supernet by progressive shrinking with knowledge distillation.
 
     Resumes automatically from OUTPUT/last.pth. For several processes or machines, launch with
@@ -69,7 +71,7 @@ def train(data: str, output: str, schedule: str, space: str, batch_size: int, re
     if bad:
         raise OfaDeployError(f"--resolutions/--val-resolution: {bad[0]} is not allowed; allowed values: 128..224 in steps of 4")
     cfg = TrainConfig(data=resolve_data(data), out_dir=output, space=space, schedule=schedule, batch_size=batch_size,
-                      resolutions=res, val_resolution=val_resolution, seed=seed)
+                      resolutions=res, val_resolution=val_resolution, limit_train=limit_train, seed=seed)
     result = run_training(cfg)
     click.echo(f"{result.checkpoint}: trained {len(result.history)} epochs "
                f"(val top-1 largest/smallest {result.history[-1]['val_acc_max']:.3f}/{result.history[-1]['val_acc_min']:.3f})")

@@ -28,6 +28,7 @@ from .data import MEAN, STD
 from .errors import OfaDeployError
 from .export import INPUT_NAME, export_onnx, seeded_input
 from .search_space import SubnetConfig, load_supernet, random_subnet
+from .shipped import default_supernet
 from .search_space.costs import count_costs
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,12 @@ VERIFY_RTOL = 1e-3  # max |compiled - torch| relative to max |torch|
 class CompileOptions:
     target: str  # registry name, TVM tag or classic TVM string
     out_dir: str
-    checkpoint: str | None = None  # supernet in the official format; None needs random_weights
+    checkpoint: str | None = None  # supernet in the official format; None: the shipped default supernet
     random_weights: bool = False  # latency work only: seeded random weights
     verify: bool = True  # compare the compiled module with PyTorch on the target or its emulator
-    measure: bool = False  # time on the target where one is reachable (here: the x86 host)
+    measure: bool = False  # time on the target where one is reachable (here: the x86 host, or rpc)
+    rpc: str | None = None  # HOST:PORT:KEY (tracker + device key) or HOST:PORT (server): verify and measure there
+    rpc_emulated: bool = False  # the RPC server runs under qemu: its latency is labelled "emulated"
     database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database
     batch: int = 1
     seed: int = 0
@@ -59,12 +62,26 @@ def default_database(target_name: str) -> Path | None:
     return d if (d / "database_tuning_record.json").is_file() else None
 
 
+def _checkpoint(opts: CompileOptions) -> str | None:
+    """The weights to compile: the given checkpoint, else the shipped supernet; None = random weights."""
+    if opts.random_weights:
+        if opts.checkpoint is not None:
+            raise OfaDeployError("compile: give either --supernet or --random-weights, not both")
+        return None
+    if opts.checkpoint is not None:
+        return opts.checkpoint
+    shipped = default_supernet()
+    if shipped is None:
+        raise OfaDeployError("compile: --supernet CHECKPOINT is required (no default supernet is installed; "
+                             "or --random-weights for latency work)")
+    return str(shipped)
+
+
 def _model(cfg: SubnetConfig, opts: CompileOptions) -> tuple[torch.nn.Module, list[str] | None]:
-    if opts.checkpoint is None:
-        if not opts.random_weights:
-            raise OfaDeployError("compile: --supernet CHECKPOINT is required (or --random-weights for latency work)")
+    checkpoint = _checkpoint(opts)
+    if checkpoint is None:
         return random_subnet(cfg, opts.seed), None
-    supernet = load_supernet(opts.checkpoint, cfg.space)
+    supernet = load_supernet(checkpoint, cfg.space)
     return supernet.extract(cfg), supernet.classes
 
 
@@ -73,16 +90,23 @@ def _relative_error(got: np.ndarray, expected: np.ndarray) -> tuple[float, float
     return abs_err, abs_err / max(float(np.abs(expected).max()), 1e-12)
 
 
-def verify_module(so_path: Path, spec: Any, x: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
-    """Run the module where it can run here and compare with PyTorch's output."""
-    from .compile import run_emulated_aarch64, run_local
+def verify_module(so_path: Path, spec: Any, x: np.ndarray, expected: np.ndarray, *,
+                  rpc: Any = None, rpc_emulated: bool = False) -> dict[str, Any]:
+    """Run the module on the remote device (``rpc``: an RpcSpec) or where it can run here, and
+    compare with PyTorch's output."""
+    from .compile import run_emulated_aarch64, run_local, run_rpc
 
-    if spec.kind == "cuda":
+    if rpc is not None:
+        device = "cuda" if spec.kind == "cuda" else "cpu"
+        got, how = run_rpc(so_path, x, rpc, device=device), rpc.describe() + (" (emulated)" if rpc_emulated else "")
+    elif spec.kind == "cuda":
         if not torch.cuda.is_available():
             return {"status": "compiled-only", "reason": "no CUDA GPU here: the generated CUDA was compiled with nvcc, not run"}
         got, how = run_local(so_path, x), "cuda"
     elif spec.arch == "aarch64":
         got, how = run_emulated_aarch64(so_path, x), "qemu-aarch64 (emulated)"
+    elif spec.arch != os.uname().machine:
+        return {"status": "compiled-only", "reason": f"no {spec.arch} TVM runtime here to emulate with: compiled, not run"}
     else:
         got, how = run_local(so_path, x), "local"
     if got.shape != expected.shape:
@@ -94,13 +118,14 @@ def verify_module(so_path: Path, spec: Any, x: np.ndarray, expected: np.ndarray)
 
 def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
     """Build, verify and (optionally) time ``cfg`` for ``opts.target``; return the output directory."""
-    from .compile import build_module, time_local
+    from .compile import build_module, time_local, time_rpc
+    from .compile.toolchain import linker_for
     from .targets import get_target
 
     spec = get_target(opts.target)
-    if spec.analytic_only:
-        raise OfaDeployError(f"compile: {spec.name} is an analytic-only target ({spec.description}); "
-                             "compile for its host CPU target instead")
+    build_spec = spec.host_spec()  # VTA: TVM 0.27 has no VTA backend, so the whole net for the board's ARM cores
+    linker_for(build_spec.cross_compiler)  # a missing cross compiler fails now, naming its package
+    rpc = _rpc_spec(opts)  # checked before minutes of building
     database = Path(opts.database_dir) if opts.database_dir else default_database(spec.name)
     model, classes = _model(cfg, opts)
     out = Path(opts.out_dir)
@@ -109,18 +134,22 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
     try:
         shape = (opts.batch, 3, cfg.image_size, cfg.image_size)
         export = export_onnx(model, cfg.image_size, work / "subnet.onnx", batch=opts.batch, seed=opts.seed)
-        info = build_module(work / "subnet.onnx", spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
+        info = build_module(work / "subnet.onnx", build_spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
                             database_dir=database)
         x = seeded_input(shape, opts.seed)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
-        verification = verify_module(work / "subnet.so", spec, x, expected) if opts.verify else {"status": "skipped"}
+        verification = (verify_module(work / "subnet.so", build_spec, x, expected, rpc=rpc, rpc_emulated=opts.rpc_emulated)
+                        if opts.verify else {"status": "skipped"})
         if verification["status"] == "failed":
             raise OfaDeployError(f"verification failed on {verification['ran_on']}: max relative error "
                                  f"{verification['max_rel_err']:.2e} > {VERIFY_RTOL:g}")
         latency = None
         if opts.measure:
-            if is_local_target(spec):
+            if rpc is not None:
+                latency = time_rpc(work / "subnet.so", x, rpc, emulated=opts.rpc_emulated,
+                                   device="cuda" if build_spec.kind == "cuda" else "cpu").to_dict()
+            elif is_local_target(spec):
                 latency = time_local(work / "subnet.so", x).to_dict()
             else:
                 log.warning("--measure: no %s device reachable from here; no latency recorded "
@@ -143,8 +172,13 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             "verification": verification,
             "onnx": {"file": "subnet.onnx", "sha256": info.onnx_sha256, "max_abs_err_vs_torch": export.max_abs_err},
             "build_seconds": info.build_seconds,
-            "weights": "random (latency work only)" if opts.checkpoint is None else str(opts.checkpoint),
+            "weights": _checkpoint(opts) or "random (latency work only)",
         }
+        if spec.kind == "vta":  # what the VTA model would offload, next to the ARM-only module built here
+            from .search.latency.vta import offload_report
+            from .search.tables import layers_with_acts
+
+            metadata["vta"] = offload_report(layers_with_acts(cfg, model.n_classes), spec.name)
         write_json(work / "metadata.json", metadata)
         cfg.to_json(work / "subnet.json")
         _replace_dir(work, out)
@@ -153,6 +187,21 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
         raise
     log.info("wrote %s (verification: %s)", out, verification["status"])
     return out
+
+
+def _rpc_spec(opts: CompileOptions) -> Any:
+    """The parsed ``--rpc`` (None without), its device already answering; bad input -> OfaDeployError."""
+    if opts.rpc is None:
+        if opts.rpc_emulated:
+            raise OfaDeployError("--rpc-emulated: marks an --rpc server as running under qemu; give --rpc too")
+        return None
+    from .compile import RpcSpec, check_reachable
+
+    spec = RpcSpec.parse(opts.rpc)
+    if not opts.measure:
+        raise OfaDeployError(f"--rpc {spec}: the remote device is where --measure times the module; add --measure")
+    check_reachable(spec)
+    return spec
 
 
 def _replace_dir(new: Path, final: Path) -> None:

@@ -45,13 +45,18 @@ def seeded_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: str | os.PathLike[str], *, batch: int = 1,
-                seed: int = 0, tolerance: float = 1e-4, simplify: bool = True) -> ExportReport:
-    """Export ``model`` (eval mode, NCHW float32 input) to ``path``; verify before writing it."""
+                seed: int = 0, tolerance: float = 1e-4, simplify: bool = True,
+                input_shape: tuple[int, ...] | None = None) -> ExportReport:
+    """Export ``model`` (eval mode, NCHW float32 input) to ``path``; verify before writing it.
+
+    The input is ``(batch, 3, image_size, image_size)`` unless ``input_shape`` gives another one
+    (a single block of a network, for the per-block latency tables).
+    """
     import onnx
     import onnxruntime as ort
 
     model = model.eval()
-    shape = (batch, 3, image_size, image_size)
+    shape = tuple(input_shape) if input_shape is not None else (batch, 3, image_size, image_size)
     x = seeded_input(shape, seed)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .hostcpu import detect_host_cpu, host_copy_bandwidth_gbps
 from .registry import register_target
-from .spec import TargetSpec
+from .spec import TargetSpec, VtaFabric
 
 _A64 = "aarch64-linux-gnu"
 _A64_CXX = "aarch64-linux-gnu-g++"
@@ -124,32 +124,64 @@ def jetson_orin() -> TargetSpec:
     )
 
 
-def _vta(name: str, board: str, host: dict, arch: str, cxx: str, cores: int) -> TargetSpec:
+# VTA boards (kind "vta"). TVM 0.27 has no VTA backend (removed in apache/tvm PR 17542), so the
+# fabric is modelled analytically (ofa_deploy.search.latency.vta, which reads every board figure
+# from here) and `compile` builds the whole network for the board's ARM cores (TargetSpec.host_spec).
+# ARM fp32 peak = cores x clock x 4 FLOP/cycle: Cortex-A53 as above (64-bit NEON datapath); Cortex-A9
+# likewise (NEON VMLA.F32 on q registers: 4 lanes x 2 FLOP every 2 cycles; measured 3.999 GFLOP/s on
+# one 1 GHz core, gruntthepeon.free.fr "ARM Cortex A9 peak flops", 2011).
+_FLOP_PER_CYCLE_A53_A9 = 4
+_ARMV7_HF = "armv7a-linux-gnueabihf"
+_VTA_PKG_CONFIG = "apache/tvm-vta config/pkg_config.py"
+
+
+def _vta(name: str, board: str, *, mcpu: str, cores: int, ghz: float, clock_note: str, dram_gbps: float,
+         dram_note: str, fabric: VtaFabric) -> TargetSpec:
+    """A VTA board entry: its ARM host (target dict, cross compiler, peaks) and its VTA fabric."""
+    if mcpu == "cortex-a53":
+        host, arch, cxx = _arm_cpu(mcpu, cores), "aarch64", _A64_CXX
+    else:  # Zynq-7000: 32-bit ARMv7-A with NEON. TVM 0.27 emits soft-float-ABI objects for a gnueabihf
+        # triple unless told (readelf: no Tag_ABI_VFP_args), which armhf's g++ and runtime reject.
+        host = {"kind": "llvm", "mtriple": _ARMV7_HF, "mcpu": mcpu, "mattr": ["+neon"], "mfloat-abi": "hard",
+                "num-cores": cores}
+        arch, cxx = "armv7", "arm-linux-gnueabihf-g++"
+    cpu = f"{cores}x Cortex-{mcpu.removeprefix('cortex-').upper()} @ {ghz:g} GHz"
     return TargetSpec(
         name=name,
-        description=f"VTA on {board} - PLACEHOLDER, analytic cost model only (no compiled module)",
-        tvm_target={"kind": "ext_dev"}, host=host, kind="vta", arch=arch, cross_compiler=cxx,
-        cores=cores, peak_gflops_fp32=None, peak_gbps=None,
-        peak_source="placeholder: VTA peaks depend on the VTA configuration; filled in with the VTA model",
-        analytic_only=True,
+        description=(f"VTA on {board}: fabric {fabric.clock_mhz:g} MHz, {fabric.axi_bits}-bit AXI (analytic "
+                     f"model); host {cpu}"),
+        tvm_target={"kind": "ext_dev"}, host=host, kind="vta", arch=arch, cross_compiler=cxx, cores=cores,
+        peak_gflops_fp32=round(cores * ghz * _FLOP_PER_CYCLE_A53_A9, 3), peak_gbps=dram_gbps,
+        peak_source=(f"ARM host: {cores} cores x {ghz:g} GHz x {_FLOP_PER_CYCLE_A53_A9} FLOP/cycle ({clock_note}); "
+                     f"DRAM shared by ARM and fabric: {dram_note}"),
+        analytic_only=True, vta=fabric,
     )
 
 
 @register_target
 def vta_ultra96() -> TargetSpec:
-    return _vta("vta-ultra96", "Avnet Ultra96-V2 (Zynq UltraScale+ ZU3EG -1, 4x Cortex-A53 @ 1.2 GHz)",
-                _arm_cpu("cortex-a53", 4), "aarch64", _A64_CXX, 4)
+    return _vta("vta-ultra96", "Avnet Ultra96-V2 (Zynq UltraScale+ ZU3EG -1)", mcpu="cortex-a53", cores=4,
+                ghz=1.2, clock_note="DS925: 1.2 GHz APU maximum of -1 speed-grade parts such as the ZU3EG-1",
+                dram_gbps=8.5, dram_note="2 GB LPDDR4 x32 at 2133 MT/s = 8.5 GB/s",
+                fabric=VtaFabric(333.0, 128, f"{_VTA_PKG_CONFIG}, target ultra96: fpga_freq 333, "
+                                             "fpga_log_axi_bus_width 7"))
 
 
 @register_target
 def vta_zcu104() -> TargetSpec:
-    return _vta("vta-zcu104", "Xilinx ZCU104 (Zynq UltraScale+ ZU7EV, 4x Cortex-A53 @ 1.2 GHz)",
-                _arm_cpu("cortex-a53", 4), "aarch64", _A64_CXX, 4)
+    return _vta("vta-zcu104", "Xilinx ZCU104 (Zynq UltraScale+ XCZU7EV-2FFVC1156)", mcpu="cortex-a53", cores=4,
+                ghz=1.2, clock_note=("the ZCU104's -2 part allows 1.333 GHz and only -3 parts 1.5 GHz (DS925), "
+                                     "but Linux's zynqmp.dtsi CPU OPP table tops out at 1199999988 Hz, the clock "
+                                     "the board runs at"),
+                dram_gbps=19.2, dram_note="PS DDR4 x64 at 2400 MT/s = 19.2 GB/s (UG1267)",
+                fabric=VtaFabric(333.0, 128, f"{_VTA_PKG_CONFIG} has no zcu104 entry: the ultra96 (Zynq "
+                                             "UltraScale+) settings, 333 MHz and 128-bit AXI, assumed"))
 
 
 @register_target
 def vta_pynq() -> TargetSpec:
-    return _vta("vta-pynq", "PYNQ-Z1 (Zynq-7020, 2x Cortex-A9 @ 650 MHz)",
-                {"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mcpu": "cortex-a9",
-                 "mattr": ["+neon"], "num-cores": 2},
-                "armv7", "arm-linux-gnueabihf-g++", 2)
+    return _vta("vta-pynq", "Digilent PYNQ-Z1 (Zynq-7020)", mcpu="cortex-a9", cores=2, ghz=0.65,
+                clock_note="PYNQ-Z1 reference manual: 650 MHz Cortex-A9",
+                dram_gbps=2.1, dram_note="512 MB DDR3 x16 at 1050 MT/s = 2.1 GB/s (PYNQ-Z1 reference manual)",
+                fabric=VtaFabric(100.0, 64, f"{_VTA_PKG_CONFIG}, default (pynq) target: fpga_freq 100, "
+                                            "fpga_log_axi_bus_width 6"))

@@ -18,6 +18,19 @@ KINDS: tuple[str, ...] = ("cpu", "cuda", "vta")
 
 
 @dataclass(frozen=True)
+class VtaFabric:
+    """The per-board part of a VTA design: how fast its FPGA fabric runs and how wide it reads DRAM.
+
+    The VTA design itself (GEMM shape, buffer sizes, instruction costs) is the same on every
+    board and lives with the model (``ofa_deploy.search.latency.vta.VtaConfig``).
+    """
+
+    clock_mhz: float  # FPGA clock the VTA bitstream runs at
+    axi_bits: int  # width of VTA's AXI master port to DRAM
+    source: str  # where the two figures come from
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """A named, documented deployment target.
 
@@ -39,8 +52,12 @@ class TargetSpec:
         peak_gbps: theoretical DRAM bandwidth in GB/s, ``None`` if unknown.
         peak_source: where the two peak figures come from (datasheet, or how they were derived).
         aliases: other spellings :func:`get_target` accepts (TVM tags, board nicknames).
-        analytic_only: ``True`` when no compiled module can be produced (VTA placeholders):
-            only the analytic cost model applies.
+        analytic_only: ``True`` when TVM has no backend for the target itself (VTA: removed in
+            apache/tvm PR 17542), so its latency comes from an analytic model only; ``compile``
+            builds such a target's :meth:`host_spec` instead (every layer on the host CPU).
+        vta: the board's VTA fabric for ``kind="vta"``, else ``None``. For VTA targets ``cores``,
+            ``peak_gflops_fp32`` and ``peak_gbps`` describe the board's ARM cores and the DRAM
+            they share with the fabric (VTA itself is int8-only).
     """
 
     name: str
@@ -56,12 +73,16 @@ class TargetSpec:
     peak_source: str
     aliases: tuple[str, ...] = ()
     analytic_only: bool = False
+    vta: VtaFabric | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"TargetSpec {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if "kind" not in self.tvm_target:
             raise ValueError(f"TargetSpec {self.name!r}: tvm_target needs a 'kind' key")
+        if (self.kind == "vta") != (self.vta is not None) or (self.kind == "vta" and self.host is None):
+            raise ValueError(f"TargetSpec {self.name!r}: kind 'vta' needs both vta (fabric) and host (ARM "
+                             "target dict); other kinds take no vta")
 
     @property
     def is_cross(self) -> bool:
@@ -74,6 +95,19 @@ class TargetSpec:
         if self.host is not None and self.kind != "cpu":
             out["host"] = copy.deepcopy(self.host)
         return out
+
+    def host_spec(self) -> TargetSpec:
+        """The CPU target modules are compiled for: ``self``, or for VTA the board's ARM cores.
+
+        TVM 0.27 has no VTA backend, so a VTA board's deployable module is the whole network
+        compiled for its ARM host (same cores, clock figures and cross compiler as the entry).
+        """
+        if self.kind != "vta":
+            return self
+        assert self.host is not None  # checked in __post_init__
+        return self.replace(name=f"{self.name}-arm", kind="cpu", tvm_target=self.host, host=None, aliases=(),
+                            analytic_only=False, vta=None,
+                            description=f"the ARM host of {self.name}: {self.description}")
 
     def replace(self, **changes: Any) -> TargetSpec:
         """A copy with some fields changed (the dicts are deep-copied, never shared)."""

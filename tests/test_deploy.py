@@ -1,6 +1,5 @@
 """subnet.json -> verified module: the compiled code reproduces the official logits (x86, emulated ARM)."""
 
-import json
 
 import numpy as np
 import pytest
@@ -83,10 +82,13 @@ def test_classic_target_words_are_joined():
 @pytest.mark.parametrize("args,message", [
     (["--target", "llvm", "-mcpu=cortex-z99"], "unknown -mcpu=cortex-z99"),
     (["--target", "tpu-v9"], "known targets: x86-host"),
-    (["--target", "vta-ultra96", "--random-weights"], "analytic-only target"),
     (["--target", "x86-host"], "--supernet CHECKPOINT is required"),
+    (["--target", "x86-host", "--random-weights", "--supernet", "x.pth"], "not both"),
 ])
-def test_compile_bad_input_exit_2(tmp_path, capsys, args, message):
+def test_compile_bad_input_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    import ofa_deploy.deploy as deploy
+
+    monkeypatch.setattr(deploy, "default_supernet", lambda: None)  # as on an installation without one
     SubnetConfig.min().to_json(tmp_path / "s.json")
     with pytest.raises(SystemExit) as exit_:
         main(["compile", str(tmp_path / "s.json"), *args, "-o", str(tmp_path / "out")])

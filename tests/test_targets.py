@@ -64,13 +64,18 @@ def test_entry_is_well_formed(name):
         assert spec.tvm_target_with_host()["host"] == spec.host
         assert spec.peak_gflops_fp32 > 1000 and spec.peak_gbps > 100
     else:
-        assert spec.analytic_only and spec.host is not None
+        assert spec.analytic_only and spec.host is not None and spec.vta is not None
         _check_llvm_dict(spec.host, spec.arch)
+        assert spec.host.get("num-cores") == spec.cores  # the ARM cores the peaks describe
+    assert (spec.vta is None) == (spec.kind != "vta")
     if spec.arch == "aarch64":
         assert spec.cross_compiler == "aarch64-linux-gnu-g++"
+    if spec.arch == "armv7":
+        assert spec.cross_compiler == "arm-linux-gnueabihf-g++"
+        assert spec.host["mfloat-abi"] == "hard" and spec.host["mtriple"].endswith("gnueabihf")
     if spec.arch == "x86_64":
         assert spec.cross_compiler is None
-    if name != "x86-host" and spec.kind != "vta":  # datasheet figures for real boards
+    if name != "x86-host":  # datasheet figures for real boards (VTA: the board's ARM cores and DRAM)
         assert spec.peak_gflops_fp32 and spec.peak_gbps
 
 
@@ -78,6 +83,32 @@ def test_arm_peaks_follow_from_cores_clock_and_fma_width():
     assert get_target("cortex-a76").peak_gflops_fp32 == pytest.approx(4 * 2.4 * 16)
     assert get_target("cortex-a72").peak_gflops_fp32 == pytest.approx(4 * 1.8 * 8)
     assert get_target("cortex-a53").peak_gflops_fp32 == pytest.approx(4 * 1.4 * 4)
+    # VTA boards' ARM hosts: Cortex-A53 @ 1.2 GHz (ZU3EG -1; ZCU104 runs its -2 part at the Linux OPP
+    # table's 1.2 GHz), Cortex-A9 @ 650 MHz; 4 FLOP/cycle each
+    assert get_target("vta-ultra96").peak_gflops_fp32 == pytest.approx(4 * 1.2 * 4)
+    assert get_target("vta-zcu104").peak_gflops_fp32 == pytest.approx(4 * 1.2 * 4)
+    assert get_target("vta-pynq").peak_gflops_fp32 == pytest.approx(2 * 0.65 * 4)
+
+
+@pytest.mark.parametrize("name, mhz, axi, gbps, arch", [
+    ("vta-ultra96", 333.0, 128, 8.5, "aarch64"),
+    ("vta-zcu104", 333.0, 128, 19.2, "aarch64"),
+    ("vta-pynq", 100.0, 64, 2.1, "armv7"),
+])
+def test_vta_entries_carry_fabric_and_host(name, mhz, axi, gbps, arch):
+    spec = get_target(name)
+    assert (spec.vta.clock_mhz, spec.vta.axi_bits, spec.peak_gbps, spec.arch) == (mhz, axi, gbps, arch)
+    assert f"{mhz:g} MHz" in spec.description and spec.vta.source
+    host = spec.host_spec()
+    assert host.kind == "cpu" and not host.analytic_only and host.vta is None and host.host is None
+    assert host.tvm_target == spec.host and host.tvm_target is not spec.host  # a copy, never shared
+    assert (host.arch, host.cross_compiler, host.cores, host.peak_gflops_fp32) == \
+        (spec.arch, spec.cross_compiler, spec.cores, spec.peak_gflops_fp32)
+    assert host.name == f"{name}-arm" and host.name not in NAMES
+    assert spec.to_dict()["vta"] == {"clock_mhz": mhz, "axi_bits": axi, "source": spec.vta.source}
+    assert get_target("cortex-a76").host_spec() is get_target("cortex-a76")
+    if arch == "aarch64":  # the same code path as the cortex-a53 entry: identical target dict
+        assert host.tvm_target == get_target("cortex-a53").tvm_target
 
 
 @pytest.mark.parametrize("text, name, mattr", [
@@ -174,6 +205,12 @@ def test_spec_validation():
         get_target("cortex-a76").replace(kind="fpga")
     with pytest.raises(ValueError):
         get_target("cortex-a76").replace(tvm_target={"mcpu": "cortex-a76"})
+    with pytest.raises(ValueError, match="kind 'vta' needs"):
+        get_target("vta-ultra96").replace(vta=None)
+    with pytest.raises(ValueError, match="kind 'vta' needs"):
+        get_target("vta-ultra96").replace(host=None)
+    with pytest.raises(ValueError, match="other kinds take no vta"):
+        get_target("cortex-a53").replace(vta=get_target("vta-ultra96").vta)
 
 
 def test_host_cpu_guess():

@@ -1,17 +1,22 @@
 """The analytic VTA model: tiling against the buffers, placement, totals, MobileNetV2, the FPGA finding."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from ofa_deploy import SubnetConfig
+from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search.compare import intensity_table, markdown
 from ofa_deploy.search.evolution import EvolutionConfig
 from ofa_deploy.search.genes import configs_to_genes
 from ofa_deploy.search.latency import BOARDS, ConvShape, VtaConfig, get_board, latency_model, plan_conv, vta_report
-from ofa_deploy.search.latency.vta import estimate_layer, on_vta
+from ofa_deploy.search.latency.vta import (HSWISH_ON_ARM, arm_reason, describe_offload, estimate_layer,
+                                           offload_report, on_vta)
 from ofa_deploy.search.mobilenetv2 import mobilenet_v2_layers
 from ofa_deploy.search.tables import layers_with_acts
 from ofa_deploy.search_space.costs import LayerCost, count_costs
+from ofa_deploy.targets import get_target, register_target
 
 ULTRA96 = get_board("vta-ultra96")
 
@@ -37,6 +42,32 @@ def test_config_and_boards():
     assert ULTRA96.peak_gops == pytest.approx(170.496)  # 256 MACs x 2 x 333 MHz
     assert get_board("vta-pynq").peak_gops == pytest.approx(51.2)
     assert sorted(BOARDS) == ["vta-pynq", "vta-ultra96", "vta-zcu104"]
+
+
+@pytest.mark.parametrize("name", ["vta-ultra96", "vta-zcu104", "vta-pynq"])
+def test_board_figures_come_from_the_registry(name):
+    spec, board = get_target(name), get_board(name)
+    assert (board.fpga_mhz, board.axi_bits) == (spec.vta.clock_mhz, spec.vta.axi_bits)
+    assert (board.cpu.peak_gflops, board.dram_gbps) == (spec.peak_gflops_fp32, spec.peak_gbps)
+    assert board.cpu_desc == f"{spec.cores}x {spec.host['mcpu']} ({spec.arch})"
+
+
+def test_registry_override_changes_the_model():
+    """One place per number: re-registering a board with a faster fabric speeds up its VTA layers."""
+    base = get_target("vta-ultra96")
+    layer = conv_layer(64, 128, 28)
+    slow = estimate_layer(layer, None, get_board("vta-ultra96")).ms
+    try:
+        register_target(base.replace(vta=dataclasses.replace(base.vta, clock_mhz=666.0)))
+        assert get_board("vta-ultra96").fpga_mhz == 666.0
+        assert estimate_layer(layer, None, get_board("vta-ultra96")).ms < slow
+    finally:
+        from ofa_deploy.targets import builtin
+
+        register_target(builtin.vta_ultra96)
+    assert get_board("vta-ultra96").fpga_mhz == 333.0
+    with pytest.raises(OfaDeployError, match="unknown VTA board 'cortex-a53'; known: vta-pynq, vta-ultra96"):
+        get_board("cortex-a53")
 
 
 def test_conv_that_fits_moves_each_tensor_once():
@@ -76,6 +107,10 @@ def test_placement_depthwise_se_hswish_on_arm():
             assert est.device == "arm", layer.name
         else:
             assert est.device == "vta" and on_vta(layer), layer.name
+    reasons = {layer.op: arm_reason(layer) for layer, _ in layers if not on_vta(layer)}
+    assert set(reasons) == {"conv", "dwconv", "se", "pool", "linear"}
+    assert "depthwise" in reasons["dwconv"] and "squeeze-excite" in reasons["se"]
+    assert arm_reason(layers[0][0]) == "conv with 3 input channels (< BLOCK_IN 16)"  # first_conv
     expand = next(l for l, a in layers if l.name == "blocks.9.expand")  # an h-swish stage
     assert estimate_layer(expand, "h_swish", ULTRA96).ms > estimate_layer(expand, None, ULTRA96).ms
     assert estimate_layer(expand, "relu", ULTRA96).ms == estimate_layer(expand, None, ULTRA96).ms
@@ -113,3 +148,27 @@ def test_fpga_subnet_has_higher_intensity_than_cpu_subnet():
     assert fpga["fpga_ms"] <= 30.0 and cpu["cpu_ms"] <= 30.0
     assert fpga["intensity_int8"] > cpu["intensity_int8"]
     assert mbv2["macs_m"] == 300.8 and "| 30.0 |" in markdown(rows)
+
+
+def test_offload_report_partitions_count_costs_layers():
+    cfg = SubnetConfig.max()
+    names = [layer.name for layer in count_costs(cfg).layers]
+    rep = offload_report(layers_with_acts(cfg), "vta-zcu104")
+    assert [row["name"] for row in rep["layers"]] == names
+    assert sorted(rep["offloadable"] + rep["not_offloadable"]) == sorted(names)
+    assert not set(rep["offloadable"]) & set(rep["not_offloadable"])
+    assert sum(rep["not_offloadable_by_reason"].values()) == len(rep["not_offloadable"])
+    n_dw = sum(layer.op == "dwconv" for layer in count_costs(cfg).layers)  # 20 block slots + block 0
+    assert n_dw == 21 and rep["not_offloadable_by_reason"][arm_reason(count_costs(cfg).layers[1])] == n_dw
+    hswish = [r["name"] for r in rep["layers"] if r["activation"] == "h_swish" and r["vta_model"] == "vta"]
+    assert rep["activation_on_arm"] == hswish and hswish
+    assert all(r["activation_on_arm"] == HSWISH_ON_ARM for r in rep["layers"] if r["name"] in hswish)
+    est = rep["estimate"]
+    assert est["source"] == "estimated" and est["target"] == "vta-zcu104"
+    assert est["latency_ms"] == pytest.approx(vta_report(layers_with_acts(cfg), "vta-zcu104").latency_ms, abs=1e-4)
+    assert sum(r["estimated_ms"] for r in rep["layers"]) == pytest.approx(est["latency_ms"], rel=1e-3)
+    assert "TVM 0.27 has no VTA backend (removed in apache/tvm PR 17542)" in rep["note"]
+    lines = describe_offload(rep)
+    assert lines[0].startswith("note: TVM 0.27 has no VTA backend")
+    assert f"{len(rep['offloadable'])} of {len(names)} layers offloadable" in lines[1]
+    assert "(estimated)" in lines[2] and len(lines) == 4 + len(names)

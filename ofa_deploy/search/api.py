@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from ofa_deploy.errors import CheckpointError, OfaDeployError
@@ -17,12 +16,11 @@ from .nsga import NsgaConfig, nsga_search
 from .predictor import AccuracyModel, Predictor, load_predictor
 from .result import SearchResult
 from .verify import Measure, verify_top
+from ..shipped import DEFAULT_PREDICTOR
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("accuracy", "pareto")
-# Where the shipped default predictor lives (installed by the training work, not by search).
-DEFAULT_PREDICTOR = Path(__file__).resolve().parents[1] / "defaults" / "acc_predictor.pt"
 
 
 def resolve_predictor(path: str | os.PathLike[str] | None = None,

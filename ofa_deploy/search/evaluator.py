@@ -17,7 +17,7 @@ import numpy as np
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, get_space
 
-from .genes import genes_to_config, layout, random_genes
+from .genes import genes_to_config, layout, random_genes, resolution_indices
 from .latency.base import LatencyModel
 from .predictor import AccuracyModel
 from .tables import argmin_additive, cost_tables, lookup
@@ -77,6 +77,8 @@ class Evaluator:
         self.accuracy, self.latency, self.constraints = accuracy, latency, constraints
         self.costs = cost_tables(self.space, n_classes)
         self.layout = layout(self.space)
+        # A latency model may cover only some resolutions (a profiled one): search stays inside them.
+        self.r_choices = resolution_indices(self.space, getattr(latency, "resolutions", None))
         self.evaluations = 0  # accuracy predictions made (the search-speed unit)
         names = {"latency_ms": "latency", "max_macs": "macs", "max_params": "params", "min_intensity": "intensity"}
         self._needed = tuple(names[c] for c in constraints.active())
@@ -111,11 +113,17 @@ class Evaluator:
         n = len(next(iter(m.values()))) if m else 0
         return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
 
+    def allowed(self, genes: np.ndarray) -> np.ndarray:
+        """Rows whose resolution the latency model covers (all rows for analytic models)."""
+        if self.r_choices is None:
+            return np.ones(len(genes), dtype=bool)
+        return np.isin(genes[:, self.layout.r], self.r_choices)
+
     def feasible(self, genes: np.ndarray, m: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if not self._needed:
-            return np.ones(len(genes), dtype=bool)
+            return self.allowed(genes)
         m = m if m is not None else self.metrics(genes, self._needed)
-        return np.all(self.violations(m) <= 0, axis=1)
+        return np.all(self.violations(m) <= 0, axis=1) & self.allowed(genes)
 
     def score(self, genes: np.ndarray, m: dict[str, np.ndarray] | None = None) -> Scored:
         m = m if m is not None else self.metrics(genes)
@@ -130,9 +138,11 @@ class Evaluator:
         rng = np.random.default_rng(0)
         sp = self.space
         lay = self.layout
-        mins = np.zeros((len(sp.resolution_choices), lay.n_genes), dtype=np.int8)  # min subnet per resolution
-        mins[:, lay.r] = np.arange(len(sp.resolution_choices))
-        cands = np.concatenate([mins] + [random_genes(rng, 2000, sp, bias=b) for b in (1.0, 2.0, 4.0)])
+        r_idx = np.arange(len(sp.resolution_choices)) if self.r_choices is None else self.r_choices
+        mins = np.zeros((len(r_idx), lay.n_genes), dtype=np.int8)  # min subnet per resolution
+        mins[:, lay.r] = r_idx
+        cands = np.concatenate([mins] + [random_genes(rng, 2000, sp, bias=b, r_choices=self.r_choices)
+                                         for b in (1.0, 2.0, 4.0)])
         lat = self.latency.predict(cands)
         i = int(np.argmin(lat))
         return float(lat[i]), cands[i]
@@ -167,7 +177,7 @@ class Evaluator:
         total, seen_intensity = 0, 0.0
         for i in range(rounds):
             bias = 0.0 if i < 2 else 0.5 * (i - 1)
-            cand = random_genes(rng, batch, self.space, bias=bias)
+            cand = random_genes(rng, batch, self.space, bias=bias, r_choices=self.r_choices)
             m = self.metrics(cand)
             seen_intensity = max(seen_intensity, float(m["intensity"].max()))
             ok = self.feasible(cand, m)

@@ -76,7 +76,7 @@ def _evolution(ev: Evaluator, config: EvolutionConfig, progress: bool | None) ->
     n_parents = max(1, int(round(config.parent_ratio * config.population)))
     n_mut = int(round(config.mutation_ratio * config.population))
     n_cross = config.population - n_mut
-    mut = lambda r, g: mutate(r, g, sp, config.mutate_prob)  # noqa: E731
+    mut = lambda r, g: mutate(r, g, sp, config.mutate_prob, ev.r_choices)  # noqa: E731
 
     pop = ev.score(ev.sample_feasible(rng, config.population, mutate=mut))
     archive = [pop]
@@ -90,8 +90,7 @@ def _evolution(ev: Evaluator, config: EvolutionConfig, progress: bool | None) ->
             best = parents.take(slice(0, 1))
         history.append(float(best.acc[0]))
         pm = parents.genes[rng.integers(n_parents, size=n_mut)]
-        kids_m = _bounded_children(ev, lambda pos: mutate(rng, pm[pos], sp, config.mutate_prob), n_mut, pm,
-                                   config.max_retries)
+        kids_m = _bounded_children(ev, lambda pos: mut(rng, pm[pos]), n_mut, pm, config.max_retries)
         p1 = parents.genes[rng.integers(n_parents, size=n_cross)]
         p2 = parents.genes[rng.integers(n_parents, size=n_cross)]
         kids_c = _bounded_children(ev, lambda pos: crossover(rng, p1[pos], p2[pos]), n_cross, p1,
@@ -104,10 +103,12 @@ def _evolution(ev: Evaluator, config: EvolutionConfig, progress: bool | None) ->
         best = pop.take(slice(i, i + 1))
     everything = Scored.concat(archive)
     seconds = time.perf_counter() - t0
-    log.info("evolution: %d evaluations in %.2f s, best predicted accuracy %.4f at %.3f ms",
-             ev.evaluations, seconds, best.acc[0], best.latency[0])
+    basis = getattr(ev.latency, "basis", None)
+    log.info("evolution: %d evaluations in %.2f s, best predicted accuracy %.4f at %.3f ms (%s%s)",
+             ev.evaluations, seconds, best.acc[0], best.latency[0], ev.latency.source, f": {basis}" if basis else "")
     return SearchResult(
         space=sp, target=ev.latency.target, latency_source=ev.latency.source, dtype_bytes=ev.latency.dtype_bytes,
+        latency_basis=basis,
         objective="accuracy", best=best, front=front_2d(everything, sp), candidates=top_k(everything, sp, config.top_k),
         settings={"algorithm": "evolution", **asdict(config), "constraints": ev.constraints.as_dict()},
         history=history, evaluations=ev.evaluations, seconds=seconds,

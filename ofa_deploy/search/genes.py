@@ -115,22 +115,48 @@ def genes_to_config(row: np.ndarray, space: str | SearchSpace) -> SubnetConfig:
     ).validate()
 
 
-def random_genes(rng: np.random.Generator, n: int, space: str | SearchSpace, bias: float = 0.0) -> np.ndarray:
+def resolution_indices(space: str | SearchSpace, resolutions: Iterable[int] | None) -> np.ndarray | None:
+    """Sorted indices of ``resolutions`` among the space's choices; None (all allowed) stays None.
+
+    A latency model that covers only some resolutions (a profiled one) restricts search to them.
+    """
+    if resolutions is None:
+        return None
+    sp = get_space(space)
+    res = list(resolutions)
+    bad = [r for r in res if r not in sp.resolution_choices]
+    if bad or not res:
+        from ofa_deploy.errors import ConfigError
+
+        rc = sp.resolution_choices
+        raise ConfigError(f"resolutions: {bad[0] if bad else 'none given'} is not a resolution of {sp.name}; "
+                          f"allowed: {rc[0]}..{rc[-1]} in steps of {rc[1] - rc[0]}")
+    return np.array(sorted({sp.resolution_choices.index(r) for r in res}), dtype=np.int64)
+
+
+def random_genes(rng: np.random.Generator, n: int, space: str | SearchSpace, bias: float = 0.0,
+                 r_choices: np.ndarray | None = None) -> np.ndarray:
     """``n`` random gene rows; ``bias=0`` is OFA's uniform sampler.
 
     ``bias > 0`` tilts every gene towards its smaller choices (weights ``exp(-bias * index)``):
     under a tight budget almost no uniform sample is feasible, and the bounded sampler needs a
     way to reach the small corner of the space without an unbounded rejection loop.
+    ``r_choices`` (resolution indices, see :func:`resolution_indices`) restricts the resolution
+    gene to those, drawn the same way among them; None draws from all.
     """
     lay = layout(space)
     nc = lay.n_choices
     if bias <= 0:
-        return np.floor(rng.random((n, lay.n_genes)) * nc).astype(GENE_DTYPE)
-    out = np.empty((n, lay.n_genes), dtype=GENE_DTYPE)
-    for c in np.unique(nc):
-        cols = np.flatnonzero(nc == c)
-        w = np.exp(-bias * np.arange(c))
-        out[:, cols] = rng.choice(c, size=(n, len(cols)), p=w / w.sum())
+        out = np.floor(rng.random((n, lay.n_genes)) * nc).astype(GENE_DTYPE)
+    else:
+        out = np.empty((n, lay.n_genes), dtype=GENE_DTYPE)
+        for c in np.unique(nc):
+            cols = np.flatnonzero(nc == c)
+            w = np.exp(-bias * np.arange(c))
+            out[:, cols] = rng.choice(c, size=(n, len(cols)), p=w / w.sum())
+    if r_choices is not None:  # redraw the resolution among the allowed ones (same tilt)
+        w = np.exp(-max(bias, 0.0) * np.arange(len(r_choices)))
+        out[:, lay.r] = np.asarray(r_choices)[rng.choice(len(r_choices), size=n, p=w / w.sum())]
     return out
 
 

@@ -74,7 +74,8 @@ def nsga_search(ev: Evaluator, config: NsgaConfig = NsgaConfig(), *, progress: b
 
     class OfaMutation(Mutation):
         def _do(self, problem, x, *args, random_state=None, **kwargs):
-            return mutate(random_state, np.rint(x).astype(GENE_DTYPE), sp, config.mutate_prob).astype(x.dtype)
+            return mutate(random_state, np.rint(x).astype(GENE_DTYPE), sp, config.mutate_prob,
+                          ev.r_choices).astype(x.dtype)
 
     class Progress(Callback):
         def __init__(self, bar) -> None:
@@ -87,7 +88,7 @@ def nsga_search(ev: Evaluator, config: NsgaConfig = NsgaConfig(), *, progress: b
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     x0 = ev.sample_feasible(rng, config.population,
-                            mutate=lambda r, g: mutate(r, g, sp, config.mutate_prob)).astype(np.float64)
+                            mutate=lambda r, g: mutate(r, g, sp, config.mutate_prob, ev.r_choices)).astype(np.float64)
     algorithm = NSGA2(pop_size=config.population, sampling=x0, crossover=UniformCrossover(),
                       mutation=OfaMutation(), eliminate_duplicates=True)
     with torch_threads(1), tqdm(total=config.generations, desc="nsga2", file=sys.stderr, leave=False,
@@ -106,9 +107,12 @@ def nsga_search(ev: Evaluator, config: NsgaConfig = NsgaConfig(), *, progress: b
     best = front.take(np.array([int(np.argmax(front.acc))]))
     seconds = time.perf_counter() - t0
     evaluations = ev.evaluations - len(genes)  # the rescoring above is bookkeeping, not search
-    log.info("nsga2: %d evaluations in %.2f s, front of %d subnets", evaluations, seconds, len(front))
+    basis = getattr(ev.latency, "basis", None)
+    log.info("nsga2: %d evaluations in %.2f s, front of %d subnets (%s%s)", evaluations, seconds, len(front),
+             ev.latency.source, f": {basis}" if basis else "")
     return SearchResult(
         space=sp, target=ev.latency.target, latency_source=ev.latency.source, dtype_bytes=ev.latency.dtype_bytes,
+        latency_basis=basis,
         objective="pareto", best=best, front=front, candidates=top_k(front, sp, config.top_k),
         settings={"algorithm": "nsga2 (pymoo)", **asdict(config), "constraints": ev.constraints.as_dict()},
         evaluations=evaluations, seconds=seconds,

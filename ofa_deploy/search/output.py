@@ -17,8 +17,8 @@ from .result import SearchResult
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("rank", "id", "predicted_accuracy", "latency_ms", "latency_source", "macs", "params", "intensity",
-              "intensity_dtype", "gops", "image_size", "ks", "e", "d")
+CSV_FIELDS = ("rank", "id", "predicted_accuracy", "latency_ms", "latency_source", "latency_basis", "macs", "params",
+              "intensity", "intensity_dtype", "gops", "image_size", "ks", "e", "d")
 
 
 def subnet_extra(result: SearchResult, target: str, predictor_info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,7 +68,8 @@ def pareto_png(result: SearchResult, path: str | os.PathLike[str], budget_ms: fl
         ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
     dtype = {1: "int8", 4: "fp32"}.get(result.dtype_bytes, "")
     fig.colorbar(sc, ax=ax, label=f"arithmetic intensity (ops/byte, {dtype})")
-    ax.set_xlabel(f"latency (ms, {result.latency_source}) on {result.target}")
+    basis = f"\n{result.latency_basis}" if result.latency_basis and result.latency_source == "estimated" else ""
+    ax.set_xlabel(f"latency (ms, {result.latency_source}) on {result.target}{basis}", fontsize=9 if basis else None)
     ax.set_ylabel("predicted top-1 accuracy (%)")
     ax.set_title(f"{result.objective} search: {len(f)} Pareto subnets")
     ax.grid(alpha=0.3)

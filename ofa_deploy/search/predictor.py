@@ -125,7 +125,7 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     n = len(a)
     if n < 2:
         return float("nan")
-    concordant = tie_a = tie_b = total = 0.0
+    concordant = tie_a = tie_b = 0.0
     for start in range(0, n, 512):
         da = np.sign(a[start:start + 512, None] - a[None, :])
         db = np.sign(b[start:start + 512, None] - b[None, :])

@@ -54,6 +54,8 @@ class SearchResult:
     evaluations: int = 0
     seconds: float = 0.0
     verified: list[dict[str, Any]] = field(default_factory=list)
+    # What an "estimated" latency is built on (e.g. "tuned-measured tables, x86-host, db 1a2b3c4d, ...")
+    latency_basis: str | None = None
 
     def config(self, scored: Scored | None = None, i: int = 0) -> SubnetConfig:
         return genes_to_config((scored or self.best).genes[i], self.space)
@@ -70,6 +72,8 @@ class SearchResult:
             "predicted_accuracy": round(float(scored.acc[i]), 5),
             "latency_ms": round(float(scored.latency[i]), 4),
             "latency_source": self.latency_source,
+            # a measured (verified) latency is its own basis; only a model's estimate needs one
+            "latency_basis": self.latency_basis if self.latency_source == "estimated" else None,
             "macs": int(scored.macs[i]),
             "params": int(scored.params[i]),
             "intensity": round(float(scored.intensity[i]), 4),

@@ -1,8 +1,9 @@
 """The latency-model interface search uses, and the table-based implementation of it.
 
 Search only needs ``predict(genes) -> ms`` on a whole population and a label saying where the
-numbers come from. Today every model is analytic (``estimated``); the tuned latency model of the
-compiler-in-the-loop issue (``emulated``/``measured``) plugs in by implementing the same protocol.
+numbers come from. The analytic models (roofline, VTA) and the profiled model of measured tuned
+code (:mod:`.measured`) all implement the same protocol; all three are a model's output, so their
+``source`` is ``estimated`` and an optional ``basis`` string says what the estimate rests on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ class LatencyModel(Protocol):
         """(N, n_genes) gene rows -> (N,) latency in milliseconds."""
         ...
 
+    # Optional attributes search reads with getattr (so a minimal model need not define them):
+    #   basis: str        what an estimate is built on, shown next to ``source`` in search output
+    #   resolutions: tuple[int, ...] | None   the only resolutions the model covers (None: all);
+    #                     search samples and mutates the resolution gene inside them
+    #   fastest() -> (ms, gene row)           the exact fastest subnet, if the model knows it
+
 
 class TableLatencyModel:
     """A per-layer latency function, tabulated per block variant (see :mod:`..tables`).
@@ -42,12 +49,14 @@ class TableLatencyModel:
     fastest subnet, which search needs to reject an impossible budget with a useful message.
     """
 
+    resolutions: tuple[int, ...] | None = None  # analytic: every resolution of the space
+
     def __init__(self, space: str | SearchSpace, layer_ms: LayerFn, *, target: str, source: str = "estimated",
-                 dtype_bytes: int = 4, n_classes: int | None = None) -> None:
+                 dtype_bytes: int = 4, n_classes: int | None = None, basis: str = "analytic model") -> None:
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         self.space = get_space(space)
-        self.target, self.source, self.dtype_bytes = target, source, dtype_bytes
+        self.target, self.source, self.dtype_bytes, self.basis = target, source, dtype_bytes, basis
         self.layer_ms = layer_ms
         self.table, self.fixed = layer_tables(self.space, n_classes).additive(layer_ms)
 

@@ -1,6 +1,8 @@
 """From a ``--target`` string to a latency model.
 
-VTA boards are modelled here (:mod:`.vta`). Every other target comes from the target registry,
+A target profiled with ``ofa-deploy profile`` (``tuning_logs/<target>/latency_model.json``, still
+matching the current database and TVM) gets its measured-tables model (:mod:`.measured`); any
+other gets the analytic roofline. VTA boards are modelled here (:mod:`.vta`). Every other target comes from the target registry,
 ``ofa_deploy.targets.get_target(text) -> TargetSpec`` (fields name, kind, arch, cores,
 peak_gflops_fp32, peak_gbps, tvm_target), owned by another module; :func:`hardware_from_spec` is
 the one place that reads a spec, so an interface change touches one function.
@@ -16,6 +18,7 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace
 
 from .base import LatencyModel, TableLatencyModel
+from .measured import load_measured_model
 from .roofline import Hardware, efficiency_for, roofline_layer_ms
 from .vta import BOARDS, get_board, vta_layer_ms
 
@@ -52,18 +55,29 @@ def lookup_target(text: str) -> Any:
 
 
 def latency_model(target: str | Any, space: str | SearchSpace, n_classes: int | None = None) -> LatencyModel:
-    """The analytic latency model for ``target`` (a target string or a TargetSpec-like object)."""
+    """The latency model for ``target`` (a target string or a TargetSpec-like object).
+
+    The profiled model of measured tuned code when ``tuning_logs/<target>/latency_model.json``
+    exists and matches the current database and TVM (else a warning, once); otherwise the
+    analytic roofline (VTA: the VTA model).
+    """
     if isinstance(target, str) and target.strip() in BOARDS:
         board = get_board(target.strip())
-        return TableLatencyModel(space, vta_layer_ms(board), target=board.name, dtype_bytes=1, n_classes=n_classes)
+        return TableLatencyModel(space, vta_layer_ms(board), target=board.name, dtype_bytes=1, n_classes=n_classes,
+                                 basis=f"analytic VTA model ({board.name})")
     spec = lookup_target(target) if isinstance(target, str) else target
     if getattr(spec, "kind", None) == "vta":
         board = get_board(spec.name)
-        return TableLatencyModel(space, vta_layer_ms(board), target=board.name, dtype_bytes=1, n_classes=n_classes)
+        return TableLatencyModel(space, vta_layer_ms(board), target=board.name, dtype_bytes=1, n_classes=n_classes,
+                                 basis=f"analytic VTA model ({board.name})")
+    name = target if isinstance(target, str) else spec.name
+    measured = load_measured_model(spec.name, space, n_classes, label=name)
+    if measured is not None:
+        return measured
     hw = spec_to_hardware(spec)
     log.warning("target %s: latency is an analytic roofline estimate (%.0f GFLOP/s, %.0f GB/s peak), labelled "
                 "'estimated' until a tuned latency model exists for it", hw.name, hw.peak_gflops, hw.peak_gbps)
     eff = efficiency_for(hw.kind)
-    name = target if isinstance(target, str) else hw.name
     return TableLatencyModel(space, lambda layer, act: roofline_layer_ms(layer, hw, eff, 4), target=name,
-                             dtype_bytes=4, n_classes=n_classes)
+                             dtype_bytes=4, n_classes=n_classes,
+                             basis=f"analytic roofline ({hw.peak_gflops:.0f} GFLOP/s, {hw.peak_gbps:.0f} GB/s peak)")

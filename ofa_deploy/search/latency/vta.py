@@ -8,15 +8,16 @@ decoupled access-execute so loads, compute and stores overlap. What we model and
   weights, int32 accumulators, GEMM intrinsic BATCH 1 x BLOCK_IN 16 x BLOCK_OUT 16 (256 MACs per
   cycle: "one matrix multiply per cycle", TVM docs, VTA Hardware Guide), buffers UOP 32 KiB,
   INP 32 KiB, WGT 256 KiB, ACC 128 KiB.
-* Clock and AXI width per board: ``config/pkg_config.py`` (ultra96 / zcu104: 333 MHz, 128-bit AXI;
-  pynq: 100 MHz, 64-bit AXI).
+* Per board (clock and AXI width of the fabric, the ARM cores' peak, DRAM bandwidth): the target
+  registry's ``vta-*`` entries (``targets/builtin.py``, sources cited there), the one place these
+  numbers live; :func:`get_board` reads them.
 * Per-instruction fixed cycle costs: the static cost model ``config/vta_cost.py`` (GEMM 80,
   ALU 46, LOAD/STORE 150 cycles per instruction, plus one cycle per micro-op / vector).
 * Placement: VTA runs dense convolutions; depthwise convs, squeeze-excite, pooling, the classifier
   and h-swish (VTA's ALU has no such op) run on the board's ARM cores, as does the first conv
   (3 input channels) and what follows global pooling, like TVM's VTA tutorials (graph_pack from
-  after the stem to the global pool). ARM layers use the roofline of :mod:`.roofline` on int8
-  tensors, with peaks cited per board below.
+  after the stem to the global pool). :func:`arm_reason` is that rule, used by ``compile`` too.
+  ARM layers use the roofline of :mod:`.roofline` on int8 tensors.
 * Tiling: per conv we enumerate tiles (output rows x cols x output-channel blocks x input-channel
   blocks) that fit *half* of each buffer (TVM's VTA schedules use two virtual threads for double
   buffering), count DRAM traffic with re-reads (weights once per spatial tile, inputs once per
@@ -29,13 +30,17 @@ decoupled access-execute so loads, compute and stores overlap. What we model and
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space.costs import LayerCost
+from ofa_deploy.targets import TargetSpec, all_targets, list_targets
 
 from .roofline import CPU_EFFICIENCY, HSWISH_OPS, Hardware, RooflineEfficiency, layer_ops, roofline_ms
 
@@ -78,37 +83,58 @@ class VtaConfig:
 
 @dataclass(frozen=True)
 class Board:
-    """A Zynq board running VTA in its FPGA fabric next to ARM cores."""
+    """A Zynq board running VTA in its FPGA fabric next to ARM cores (built from a registry entry)."""
 
     name: str  # the target name, e.g. "vta-ultra96"
     fpga_mhz: float
     axi_bits: int
-    dram_gbps: float
-    cpu: Hardware  # the ARM cores (fp32 NEON peak, DRAM bandwidth)
-    cpu_desc: str
+    cpu: Hardware  # the ARM cores: fp32 NEON peak and the DRAM bandwidth they share with the fabric
+    cpu_desc: str  # e.g. "4x cortex-a53 (aarch64)"
     vta: VtaConfig = field(default_factory=VtaConfig)
+
+    @classmethod
+    def from_spec(cls, spec: TargetSpec) -> "Board":
+        """The board a registry entry describes: fabric from ``spec.vta``, ARM and DRAM from its peaks."""
+        if spec.kind != "vta" or spec.vta is None or spec.host is None:
+            raise OfaDeployError(f"target {spec.name!r}: not a VTA board (kind {spec.kind!r}); "
+                                 f"VTA boards: {', '.join(list_targets('vta'))}")
+        if not (spec.peak_gflops_fp32 and spec.peak_gbps):
+            raise OfaDeployError(f"target {spec.name!r}: a VTA board needs peak_gflops_fp32 (its ARM cores) and "
+                                 "peak_gbps (its DRAM) in the registry")
+        cpu = Hardware(spec.host_spec().name, "cpu", float(spec.peak_gflops_fp32), float(spec.peak_gbps))
+        return cls(spec.name, spec.vta.clock_mhz, spec.vta.axi_bits, cpu,
+                   f"{spec.cores}x {spec.host.get('mcpu', '?')} ({spec.arch})")
+
+    @property
+    def dram_gbps(self) -> float:
+        return self.cpu.peak_gbps
 
     @property
     def peak_gops(self) -> float:
         return 2 * self.vta.macs_per_cycle * self.fpga_mhz * 1e-3
 
 
-# Sources: fpga_mhz / axi_bits from apache/tvm-vta config/pkg_config.py. ARM peaks: 4 fp32 FLOP per
-# cycle per core, the NEON VMLA.F32 q-register rate of the Cortex-A9 (measured 3.999 GFLOP/s on one
-# 1 GHz core, gruntthepeon.free.fr "ARM Cortex A9 peak flops", 2011; 4 SP FLOPs/cycle in the
-# Stack Overflow answer on Cortex-A7/A9 peak FLOPs) and assumed equal for the in-order Cortex-A53
-# (64-bit NEON datapath: a 128-bit FMLA takes two cycles). Clocks: 1.2 GHz A53 (Zynq UltraScale+
-# -1 speed grade as on Ultra96-V2; ZCU104 run at the same PYNQ default), 650 MHz A9 (PYNQ-Z1).
-# DRAM: Ultra96-V2 2 GB LPDDR4 x32 at 2133 MT/s = 8.5 GB/s; ZCU104 PS DDR4 x64 at 2400 MT/s =
-# 19.2 GB/s (UG1267); PYNQ-Z1 512 MB DDR3 x16 at 1050 MT/s = 2.1 GB/s (Digilent reference manual).
-BOARDS: dict[str, Board] = {
-    "vta-ultra96": Board("vta-ultra96", 333.0, 128, 8.5, Hardware("ultra96-a53", "cpu", 4 * 1.2 * 4, 8.5),
-                         "4x Cortex-A53 @ 1.2 GHz"),
-    "vta-zcu104": Board("vta-zcu104", 333.0, 128, 19.2, Hardware("zcu104-a53", "cpu", 4 * 1.2 * 4, 19.2),
-                        "4x Cortex-A53 @ 1.2 GHz"),
-    "vta-pynq": Board("vta-pynq", 100.0, 64, 2.1, Hardware("pynq-z1-a9", "cpu", 2 * 0.65 * 4, 2.1),
-                      "2x Cortex-A9 @ 650 MHz"),
-}
+class _RegistryBoards(Mapping[str, Board]):
+    """Read-only view of the registry's ``vta`` targets as :class:`Board` objects.
+
+    A view rather than a copy so a board registered (or overridden) with ``register_target``
+    is seen here too, and no figure is ever held twice.
+    """
+
+    def __getitem__(self, name: str) -> Board:
+        spec = all_targets().get(name)
+        if spec is None or spec.kind != "vta":
+            raise KeyError(name)
+        return Board.from_spec(spec)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list_targets("vta"))
+
+    def __len__(self) -> int:
+        return len(list_targets("vta"))
+
+
+BOARDS: Mapping[str, Board] = _RegistryBoards()
 
 
 def get_board(name: str) -> Board:
@@ -217,9 +243,33 @@ def plan_conv(shape: ConvShape, board: Board) -> ConvPlan:
 
 
 # -- whole layers: placement, ARM fallback -----------------------------------------------------------
+_ARM_OPS = {
+    "dwconv": "depthwise conv (VTA's GEMM core has no depthwise mode)",
+    "se": "squeeze-excite (pooling, two matvecs and a gate)",
+    "pool": "global pooling (VTA graphs end before the global pool)",
+    "linear": "classifier (after the global pool)",
+}
+HSWISH_ON_ARM = "h-swish (VTA's ALU has no such op)"
+
+
+def arm_reason(layer: LayerCost, vta: VtaConfig = VtaConfig()) -> str | None:
+    """Why VTA cannot run ``layer`` (``None``: it can, as an int8 GEMM conv).
+
+    The model's one placement rule: dense convs with >= BLOCK_IN input channels before global
+    pooling go to VTA, everything else to the ARM cores. ``compile`` reports it per layer too.
+    """
+    if layer.op != "conv":
+        return _ARM_OPS.get(layer.op, f"{layer.op} (not a dense conv)")
+    if layer.in_shape[0] < vta.block_in:
+        return f"conv with {layer.in_shape[0]} input channels (< BLOCK_IN {vta.block_in})"
+    if layer.in_shape[1] * layer.in_shape[2] <= 1:
+        return "conv after the global pool (1x1 pixels)"
+    return None
+
+
 def on_vta(layer: LayerCost, vta: VtaConfig = VtaConfig()) -> bool:
     """Dense convs with >= BLOCK_IN input channels, before global pooling; the rest runs on ARM."""
-    return layer.op == "conv" and layer.in_shape[0] >= vta.block_in and layer.in_shape[1] * layer.in_shape[2] > 1
+    return arm_reason(layer, vta) is None
 
 
 @dataclass(frozen=True)
@@ -229,21 +279,25 @@ class LayerEstimate:
     ms: float
     ops: float
     dram_bytes: float  # modelled traffic (VTA: with re-reads; ARM: compulsory, int8)
+    op: str = ""  # LayerCost.op
+    act: str | None = None  # the fused activation (h-swish always runs on ARM)
+    arm_reason: str | None = None  # why the layer runs on ARM (None: on VTA)
 
 
 def estimate_layer(layer: LayerCost, act: str | None, board: Board,
                    eff: RooflineEfficiency = CPU_EFFICIENCY) -> LayerEstimate:
     """Latency of one fused layer on the board (ms), including an h-swish the ARM cores must run."""
     hswish_ops = HSWISH_OPS * layer.act_write if act == "h_swish" else 0.0
-    if on_vta(layer, board.vta):
+    reason = arm_reason(layer, board.vta)
+    if reason is None:
         plan = plan_conv(ConvShape.from_layer(layer), board)
         # h-swish of a VTA conv runs on ARM fused into the consuming ARM layer (dw conv, pool), which
         # reads the tensor anyway: compute only, no extra traffic.
         extra = 1e3 * hswish_ops / (board.cpu.peak_gflops * 1e9 * eff.act)
-        return LayerEstimate(layer.name, "vta", plan.ms + extra, 2.0 * layer.macs, plan.dram_bytes)
+        return LayerEstimate(layer.name, "vta", plan.ms + extra, 2.0 * layer.macs, plan.dram_bytes, layer.op, act)
     ops = layer_ops(layer) + hswish_ops
     ms = roofline_ms(ops, layer.bytes(1), board.cpu, eff.compute(layer.op), eff) + eff.overhead_us * 1e-3
-    return LayerEstimate(layer.name, "arm", ms, 2.0 * layer.macs, layer.bytes(1))
+    return LayerEstimate(layer.name, "arm", ms, 2.0 * layer.macs, layer.bytes(1), layer.op, act, reason)
 
 
 def vta_layer_ms(board: Board, eff: RooflineEfficiency = CPU_EFFICIENCY):
@@ -294,3 +348,52 @@ def vta_report(layers: list[tuple[LayerCost, str | None]], board: Board | str) -
     board = get_board(board) if isinstance(board, str) else board
     est = tuple(estimate_layer(layer, act, board) for layer, act in layers)
     return VtaReport(board.name, est, sum(l.macs for l, _ in layers), sum(l.bytes(1) for l, _ in layers))
+
+
+# -- what `compile --target vta-*` records ---------------------------------------------------------
+NO_VTA_BACKEND = "TVM 0.27 has no VTA backend (removed in apache/tvm PR 17542)"
+
+
+def offload_report(layers: list[tuple[LayerCost, str | None]], board: Board | str) -> dict[str, Any]:
+    """JSON-ready placement of every layer under the VTA model, next to the module actually built.
+
+    ``layers`` as from ``layers_with_acts`` (i.e. ``count_costs``' layers, same order). The module
+    ``compile`` builds runs all of them on the ARM cores; this says which ones the model would put
+    on VTA (int8 GEMM convs), which it cannot and why, and the model's latency (``estimated``).
+    """
+    rep = vta_report(layers, board)
+    board = get_board(board) if isinstance(board, str) else board
+    on_arm = [est for est in rep.layers if est.device == "arm"]
+    return {
+        "backend": None,
+        "note": (f"{NO_VTA_BACKEND}: subnet.so runs every layer on the board's ARM cores ({board.cpu_desc}) in "
+                 "fp32; the placement and latency here are the analytic VTA model's (int8), labelled estimated"),
+        "module_runs_on": board.cpu_desc,
+        "offloadable": [est.name for est in rep.layers if est.device == "vta"],
+        "not_offloadable": [est.name for est in on_arm],
+        "not_offloadable_by_reason": dict(Counter(est.arm_reason for est in on_arm)),
+        "activation_on_arm": [est.name for est in rep.layers if est.device == "vta" and est.act == "h_swish"],
+        "layers": [{"name": est.name, "op": est.op, "activation": est.act, "vta_model": est.device,
+                    "arm_reason": est.arm_reason,
+                    "activation_on_arm": HSWISH_ON_ARM if est.act == "h_swish" else None,
+                    "estimated_ms": round(est.ms, 5)} for est in rep.layers],
+        "estimate": rep.summary(),
+    }
+
+
+def describe_offload(report: dict[str, Any]) -> list[str]:
+    """The report of :func:`offload_report` as plain lines for the CLI (summary, then per layer)."""
+    est, n_vta, n_arm = report["estimate"], len(report["offloadable"]), len(report["not_offloadable"])
+    reasons = "; ".join(f"{n} {why}" for why, n in report["not_offloadable_by_reason"].items())
+    lines = [
+        f"note: {report['note']}.",
+        f"VTA model: {n_vta} of {n_vta + n_arm} layers offloadable (int8 GEMM convs), {n_arm} not: {reasons}; "
+        f"{len(report['activation_on_arm'])} offloadable convs leave their {HSWISH_ON_ARM} to the ARM cores.",
+        f"{est['target']}: {est['latency_ms']:.2f} ms ({est['source']}), {est['gops']:.1f} GOP/s, "
+        f"{est['intensity_int8']:.1f} ops/byte (int8), {100 * est['vta_time_fraction']:.0f} % of the time on VTA",
+        f"  {'layer':<26}{'op':<8}{'VTA model':<10}{'ms':>9}  why not VTA",
+    ]
+    for row in report["layers"]:
+        why = row["arm_reason"] or ("(h-swish on ARM)" if row["activation_on_arm"] else "")
+        lines.append(f"  {row['name']:<26}{row['op']:<8}{row['vta_model']:<10}{row['estimated_ms']:>9.3f}  {why}")
+    return lines

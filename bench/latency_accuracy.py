@@ -1,0 +1,184 @@
+"""How well the profiled latency model predicts compiled end-to-end latency, on subnets it never saw.
+
+Draws ``--n`` seeded random subnets at the model's resolutions (seed 1000 by default: disjoint
+from the calibration seed, and checked against the calibration subnets), compiles each like
+``ofa-deploy compile`` with the target's database, times it (``time_local``), and compares with
+the model's prediction. Prints the share within +-10 %, MAPE, Kendall tau; writes
+``bench/results/latency_accuracy_<target>.csv`` (one row per subnet, resumable: rerun the same
+command after a kill) and a predicted-vs-measured scatter PNG beside it.
+
+    ofa-deploy profile --target x86-host            # first: the model
+    python bench/latency_accuracy.py --target x86-host --n 100
+
+Goal on the local x86 host: >= 95 % within +-10 % and tau >= 0.9. Measure on an idle machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from ofa_deploy.atomic import atomic_path, write_text
+from ofa_deploy.deploy import default_database
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.profile import measure_subnet, sample_subnets
+from ofa_deploy.search.genes import configs_to_genes, random_genes, resolution_indices
+from ofa_deploy.search.latency.measured import (MODEL_FILE, MeasuredLatencyModel, current_database_hash,
+                                                installed_tvm_version, mismatch, tuning_dir)
+from ofa_deploy.search.predictor import kendall_tau
+from ofa_deploy.targets import get_target
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = ("id", "image_size", "ks", "e", "d", "predicted_ms", "measured_ms", "std_ms", "rel_err_pct",
+          "database_sha256", "tvm_version", "model_created")
+log = logging.getLogger("latency_accuracy")
+
+
+def accuracy_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """Share within +-10 %, MAPE (%), Kendall tau, and the largest error (%)."""
+    rel = (np.asarray(predicted) - np.asarray(measured)) / np.asarray(measured)
+    return {"n": len(rel), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(rel) else float("nan"),
+            "mape_pct": float(np.mean(np.abs(rel)) * 100) if len(rel) else float("nan"),
+            "kendall_tau": kendall_tau(predicted, measured), "max_err_pct": float(np.max(np.abs(rel)) * 100)
+            if len(rel) else float("nan")}
+
+
+def read_rows(path: Path, db: str | None, tvm: str | None, created: str) -> dict[str, dict[str, str]]:
+    """Rows of an earlier run of this model (same database, TVM, model); others are dropped."""
+    if not path.is_file():
+        return {}
+    rows = list(csv.DictReader(path.open()))
+    keep = {r["id"]: r for r in rows if (r["database_sha256"] or None) == db and r["tvm_version"] == str(tvm)
+            and r["model_created"] == created}
+    if len(keep) < len(rows):
+        log.warning("%s: %d rows of another model/database/TVM dropped", path, len(rows) - len(keep))
+    return keep
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, title: str) -> None:
+    """Predicted vs measured with the y = x line and the +-10 % band (Agg, atomic)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lo, hi = 0.9 * min(predicted.min(), measured.min()), 1.1 * max(predicted.max(), measured.max())
+    line = np.array([lo, hi])
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="+-10 %")
+    ax.plot(line, line, color="0.3", lw=1, label="y = x")
+    ax.scatter(measured, predicted, s=14, zorder=3)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured end-to-end latency (ms, time_evaluator)")
+    ax.set_ylabel("predicted latency (ms, estimated)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+@click.command()
+@click.option("--target", default="x86-host", show_default=True)
+@click.option("--n", "n_subnets", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--seed", type=int, default=1000, show_default=True, help="Must differ from the calibration seed.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(REPO / "bench" / "results"),
+              show_default=True)
+@click.option("--update-benchmarks", is_flag=True, help="Also rewrite the BENCHMARKS.md section.")
+def main(target: str, n_subnets: int, seed: int, out_dir: str, update_benchmarks: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        run(target, n_subnets, seed, Path(out_dir), update_benchmarks)
+    except OfaDeployError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+def run(target: str, n_subnets: int, seed: int, out_dir: Path, update_benchmarks: bool) -> None:
+    spec = get_target(target)
+    path = tuning_dir(spec.name) / MODEL_FILE
+    if not path.is_file():
+        raise OfaDeployError(f"no latency model at {path}: run 'ofa-deploy profile --target {spec.name}' first")
+    model = MeasuredLatencyModel.load(path)
+    meta = model.meta
+    db, tvm = current_database_hash(spec.name), installed_tvm_version()
+    reason = mismatch(meta, database_sha256=db, tvm_version=tvm, space=meta["space"], n_classes=None)
+    if reason:
+        raise OfaDeployError(f"{path} does not describe the code compiled now: {reason}")
+    if not model.complete:
+        raise OfaDeployError(f"{path} is a partial profile; profile all workloads first")
+    cal = meta["calibration"]
+    if seed == cal.get("seed"):
+        raise OfaDeployError(f"--seed {seed} is the calibration seed; use another (default 1000)")
+    subnets = sample_subnets(meta["space"], model.resolutions, n_subnets, seed, model.table)
+    seen = {p["id"] for p in cal["points"]} & {s.id for s in subnets}
+    assert not seen, f"subnets {sorted(seen)} were calibration subnets: the model has seen them"
+    predicted = model.predict(configs_to_genes(subnets, meta["space"]))
+    batch = random_genes(np.random.default_rng(seed), 10_000, meta["space"],
+                         r_choices=resolution_indices(meta["space"], model.resolutions))
+    start = time.perf_counter()
+    model.predict(batch)
+    click.echo(f"query: 10,000 subnets predicted in {(time.perf_counter() - start) * 1e3:.2f} ms (one batch call)")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out_dir / f"latency_accuracy_{spec.name}.csv", out_dir / f"latency_accuracy_{spec.name}.png"
+    rows = read_rows(csv_path, db, tvm, meta["created"])
+    database = default_database(spec.name)
+    with tqdm(total=len(subnets), desc=f"latency accuracy {spec.name}", unit="subnet", file=sys.stderr) as bar:
+        for cfg, pred in zip(subnets, predicted):
+            if cfg.id not in rows:
+                m = measure_subnet(cfg, spec, database, meta["n_classes"])
+                rows[cfg.id] = {"id": cfg.id, "image_size": cfg.image_size, "ks": " ".join(map(str, cfg.ks)),
+                                "e": " ".join(map(str, cfg.e)), "d": " ".join(map(str, cfg.d)),
+                                "predicted_ms": f"{pred:.4f}", "measured_ms": f"{m.median_ms:.4f}",
+                                "std_ms": f"{m.std_ms:.4f}", "rel_err_pct": f"{(pred - m.median_ms) / m.median_ms * 100:.2f}",
+                                "database_sha256": db or "", "tvm_version": str(tvm), "model_created": meta["created"]}
+                write_rows(csv_path, list(rows.values()))
+            bar.update(1)
+            bar.set_postfix_str(f"{cfg.id} err {float(rows[cfg.id]['rel_err_pct']):+.1f} %")
+    mine = [rows[s.id] for s in subnets]
+    p = np.array([float(r["predicted_ms"]) for r in mine])
+    m = np.array([float(r["measured_ms"]) for r in mine])
+    stats = accuracy_metrics(p, m)
+    title = "\n".join(textwrap.wrap(f"{spec.name}: {model.basis}", 80) + [
+        f"{stats['n']} unseen subnets: {100 * stats['within_10pct']:.0f} % within +-10 %, "
+        f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"])
+    scatter_png(png_path, p, m, title)
+    lines = [f"target {spec.name}; model {path} ({model.basis})",
+             f"{stats['n']} unseen subnets (seed {seed}) at {','.join(map(str, model.resolutions))} px, "
+             f"measured {m.min():.2f}..{m.max():.2f} ms",
+             f"within +-10 %: {100 * stats['within_10pct']:.1f} %   (goal >= 95 %)",
+             f"MAPE:          {stats['mape_pct']:.2f} %   (max error {stats['max_err_pct']:.1f} %)",
+             f"Kendall tau:   {stats['kendall_tau']:.3f}   (goal >= 0.9)",
+             f"rows: {csv_path}; scatter: {png_path}"]
+    click.echo("\n".join(lines))
+    if update_benchmarks:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import update_benchmarks_md
+
+        body = (f"`python bench/latency_accuracy.py --target {spec.name} --n {n_subnets} --seed {seed}`\n\n```\n"
+                + "\n".join(lines[:-1]) + "\n```\n")
+        update_benchmarks_md(f"Latency model accuracy ({spec.name})", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+"""``ofa-deploy tune``: MetaSchedule + XGBoost over the space's distinct tasks (parent side, no TVM).
+
+What gets tuned: the fused tasks of every workload of the space at the chosen resolutions
+(ofa_deploy/workloads.py: stem, 90 block variants and head per resolution), merged across
+workloads, so a task shared by many blocks and subnets is tuned once. At 224 that is 92
+workloads -> 440 extracted tasks -> ~187 distinct ones. Each resolution adds its own set: the
+cost is linear in the number of resolutions.
+
+How (every step survives a kill):
+
+1. Lock the database directory (one tuning run per database), repair a torn last line left by a
+   kill -9 (database.repair_database), and refuse a database or tune_state.json of another
+   target (TVM would apply foreign records silently).
+2. ``tune_plan`` worker: extract + deduplicate the tasks (cached plan file), verify the
+   database's stored workload hashes, count each task's records.
+3. Tune the tasks still short of ``trials_per_task`` records, largest weighted FLOPs first, a
+   few at a time (one worker process per chunk: MetaSchedule keeps state in its process, and a
+   fresh process bounds what a crash can take). Records are appended as they are measured; a
+   finished chunk marks its tasks done in ``tune_state.json`` (atomic), so a task that
+   MetaSchedule finishes with fewer trials (a reshape has one schedule) is not retried forever.
+4. ``--budget-minutes``: before each chunk, the measured seconds per trial and per chunk decide
+   whether it fits; the chunk shrinks to what fits, or the run stops and says what is left.
+
+A killed run loses nothing measured: rerunning continues with the tasks not yet done (tasks of
+the interrupted chunk are tuned again for their missing trials).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from ofa_deploy.atomic import write_json
+from ofa_deploy.errors import OfaDeployError
+
+from .database import RECORD_FILE, check_database_target, database_hash, file_sha256, repair_database
+from .isolate import run_worker
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "tune_state.json"
+LOCK_FILE = ".tune.lock"
+# Used for the first estimate until this machine has measured its own (kept in tune_state.json).
+ASSUMED_SECONDS_PER_TRIAL = 1.5
+ASSUMED_CHUNK_OVERHEAD_S = 30.0  # measured 7-23 s on the 2-core dev machine under load
+PLAN_TIMEOUT_S = 3600.0
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """MetaSchedule knobs of one tuning run (defaults sized for a small CPU)."""
+
+    num_trials_per_iter: int = 8  # candidates measured per round: small, so every task is measured early
+    population_size: int = 64  # evolutionary search population (MetaSchedule: 512, ~10x the search cost)
+    genetic_num_iters: int = 2  # generations per round (MetaSchedule: 4)
+    init_min_unmeasured: int = 16  # random candidates in the first population (MetaSchedule: 50)
+    builder_timeout_s: float = 120.0  # per candidate; a slower build is a failed trial
+    runner_timeout_s: float = 60.0  # per candidate (the RPC session timeout with --rpc)
+    number: int = 3  # runs per timing sample ...
+    repeat: int = 2  # ... samples per candidate ...
+    min_repeat_ms: int = 40  # ... each at least this long (short kernels repeat more)
+    seed: int = 0  # seeds the search (forked per task)
+    search_threads: int | None = None  # XGBoost / search threads; None: all cores
+
+    def __post_init__(self) -> None:
+        for name in ("num_trials_per_iter", "population_size", "genetic_num_iters", "number", "repeat"):
+            if getattr(self, name) < 1:
+                raise OfaDeployError(f"tune settings: {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TuneReport:
+    """What one ``tune_target`` call did."""
+
+    target: str
+    database_dir: str
+    workloads: int  # ONNX workloads the tasks were extracted from
+    extracted_tasks: int  # tasks over all workloads, before merging identical ones
+    tasks_total: int  # distinct tasks
+    tasks_skipped: int  # already tuned before this run (records or tune_state.json)
+    tasks_tuned: int  # tuned in this run
+    tasks_failed: int  # in a chunk whose worker failed (rerun to retry)
+    tasks_left: int  # not started: the budget ran out (rerun to continue)
+    trials: int  # records added in this run (failed candidates included: they cost the same)
+    trials_failed: int  # candidates that failed to build or run (recorded as such, never applied)
+    seconds: float
+    estimate_s: float  # the estimate made before tuning started
+    seconds_per_trial: float | None  # measured in this run: tuning time / trials
+    chunk_overhead_s: float | None  # measured in this run: worker start, imports, task setup per chunk
+    database_sha256: str | None
+    stopped_by_budget: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    name: str
+    hash: str
+    flops: float
+    weight: int
+    workloads: tuple[str, ...]
+    remaining: int  # trials still to run for this run's trials_per_task
+
+
+@contextlib.contextmanager
+def _locked(database_dir: Path) -> Iterator[None]:
+    """One tuning run per database directory (the lock dies with the process, even on kill -9)."""
+    import fcntl
+
+    database_dir.mkdir(parents=True, exist_ok=True)
+    with open(database_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise OfaDeployError(f"database {database_dir} is being tuned by another ofa-deploy tune "
+                                 f"(pid {f.read().strip() or '?'}); wait for it or use another --database") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:
+        raise OfaDeployError(f"{path}: not JSON (it is written atomically, so it was edited or damaged); "
+                             "delete it to rebuild it from the database") from None
+    if not isinstance(state, dict):
+        raise OfaDeployError(f"{path}: expected a JSON object; delete it to rebuild it from the database")
+    return state
+
+
+def _check_device(spec: Any, rpc: Any) -> None:
+    """Tuning measures every candidate: the target must run here, or be reached through --rpc."""
+    if spec.analytic_only:
+        raise OfaDeployError(f"--target {spec.name} is analytic-only ({spec.description}): there is no code to "
+                             "tune; tune its host CPU target instead")
+    if rpc is not None:
+        if not rpc.is_tracker:
+            raise OfaDeployError(f"--rpc {rpc}: tuning needs an RPC tracker and a device key (HOST:PORT:KEY), "
+                                 "not a server address: MetaSchedule requests the device from the tracker")
+        return
+    machine = platform.machine()
+    if spec.arch != machine:
+        raise OfaDeployError(f"--target {spec.name} runs on {spec.arch} and this machine is {machine}: tuning "
+                             "measures on the device, so pass --rpc HOST:PORT:KEY (an RPC tracker with the board "
+                             "registered); emulated timings are never a speed")
+    if spec.kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OfaDeployError(f"--target {spec.name} needs a CUDA GPU to measure on and this machine has none; "
+                                 "tune on the GPU machine or pass --rpc HOST:PORT:KEY")
+
+
+def _workload_models(space: str, resolutions: tuple[int, ...], keys: tuple[str, ...] | None,
+                     n_classes: int | None, progress: bool | None) -> list[dict[str, Any]]:
+    """The ONNX files (exported once, cached) of the workloads to tune."""
+    from ofa_deploy.workloads import export_workloads, space_workloads
+
+    workloads = space_workloads(space, resolutions, n_classes)
+    if keys is not None:
+        known = {w.key for w in workloads}
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise OfaDeployError(f"workload {unknown[0]!r} is not a workload of {space} at {list(resolutions)}; "
+                                 f"allowed: e.g. {', '.join(sorted(known)[:4])}, ...")
+        workloads = [w for w in workloads if w.key in keys]
+    models = []
+    for w in tqdm(workloads, desc="export workloads", unit="model", file=sys.stderr, leave=False,
+                  disable=None if progress is None else not progress):
+        path = export_workloads([w], space, n_classes)[w.key]
+        models.append({"key": w.key, "onnx_path": str(path), "input_shape": list(w.input_shape)})
+    return models
+
+
+def _plan_key(models: list[dict[str, Any]], spec: Any) -> str:
+    """Identifies a plan: the exact ONNX files, the target and the TVM version."""
+    from ofa_deploy.search.latency.measured import installed_tvm_version
+
+    ident = {"models": [[m["key"], file_sha256(m["onnx_path"]), m["input_shape"]] for m in models],
+             "target": spec.name, "tvm_target": spec.tvm_target_with_host(), "tvm": installed_tvm_version()}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+class _RecordCounter:
+    """Counts records appended to the database since it was created (for the progress bar)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.is_file() else 0
+
+    def new_lines(self) -> int:
+        if not self.path.is_file():
+            return 0
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        return data.count(b"\n")
+
+
+def _run_watched(request: dict[str, Any], what: str, timeout: float, env: dict[str, str],
+                 counter: _RecordCounter, on_records: Any) -> dict[str, Any]:
+    """``run_worker`` in a thread while this thread reports new records every POLL_S seconds."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["reply"] = run_worker(request, what=what, timeout=timeout, env=env)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            outcome["error"] = exc
+
+    # The worker's PR_SET_PDEATHSIG fires when the *thread* that started it ends: this thread
+    # lives until run_worker returns, i.e. until the worker has exited.
+    thread = threading.Thread(target=work, name="tune-chunk", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(POLL_S)
+        on_records(counter.new_lines())
+    on_records(counter.new_lines())
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["reply"]
+
+
+def _fit(tasks: list[_Task], seconds_left: float, spt: float, overhead: float) -> int:
+    """How many of ``tasks`` (in order) one chunk can tune within ``seconds_left``."""
+    used, n = overhead, 0
+    for t in tasks:
+        used += t.remaining * spt
+        if used > seconds_left:
+            break
+        n += 1
+    return n
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def tune_target(target: str, *, database_dir: str | Path | None = None, resolutions: tuple[int, ...] = (224,),
+                trials_per_task: int = 32, budget_minutes: float | None = None, rpc: str | None = None,
+                space: str | None = None, chunk_tasks: int = 16, n_classes: int | None = None,
+                keys: tuple[str, ...] | None = None, settings: TuneSettings | None = None,
+                progress: bool | None = None) -> TuneReport:
+    """Tune ``target``'s database on the space's distinct tasks; resumable (see the module docstring).
+
+    Args:
+        target: registry name, tag or TVM string; must run here or be reached through ``rpc``.
+        database_dir: default ``tuning_logs/<target>/``, which ``compile`` picks up by itself.
+        resolutions: the resolutions whose workloads are tuned (cost is linear in their number).
+        trials_per_task: measured candidates per distinct task.
+        budget_minutes: stop launching work that would not finish within this wall time.
+        rpc: ``HOST:PORT:KEY`` of an RPC tracker with the device registered under KEY.
+        chunk_tasks: tasks per worker process (larger: less start-up cost per task).
+        keys: only these workloads (``"r128/head"``, ...): tests and partial runs.
+        progress: tqdm bars (None: only on a terminal).
+
+    Raises:
+        OfaDeployError: unknown target, bad setting, unreachable tracker, locked, corrupted or
+        foreign database (one line each).
+    """
+    from ofa_deploy.search_space import DEFAULT_SPACE
+    from ofa_deploy.targets import get_target
+
+    from .rpc import RpcSpec, check_reachable
+    from .toolchain import linker_for
+
+    started = time.monotonic()
+    spec = get_target(target)
+    space = space or DEFAULT_SPACE
+    settings = settings or TuneSettings()
+    if trials_per_task < 1:
+        raise OfaDeployError(f"--trials must be >= 1 (measured candidates per task), got {trials_per_task}")
+    if chunk_tasks < 1:
+        raise OfaDeployError(f"--chunk-tasks must be >= 1, got {chunk_tasks}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise OfaDeployError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    rpc_spec = RpcSpec.parse(rpc) if rpc else None
+    _check_device(spec, rpc_spec)
+    if rpc_spec is not None:
+        check_reachable(rpc_spec)  # bounded connect timeout and retries, one clear line
+    linker = linker_for(spec.cross_compiler)
+    env: dict[str, str] = {}
+    if spec.kind == "cuda":
+        from .toolchain import find_nvcc
+
+        env = {"PATH": str(Path(find_nvcc()).parent) + os.pathsep + os.environ.get("PATH", ""),
+               "TVM_CUDA_COMPILE_MODE": "nvcc"}
+
+    if database_dir is None:
+        from ofa_deploy.deploy import tuning_logs_dir
+
+        database_dir = tuning_logs_dir() / spec.name
+    db = Path(database_dir).resolve()
+    with _locked(db):
+        return _tune_locked(spec, db, tuple(resolutions), trials_per_task, budget_minutes, rpc_spec, space,
+                            chunk_tasks, n_classes, keys, settings, progress, linker, env, started)
+
+
+def _tune_locked(spec: Any, db: Path, resolutions: tuple[int, ...], trials: int, budget_minutes: float | None,
+                 rpc: Any, space: str, chunk_tasks: int, n_classes: int | None, keys: tuple[str, ...] | None,
+                 settings: TuneSettings, progress: bool | None, linker: str, env: dict[str, str],
+                 started: float) -> TuneReport:
+    from ofa_deploy.cache import cache_root
+
+    state_path = db / STATE_FILE
+    state = _read_state(state_path)
+    if state.get("target") not in (None, spec.name):
+        raise OfaDeployError(f"database {db} belongs to target {state['target']} (see {STATE_FILE}), not "
+                             f"{spec.name}: use that target's own tuning_logs directory")
+    repair_database(db)
+    if (db / RECORD_FILE).is_file():
+        check_database_target(db, spec.tvm_target, spec.name)
+
+    models = _workload_models(space, resolutions, keys, n_classes, progress)
+    plan_key = _plan_key(models, spec)
+    plan_path = cache_root() / "tune_plans" / f"{spec.name}-{plan_key[:20]}.json"
+    plan = run_worker({"op": "tune_plan", "die_with_parent": True, "parent_pid": os.getpid(), "models": models, "input_name": "input", "plan_key": plan_key,
+                       "plan_path": str(plan_path), "tvm_target": spec.tvm_target_with_host(),
+                       "target_name": spec.name, "database_dir": str(db)},
+                      what=f"extracting {spec.name} tuning tasks", timeout=PLAN_TIMEOUT_S, env=env)
+    if plan["bad_workload_lines"]:
+        raise OfaDeployError(f"{db}: corrupted MetaSchedule database: the stored structural hash of workload "
+                             f"line(s) {plan['bad_workload_lines'][:5]} does not match the module; restore the "
+                             "files or delete the database directory")
+
+    done = state.get("tasks", {})
+    tasks = [_Task(t["index"], t["name"], t["hash"], t["flops"], t["weight"], tuple(t["workloads"]),
+                   0 if done.get(t["hash"], {}).get("trials", 0) >= trials else max(0, trials - t["records"]))
+             for t in plan["tasks"]]
+    pending = [t for t in tasks if t.remaining > 0]
+    skipped = len(tasks) - len(pending)
+    state.setdefault("tasks", {})
+    for t in tasks:  # enough records already (e.g. from a killed run, whose chunk never finished)
+        if t.remaining == 0 and t.hash not in done:
+            state["tasks"][t.hash] = {"name": t.name, "flops": t.flops, "weight": t.weight, "trials": trials}
+    runner_kind = f"rpc:{rpc.key}" if rpc else "local"
+    measured = state.get("measured", {}).get(runner_kind, {})
+    spt = measured["tune_seconds"] / measured["trials"] if measured.get("trials") else ASSUMED_SECONDS_PER_TRIAL
+    overhead = measured["overhead_seconds"] / measured["chunks"] if measured.get("chunks") else ASSUMED_CHUNK_OVERHEAD_S
+    basis = "measured here" if measured.get("trials") else "assumed"
+    total_trials = sum(t.remaining for t in pending)
+    n_chunks = -(-len(pending) // chunk_tasks)
+    estimate = total_trials * spt + n_chunks * overhead
+    budget_s = budget_minutes * 60 if budget_minutes is not None else None
+    log.info("tune %s: %d workloads -> %d tasks -> %d distinct; %d already tuned, %d to tune x up to %d trials = "
+             "%d trials x %.2f s/trial (%s) + %d chunks x %.0f s = about %s%s", spec.name, len(models),
+             plan["extracted_tasks"], len(tasks), skipped, len(pending), trials, total_trials, spt, basis, n_chunks,
+             overhead, _fmt_duration(estimate),
+             f"; budget {_fmt_duration(budget_s)}" if budget_s is not None else "")
+
+    state.update({"target": spec.name, "tvm_target": spec.tvm_target, "space": space,
+                  "settings": {"trials_per_task": trials, **dataclasses.asdict(settings)}})
+    run = {"trials": 0, "tune_seconds": 0.0, "overhead_seconds": 0.0, "chunks": 0}
+    trials_added = trials_failed = 0  # all records of this run (``run`` only counts chunks that worked)
+    tuned = failed = 0
+    stopped = False
+    bar = tqdm(total=total_trials, desc=f"tune {spec.name}", unit="trial", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    with bar:
+        while pending:
+            chunk = pending[:chunk_tasks]
+            if budget_s is not None:
+                n = _fit(chunk, budget_s - (time.monotonic() - started), spt, overhead)
+                if n == 0:
+                    stopped = True
+                    break
+                chunk = chunk[:n]
+            shown = 0
+            allotted = sum(t.remaining for t in chunk)
+
+            def on_records(n_new: int) -> None:
+                nonlocal shown
+                step = min(n_new, allotted - shown)
+                if step > 0:
+                    shown += step
+                    bar.update(step)
+
+            request = {
+                "op": "tune_chunk", "die_with_parent": True, "parent_pid": os.getpid(),
+                "plan_path": str(plan_path), "indices": [t.index for t in chunk],
+                "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name, "database_dir": str(db),
+                "log_dir": str(cache_root() / "tune_logs" / spec.name), "linker": linker,
+                "max_trials_per_task": max(t.remaining for t in chunk), "max_trials_global": allotted,
+                "settings": dataclasses.asdict(settings),
+                "rpc": {"host": rpc.host, "port": rpc.port, "key": rpc.key} if rpc else None,
+            }
+            chunk_start = time.monotonic()
+            try:
+                reply = _run_watched(request, f"tuning {len(chunk)} {spec.name} tasks", 3 * (overhead + allotted * spt)
+                                     + 600, env, _RecordCounter(db / RECORD_FILE), on_records)
+            except OfaDeployError as exc:
+                failed += len(chunk)
+                log.error("a tuning chunk failed (its %d tasks stay untuned; rerun to retry): %s", len(chunk), exc)
+                repair_database(db)  # the worker may have died mid-append
+                bar.update(allotted - shown)
+                pending = pending[len(chunk):]
+                continue
+            wall = time.monotonic() - chunk_start
+            bar.update(allotted - shown)
+            trials_added += reply["records_added"]
+            trials_failed += reply["records_failed"]
+            if reply["records_added"] and reply["records_failed"] == reply["records_added"]:
+                failed += len(chunk)
+                log.error("every candidate of a tuning chunk failed (%d of %d tasks; first build error: %s); "
+                          "its tasks stay untuned; MetaSchedule's logs: %s", len(chunk), len(tasks),
+                          reply["first_build_error"] or "none: they failed to run", request["log_dir"])
+                pending = pending[len(chunk):]
+                continue
+            run["trials"] += reply["records_added"]
+            run["tune_seconds"] += reply["tune_seconds"]
+            run["overhead_seconds"] += max(0.0, wall - reply["tune_seconds"])
+            run["chunks"] += 1
+            tuned += len(chunk)
+            pending = pending[len(chunk):]
+            for t in chunk:
+                state["tasks"][t.hash] = {"name": t.name, "flops": t.flops, "weight": t.weight, "trials": trials}
+            if run["trials"]:  # this run's measurements replace the assumption / older ones
+                spt = run["tune_seconds"] / run["trials"]
+                overhead = run["overhead_seconds"] / run["chunks"]
+                state.setdefault("measured", {})[runner_kind] = {
+                    **run, "host": platform.node(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            _save_state(state_path, state, tasks, db, whole_space=keys is None)
+            log.info("chunk: %d tasks, %d trials in %.0f s (%.2f s/trial, %.0f s start-up)", len(chunk),
+                     reply["records_added"], wall, reply["tune_seconds"] / max(1, reply["records_added"]),
+                     wall - reply["tune_seconds"])
+    if not run["chunks"]:
+        _save_state(state_path, state, tasks, db, whole_space=keys is None)
+    if stopped:
+        left_trials = sum(t.remaining for t in pending)
+        left_s = left_trials * spt + -(-len(pending) // chunk_tasks) * overhead
+        log.warning("budget reached: %d tasks (%d trials, about %s) left; rerun the same command to continue",
+                    len(pending), left_trials, _fmt_duration(left_s))
+    db_hash = database_hash(db) if (db / RECORD_FILE).is_file() else None
+    return TuneReport(
+        target=spec.name, database_dir=str(db), workloads=len(models), extracted_tasks=plan["extracted_tasks"],
+        tasks_total=len(tasks), tasks_skipped=skipped, tasks_tuned=tuned, tasks_failed=failed,
+        tasks_left=len(pending) if stopped else 0, trials=trials_added, trials_failed=trials_failed,
+        seconds=round(time.monotonic() - started, 1), estimate_s=round(estimate, 1),
+        seconds_per_trial=round(run["tune_seconds"] / run["trials"], 3) if run["trials"] else None,
+        chunk_overhead_s=round(run["overhead_seconds"] / run["chunks"], 1) if run["chunks"] else None,
+        database_sha256=db_hash, stopped_by_budget=stopped)
+
+
+def _save_state(path: Path, state: dict[str, Any], tasks: list[_Task], db: Path, *, whole_space: bool) -> None:
+    """tune_state.json: settings, done tasks, measured rates, and the resolutions fully tuned.
+
+    ``tuned_resolutions`` lists the resolutions all of whose tasks are tuned: the ones a latency
+    model built from this database covers with tuned code. Only a run over whole resolutions
+    (no ``keys`` subset) can tell.
+    """
+    done = state.get("tasks", {})
+    by_res: dict[int, list[bool]] = {}
+    for t in tasks:
+        for r in {int(k.split("/")[0][1:]) for k in t.workloads}:
+            by_res.setdefault(r, []).append(t.hash in done)
+    tuned = set(state.get("tuned_resolutions", []))
+    if whole_space:
+        tuned |= {r for r, flags in by_res.items() if all(flags)}
+    state["tuned_resolutions"] = sorted(tuned)
+    state["database_sha256"] = database_hash(db) if (db / RECORD_FILE).is_file() else None
+    state["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(path, state)

@@ -1,0 +1,67 @@
+"""``ofa-deploy profile``: build the target's latency model from measured tuned code."""
+
+from __future__ import annotations
+
+import click
+
+from .errors import OfaDeployError
+
+
+def parse_resolutions(text: str) -> tuple[int, ...]:
+    """``"160,192,224"`` -> (160, 192, 224); one clear line for anything else."""
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values:
+        raise OfaDeployError(f"--resolutions: expected comma-separated integers like 224 or 160,192,224; got {text!r}")
+    return values
+
+
+@click.command("profile")
+@click.option("--target", required=True, help="A target that runs on this machine: x86-host (CUDA targets with a GPU).")
+@click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
+              help="Resolutions to profile; search with this model is restricted to them.")
+@click.option("--calibrate", type=click.IntRange(min=0), default=12, show_default=True,
+              help="Random subnets compiled and timed end to end to fit the correction.")
+@click.option("--database", type=click.Path(file_okay=False), default=None,
+              help="MetaSchedule database (default: tuning_logs/<target>/ if it holds one; else untuned). Search "
+                   "uses the model only while tuning_logs/<target>/ holds this same database.")
+@click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration subnets.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
+def profile_command(target: str, resolutions: str, calibrate: int, database: str | None, space: str | None,
+                    seed: int, no_progress: bool) -> None:
+    """Time every block variant of the space with the target's tuned code; fit and save the latency model.
+
+    Builds and times the stem, the 90 block variants and the head per resolution, then compiles
+    --calibrate random subnets end to end and fits measured = a * sum_of_blocks + b. Writes
+    tuning_logs/<target>/latency_model.json, which 'ofa-deploy search' then uses for this target
+    (while the database and TVM are unchanged). Interrupted runs resume.
+
+    \b
+    Example:
+      ofa-deploy profile --target x86-host
+      ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
+    """
+    from .profile import ProfileConfig, profile_target
+    from .search.genes import resolution_indices
+    from .search_space import DEFAULT_SPACE
+
+    res = parse_resolutions(resolutions)
+    resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
+    report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
+                                          space=space or DEFAULT_SPACE, seed=seed),
+                            progress=False if no_progress else None)
+    model, meta = report.model, report.model.meta
+    cal = model.calibration
+    click.echo(f"{report.path}: {len(meta['workloads'])} workloads ({report.timed} timed now, {report.reused} reused), "
+               f"{meta['tuned_funcs']}/{meta['total_funcs']} fused functions tuned")
+    if cal.n:
+        worst = max(report.calibration, key=lambda p: abs(p["residual_pct"]))
+        click.echo(f"calibration: measured = {cal.a:.4f} x table + {cal.b:.3f} ms on {cal.n} subnets; residual rms "
+                   f"{cal.rms_pct:.1f} %, max {cal.max_pct:.1f} % ({worst['id']}: {worst['measured_ms']:.2f} ms "
+                   f"measured, {worst['predicted_ms']:.2f} predicted)")
+    else:
+        click.echo("calibration: none (--calibrate 0): predictions are the plain sum of the blocks")
+    click.echo(f"latency model: estimated from {model.basis}")

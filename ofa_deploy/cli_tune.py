@@ -1,0 +1,65 @@
+"""``ofa-deploy tune``: MetaSchedule tuning of the space's distinct tasks into tuning_logs/<target>/."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("tune")
+@click.option("--target", required=True, help="Registry name, TVM tag or classic TVM string (e.g. x86-host).")
+@click.option("--rpc", default=None, metavar="HOST:PORT:KEY",
+              help="RPC tracker with the device registered under KEY (targets that do not run here).")
+@click.option("--trials", type=int, default=32, show_default=True,
+              help="Measured candidates per distinct task (cost: tasks x trials x seconds per trial).")
+@click.option("--budget-minutes", type=float, default=None,
+              help="Stop starting work that would not finish within this many minutes; rerun to continue.")
+@click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
+              help="Resolutions whose workloads are tuned; each one adds its own tasks (cost is linear).")
+@click.option("--database", type=click.Path(file_okay=False), default=None,
+              help="MetaSchedule database directory (default: tuning_logs/<target>/, which compile uses).")
+@click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
+@click.option("--workloads", default=None, metavar="KEY[,KEY...]",
+              help="Only these workloads of the resolutions, e.g. r224/head,r224/s2-first/k5-e4 (default: all).")
+@click.option("--chunk-tasks", type=int, default=16, show_default=True,
+              help="Tasks per worker process (larger: less start-up cost per task, more retuned after a kill).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
+def tune_command(target: str, rpc: str | None, trials: int, budget_minutes: float | None, resolutions: str,
+                 database: str | None, space: str | None, workloads: str | None, chunk_tasks: int,
+                 no_progress: bool) -> None:
+    """Tune the target's MetaSchedule database (XGBoost cost model) on the space's distinct tasks.
+
+    The tasks are the fused kernels of every block variant, stem and head of the space at the
+    given resolutions; identical tasks are tuned once for all subnets (at 224: 92 workloads,
+    ~187 distinct tasks). Before it starts, the run prints its estimate (tasks x trials x seconds
+    per trial, measured here after the first run). Interrupted (even kill -9) or budget-limited
+    runs continue where they stopped when rerun. 'ofa-deploy compile' then uses the database.
+
+    \b
+    Example:
+      ofa-deploy tune --target x86-host --trials 32 --budget-minutes 60
+      ofa-deploy tune --target cortex-a76 --rpc 192.168.1.10:9190:pi5 --resolutions 160,224
+    """
+    from .cli_profile import parse_resolutions
+    from .compile.tuning import tune_target
+    from .search.genes import resolution_indices
+    from .search_space import DEFAULT_SPACE
+
+    res = parse_resolutions(resolutions)
+    resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
+    report = tune_target(target, database_dir=database, resolutions=res, trials_per_task=trials,
+                         budget_minutes=budget_minutes, rpc=rpc, space=space, chunk_tasks=chunk_tasks,
+                         keys=tuple(k for k in workloads.replace(" ", "").split(",") if k) if workloads else None,
+                         progress=False if no_progress else None)
+    rate = (f", {report.seconds_per_trial:.2f} s/trial + {report.chunk_overhead_s:.0f} s per chunk (measured)"
+            if report.seconds_per_trial is not None else "")
+    click.echo(f"{report.database_dir}: {report.tasks_total} distinct tasks ({report.extracted_tasks} in "
+               f"{report.workloads} workloads); tuned now {report.tasks_tuned}, already tuned {report.tasks_skipped}; "
+               f"{report.trials} trials in {report.seconds:.0f} s{rate}")
+    if report.stopped_by_budget:
+        click.echo(f"budget reached: {report.tasks_left} tasks left; rerun the same command to continue")
+    if report.tasks_failed:
+        click.echo(f"{report.tasks_failed} tasks failed (see the log above); rerun the same command to retry them",
+                   err=True)
+        sys.exit(1)

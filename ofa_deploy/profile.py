@@ -1,0 +1,275 @@
+"""``ofa-deploy profile``: the latency model of a whole space from measured, tuned code.
+
+Steps (each resumable; see :func:`profile_target`):
+
+1. Export every workload of the space at the chosen resolutions (:mod:`.workloads`: stem,
+   90 block variants, head per resolution) and build + time each with the target's MetaSchedule
+   database (``compile.profiling.time_workloads``). Block timings fill ``table[slot, k, e, r]``
+   and stem + head fill ``fixed[r]`` (:func:`.search.latency.measured.tables_from_workloads`).
+2. Calibrate: compile ``calibrate`` seeded random subnets end to end (the same build as
+   ``ofa-deploy compile``, with the database) and time them with ``time_local``; fit
+   ``measured = a * table_sum + b`` (the sum of isolated blocks misses the VM's per-call work and
+   cache effects between blocks).
+3. Save ``tuning_logs/<target>/latency_model.json`` (atomic) with the TVM version and database
+   sha256 it is valid for; search loads it (:func:`.search.latency.latency_model`).
+
+Every finished timing goes to ``latency_model.partial.json`` at once, so a killed run resumes
+where it stopped, as long as the database, TVM version, target, space and head are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import write_json
+from .errors import OfaDeployError
+from .search_space import DEFAULT_SPACE, SubnetConfig, get_space
+
+log = logging.getLogger(__name__)
+
+PARTIAL_FILE = "latency_model.partial.json"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What ``ofa-deploy profile`` does; defaults are the CLI's."""
+
+    target: str  # registry name or TVM target string; must run on this machine
+    resolutions: tuple[int, ...] = (224,)  # profiled resolutions: search is restricted to them
+    calibrate: int = 12  # random subnets compiled and timed end to end for the affine correction
+    database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database (else untuned)
+    space: str = DEFAULT_SPACE
+    n_classes: int | None = None  # classifier width; None: the space's (1000)
+    seed: int = 0  # calibration subnets are sampled from numpy's PCG64 with this seed
+    keys: tuple[str, ...] | None = None  # only these workloads (tests): the model is then partial
+    out_dir: str | None = None  # default: tuning_logs/<target>/
+    settings: Any = None  # compile.profiling.ProfileSettings; None: its defaults
+
+    def __post_init__(self) -> None:
+        if self.calibrate < 0:
+            raise OfaDeployError(f"--calibrate must be >= 0, got {self.calibrate}")
+        if not self.resolutions:
+            raise OfaDeployError("--resolutions: give at least one resolution, e.g. 224")
+
+
+@dataclass
+class ProfileReport:
+    """What a profile run produced."""
+
+    path: Path
+    model: Any  # MeasuredLatencyModel
+    timed: int  # workloads timed in this run
+    reused: int  # workloads reused from an earlier (killed) run or an existing model
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int) -> dict[str, Any]:
+    """What timings depend on: reuse old timings only if all of it is unchanged."""
+    from .search.latency.measured import installed_tvm_version
+
+    return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
+            "database_sha256": db_hash, "space": space, "n_classes": n_classes}
+
+
+def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Workload records and calibration points from a partial run or a finished model with this identity."""
+    from .search.latency.measured import MODEL_FILE
+
+    workloads: dict[str, dict] = {}
+    points: dict[str, dict] = {}
+    for name in (MODEL_FILE, PARTIAL_FILE):
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            log.warning("%s is unreadable; ignoring it", path)
+            continue
+        if any(data.get(k) != v for k, v in identity.items()):
+            log.info("%s was made with another database, TVM, target or head: not reused", path)
+            continue
+        workloads.update(data.get("workloads", {}))
+        cal = data.get("calibration", {})
+        for p in (cal.get("points", []) if isinstance(cal, dict) else cal):
+            points[p["id"]] = p
+    return workloads, points
+
+
+def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
+                   table: np.ndarray | None = None) -> list[SubnetConfig]:
+    """``n`` distinct seeded random subnets at ``resolutions`` (uniform over the space otherwise).
+
+    With a partial ``table`` (NaN cells: workloads not timed) each active block slot draws its
+    (kernel, expand) among the timed variants only, so every sample can be predicted.
+    """
+    from .search.genes import canonical, genes_to_config, layout, random_genes, resolution_indices
+
+    sp = get_space(space)
+    lay = layout(sp)
+    rng = np.random.default_rng(seed)
+    r_choices = resolution_indices(sp, resolutions)
+    out: list[SubnetConfig] = []
+    seen: set[bytes] = set()
+    for _ in range(100):  # bounded: a tiny partial table may have fewer than n distinct subnets
+        genes = random_genes(rng, max(n, 8), sp, r_choices=r_choices)
+        if table is not None and np.isnan(table).any():
+            for row in genes:
+                for slot in range(sp.n_blocks):
+                    ok = np.argwhere(np.isfinite(table[slot, :, :, row[lay.r]]))
+                    if len(ok) == 0:
+                        raise OfaDeployError(f"no timed variant for block slot {slot} at "
+                                             f"{sp.resolution_choices[row[lay.r]]}px; profile more workloads")
+                    row[lay.ks.start + slot], row[lay.e.start + slot] = ok[rng.integers(len(ok))]
+        for row, canon in zip(genes, canonical(genes, sp)):
+            if canon.tobytes() not in seen and len(out) < n:
+                seen.add(canon.tobytes())
+                out.append(genes_to_config(row, sp))
+        if len(out) >= n:
+            break
+    if len(out) < n:
+        raise OfaDeployError(f"only {len(out)} distinct subnets can be drawn from the timed workloads; "
+                             f"asked for {n}")
+    return out
+
+
+def measure_subnet(cfg: SubnetConfig, spec: Any, database_dir: str | Path | None, n_classes: int | None,
+                   seed: int = 0) -> Any:
+    """Compile ``cfg`` (seeded random weights) like ``ofa-deploy compile`` and time it here."""
+    from .compile import build_module, time_local
+    from .export import INPUT_NAME, export_onnx, seeded_input
+    from .search_space import random_subnet
+
+    shape = (1, 3, cfg.image_size, cfg.image_size)
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_calib_") as tmp:
+        export_onnx(random_subnet(cfg, seed, n_classes), cfg.image_size, Path(tmp) / "subnet.onnx", seed=seed)
+        build_module(Path(tmp) / "subnet.onnx", spec, Path(tmp) / "subnet.so", input_name=INPUT_NAME,
+                     input_shape=shape, database_dir=database_dir)
+        return time_local(Path(tmp) / "subnet.so", seeded_input(shape, seed))
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: an undefined figure (no calibration point) is stored as null."""
+    return float(x) if np.isfinite(x) else None
+
+
+def _workload_record(m: Any, record: dict[str, Any]) -> dict[str, Any]:
+    return {"median_ms": m.median_ms, "std_ms": m.std_ms, "n": m.n, "runs_per_sample": m.runs_per_sample,
+            "source": m.source, "device": m.device, "tuned_funcs": record["tuned_funcs"],
+            "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"]}
+
+
+def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
+    """Time the workloads, calibrate, and save ``latency_model.json`` (see the module docstring)."""
+    from .compile.database import database_hash
+    from .compile.profiling import ProfileSettings, WorkloadItem, local_device, time_workloads
+    from .deploy import default_database
+    from .search.latency.measured import (FORMAT_VERSION, MODEL_FILE, Calibration, MeasuredLatencyModel,
+                                          save_model, tables_from_workloads, tuning_dir)
+    from .search.genes import configs_to_genes
+    from .search.tables import lookup
+    from .targets import get_target
+    from .workloads import export_workloads, space_workloads
+
+    spec = get_target(cfg.target)
+    try:
+        local_device(spec)
+    except OfaDeployError as err:
+        raise OfaDeployError(f"profile: {err}; profiling over RPC is a later step") from None
+    sp = get_space(cfg.space)
+    n_classes = cfg.n_classes or sp.n_classes
+    settings = cfg.settings or ProfileSettings()
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else tuning_dir(spec.name)
+    database = Path(cfg.database_dir) if cfg.database_dir else default_database(spec.name)
+    db_hash = database_hash(database) if database is not None else None
+    if database is None:
+        log.warning("profile %s: no MetaSchedule database (tuning_logs/%s/ has none, no --database): timing "
+                    "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name, spec.name)
+    identity = _identity(spec, db_hash, sp.name, n_classes)
+    workloads = space_workloads(sp, cfg.resolutions, n_classes)
+    if cfg.keys is not None:
+        unknown = sorted(set(cfg.keys) - {w.key for w in workloads})
+        if unknown:
+            raise OfaDeployError(f"keys: {unknown[0]} is not a workload at resolutions {list(cfg.resolutions)} "
+                                 f"(e.g. {workloads[1].key})")
+        workloads = [w for w in workloads if w.key in set(cfg.keys)]
+
+    done, points = _reusable(out_dir, identity)
+    done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
+    reused = len(done)
+    partial_path = out_dir / PARTIAL_FILE
+
+    def save_partial() -> None:
+        write_json(partial_path, {**identity, "workloads": done, "calibration": list(points.values())})
+
+    todo = [w for w in workloads if w.key not in done]
+    log.info("profile %s: %d workloads at %s px, %d already timed, %d to time (%s)", spec.name, len(workloads),
+             ",".join(map(str, cfg.resolutions)), reused, len(todo),
+             f"database {db_hash[:8]}" if db_hash else "untuned")
+    if todo:
+        paths: dict[str, Path] = {}
+        for w in tqdm(todo, desc="export workloads", unit="model", file=sys.stderr, leave=False,
+                      disable=None if progress is None else not progress):
+            paths.update(export_workloads([w], sp, n_classes))  # cached: only new workloads are exported
+
+        def keep(key: str, m: Any, record: dict[str, Any]) -> None:
+            done[key] = _workload_record(m, record)
+            save_partial()
+
+        time_workloads([WorkloadItem(w.key, paths[w.key], w.input_shape) for w in todo], spec, database,
+                       settings=settings, on_result=keep, progress=progress)
+
+    ms = {k: v["median_ms"] for k, v in done.items()}
+    table, fixed = tables_from_workloads(sp, cfg.resolutions, ms)
+    calib = sample_subnets(sp.name, cfg.resolutions, cfg.calibrate, cfg.seed, table) if cfg.calibrate else []
+    sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
+    bar = tqdm(total=len(calib), desc=f"calibrate {spec.name}", unit="subnet", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    with bar:
+        for sub, table_ms in zip(calib, sums):
+            if sub.id not in points:
+                m = measure_subnet(sub, spec, database, n_classes, cfg.seed)
+                points[sub.id] = {"id": sub.id, "config": sub.to_dict(), "table_ms": float(table_ms),
+                                  "measured_ms": m.median_ms, "std_ms": m.std_ms, "source": m.source}
+                save_partial()
+            points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
+            bar.update(1)
+            bar.set_postfix_str(f"{sub.id} {points[sub.id]['measured_ms']:.2f} ms")
+    used = [points[s.id] for s in calib]
+    x = np.array([p["table_ms"] for p in used])
+    y = np.array([p["measured_ms"] for p in used])
+    cal = Calibration.fit(x, y)
+    for p in used:
+        p["predicted_ms"] = cal.a * p["table_ms"] + cal.b
+        p["residual_pct"] = (p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"] * 100
+    tuned = sum(v["tuned_funcs"] for v in done.values())
+    total = sum(v["total_funcs"] for v in done.values())
+    data = {
+        "format": FORMAT_VERSION, **identity,
+        "tvm_target_built": next((v["tvm_target"] for v in done.values()), None),
+        "database_dir": str(database) if database is not None else None,
+        "resolutions": list(cfg.resolutions),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile_settings": dataclasses.asdict(settings),
+        "tuned_funcs": tuned, "total_funcs": total,
+        "workloads": done,
+        "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
+                        "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "points": used},
+    }
+    path = out_dir / MODEL_FILE
+    save_model(path, data)
+    partial_path.unlink(missing_ok=True)
+    model = MeasuredLatencyModel.from_dict(data)
+    log.info("profile %s: wrote %s (%s)", spec.name, path, model.basis)
+    return ProfileReport(path, model, len(todo), reused, used)

@@ -1,0 +1,274 @@
+"""The latency model built by ``ofa-deploy profile`` from measured, tuned code (no TVM needed to use it).
+
+``tuning_logs/<target>/latency_model.json`` holds the measured latency of every workload of the
+space at the profiled resolutions (each block variant, stem and head, compiled with the target's
+MetaSchedule database and timed with TVM's time_evaluator; see :mod:`ofa_deploy.workloads`) and
+an affine correction ``measured = a * table_sum + b`` fitted on subnets compiled and timed end to
+end (the sum of isolated blocks misses VM overhead and cache effects between blocks).
+
+Prediction is a table lookup (:func:`..tables.lookup`) then the affine map, so a batch of 10,000
+subnets takes a few milliseconds, and because ``a > 0`` the exact fastest subnet of the table
+(:func:`..tables.argmin_additive`) is the fastest of the model too. The numbers are a model's
+output, so ``source = "estimated"``; ``basis`` says what they are built on.
+
+The model is only valid for the compiled code it was measured on: it records the TVM version and
+the database sha256, and :func:`load_measured_model` refuses (warning once, so search falls back
+to the analytic roofline) a model whose database or TVM has changed since.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofa_deploy.atomic import write_json
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.search_space import SearchSpace, get_space
+
+from ..tables import argmin_additive, lookup
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "latency_model.json"
+FORMAT_VERSION = 1
+_warned: set[tuple[str, str]] = set()  # (path, reason) already warned about
+
+
+def installed_tvm_version() -> str | None:
+    """The installed TVM's version, read from package metadata (importing TVM takes seconds)."""
+    for dist in ("apache-tvm", "tvm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def tuning_dir(target_name: str) -> Path:
+    """``tuning_logs/<target>/`` (``OFA_DEPLOY_TUNING_LOGS`` overrides the repo's folder)."""
+    from ofa_deploy.deploy import tuning_logs_dir
+
+    return tuning_logs_dir() / target_name
+
+
+def current_database_hash(target_name: str) -> str | None:
+    """sha256 of the target's database in ``tuning_logs/<target>/``; None when it has none (untuned)."""
+    from ofa_deploy.compile.database import RECORD_FILE, database_hash
+
+    d = tuning_dir(target_name)
+    return database_hash(d) if (d / RECORD_FILE).is_file() else None
+
+
+def tables_from_workloads(space: str | SearchSpace, resolutions: list[int] | tuple[int, ...],
+                          workload_ms: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``table[slot, k, e, r]`` and ``fixed[r]`` (stem + head) from per-workload milliseconds.
+
+    Cells of resolutions not profiled are +inf (so such subnets are never "fast"); cells whose
+    workload was not timed (a partial profile) are NaN.
+    """
+    from ofa_deploy.workloads import slot_key
+
+    sp = get_space(space)
+    nk, ne, nr = len(sp.kernel_choices), len(sp.expand_choices), len(sp.resolution_choices)
+    table = np.full((sp.n_blocks, nk, ne, nr), np.inf)
+    fixed = np.full(nr, np.inf)
+    for r in resolutions:
+        ri = sp.resolution_choices.index(r)
+        fixed[ri] = workload_ms.get(f"r{r}/stem", np.nan) + workload_ms.get(f"r{r}/head", np.nan)
+        for slot in range(sp.n_blocks):
+            for ki, k in enumerate(sp.kernel_choices):
+                for ei, e in enumerate(sp.expand_choices):
+                    table[slot, ki, ei, ri] = workload_ms.get(slot_key(sp, slot, k, e, r), np.nan)
+    return table, fixed
+
+
+def fit_affine(table_sum: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """``measured ~ a * table_sum + b``, least squares on *relative* residuals.
+
+    Weighting each point by ``1 / measured`` minimises the relative error, which is what the
+    accuracy goal (share within +-10 %) counts. One point (or equal sums) gives ``b = 0``; no
+    point gives the identity. ``a <= 0`` (nonsense: slower blocks, faster network) falls back
+    to the ratio fit.
+    """
+    x, y = np.asarray(table_sum, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    if len(x) == 0:
+        return 1.0, 0.0
+    rel = x / y
+    ratio = float(rel.sum() / (rel ** 2).sum())  # y = a x minimising sum(((a x - y) / y)^2)
+    if len(x) < 2 or np.ptp(x) <= 1e-9 * np.max(x):
+        return ratio, 0.0
+    w = 1.0 / y
+    design = np.column_stack([x * w, w])
+    (a, b), *_ = np.linalg.lstsq(design, y * w, rcond=None)
+    if a <= 0:
+        log.warning("latency calibration: affine fit has slope %.3g <= 0; using the ratio fit", a)
+        return ratio, 0.0
+    return float(a), float(b)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The affine correction and how well it fits its own points."""
+
+    a: float
+    b: float
+    n: int
+    rms_pct: float  # root mean square of the relative residuals, %
+    max_pct: float  # largest absolute relative residual, %
+
+    @staticmethod
+    def fit(table_sum: np.ndarray, measured: np.ndarray) -> "Calibration":
+        a, b = fit_affine(table_sum, measured)
+        y = np.asarray(measured, dtype=np.float64)
+        rel = (a * np.asarray(table_sum) + b - y) / y * 100 if len(y) else np.zeros(0)
+        return Calibration(a, b, len(y), float(np.sqrt(np.mean(rel ** 2))) if len(y) else math.nan,
+                           float(np.max(np.abs(rel))) if len(y) else math.nan)
+
+
+class MeasuredLatencyModel:
+    """Per-block tables of measured tuned code + affine end-to-end correction (``source="estimated"``).
+
+    ``resolutions`` are the profiled resolutions: the only ones this model (and search with it)
+    allows, since code at any other resolution would be untuned and unmeasured.
+    """
+
+    source = "estimated"
+    dtype_bytes = 4  # fp32 modules
+
+    def __init__(self, space: str | SearchSpace, table: np.ndarray, fixed: np.ndarray, calibration: Calibration, *,
+                 target: str, resolutions: tuple[int, ...], basis: str, meta: dict[str, Any] | None = None) -> None:
+        self.space = get_space(space)
+        self.table, self.fixed, self.calibration = table, fixed, calibration
+        self.target, self.resolutions, self.basis = target, tuple(resolutions), basis
+        self.meta = meta or {}
+        self.complete = bool(np.isfinite(self.fixed_supported()).all()
+                             and np.isfinite(table[..., self._r_idx()]).all())
+
+    def _r_idx(self) -> list[int]:
+        return [self.space.resolution_choices.index(r) for r in self.resolutions]
+
+    def fixed_supported(self) -> np.ndarray:
+        return self.fixed[self._r_idx()]
+
+    def table_sum(self, genes: np.ndarray) -> np.ndarray:
+        """Uncorrected sum of the measured workloads per row (ms): what calibration fits against."""
+        return lookup(genes, self.table, self.fixed, self.space)
+
+    def predict(self, genes: np.ndarray) -> np.ndarray:
+        """(N, n_genes) gene rows -> (N,) predicted end-to-end latency (ms); inf outside ``resolutions``."""
+        c = self.calibration
+        return c.a * self.table_sum(genes) + c.b
+
+    def fastest(self) -> tuple[float, np.ndarray]:
+        """(ms, gene row) of the fastest subnet at the profiled resolutions: exact (``a > 0``)."""
+        val, row = argmin_additive(self.table, self.fixed, self.space)
+        return self.calibration.a * val + self.calibration.b, row
+
+    # -- file -------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MeasuredLatencyModel":
+        if data.get("format") != FORMAT_VERSION:
+            raise OfaDeployError(f"latency model format {data.get('format')!r} is not supported; expected "
+                                 f"{FORMAT_VERSION} (re-run ofa-deploy profile)")
+        sp = get_space(data["space"])
+        res = tuple(int(r) for r in data["resolutions"])
+        ms = {k: float(v["median_ms"]) for k, v in data["workloads"].items()}
+        table, fixed = tables_from_workloads(sp, res, ms)
+        c = data["calibration"]
+        nan_if_none = lambda v: math.nan if v is None else float(v)  # noqa: E731 - JSON null: no points
+        cal = Calibration(float(c["a"]), float(c["b"]), int(c["n"]), nan_if_none(c.get("rms_pct")),
+                          nan_if_none(c.get("max_pct")))
+        return cls(sp, table, fixed, cal, target=data["target"], resolutions=res, basis=describe_basis(data),
+                   meta=data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MeasuredLatencyModel":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise OfaDeployError(f"{path}: not a readable latency model ({err})") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise OfaDeployError(f"{path}: malformed latency model (missing or bad field {err})") from None
+
+
+def describe_basis(data: dict[str, Any]) -> str:
+    """One line saying what the estimate is built on, shown next to ``source`` in search output."""
+    db = data.get("database_sha256")
+    tuned = f"tuned-measured tables (db {db[:8]})" if db else "untuned-measured tables (no database)"
+    c = data["calibration"]
+    fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
+    res = ",".join(str(r) for r in data["resolutions"])
+    return f"{tuned}, {data['target']}, r{res}, TVM {data.get('tvm_version')}, {fit}"
+
+
+def save_model(path: str | Path, data: dict[str, Any]) -> None:
+    """Write a model dict atomically, after checking it loads."""
+    MeasuredLatencyModel.from_dict(data)
+    write_json(path, data)
+
+
+def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: str | None,
+             space: str, n_classes: int | None) -> str | None:
+    """Why a saved model does not describe the code compiled now (None: it does)."""
+    if data.get("space") != space:
+        return f"it models space {data.get('space')}, not {space}"
+    if n_classes is not None and data.get("n_classes") != n_classes:
+        return f"it models a {data.get('n_classes')}-class head, not {n_classes}"
+    if data.get("database_sha256") != database_sha256:
+        was, now = data.get("database_sha256"), database_sha256
+        return (f"the tuning database changed since profiling (profiled with "
+                f"{was[:8] if was else 'no database'}, now {now[:8] if now else 'none'})")
+    if tvm_version is not None and data.get("tvm_version") != tvm_version:
+        return f"it was profiled with TVM {data.get('tvm_version')}, this is TVM {tvm_version}"
+    return None
+
+
+def _warn_once(path: Path, reason: str) -> None:
+    if (str(path), reason) not in _warned:
+        _warned.add((str(path), reason))
+        log.warning("%s not used: %s; re-run 'ofa-deploy profile'. Falling back to the analytic roofline.",
+                    path, reason)
+
+
+def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: int | None = None,
+                        label: str | None = None) -> MeasuredLatencyModel | None:
+    """The target's profiled model if one exists and matches the current database and TVM, else None.
+
+    A present but stale, partial or unreadable model is warned about once per process.
+    """
+    path = tuning_dir(target_name) / MODEL_FILE
+    if not path.is_file():
+        return None
+    sp = get_space(space)
+    try:
+        model = MeasuredLatencyModel.load(path)
+        reason = mismatch(model.meta, database_sha256=current_database_hash(target_name),
+                          tvm_version=installed_tvm_version(), space=sp.name, n_classes=n_classes)
+    except OfaDeployError as err:
+        reason = str(err)
+    else:
+        if reason is None and not model.complete:
+            reason = "it is a partial profile (some workloads were not timed)"
+    if reason is not None:
+        _warn_once(path, reason)
+        return None
+    if label:
+        model.target = label
+    log.info("target %s: latency from %s (%s)", target_name, path, model.basis)
+    return model
+
+
+
+__all__ = ["Calibration", "MODEL_FILE", "MeasuredLatencyModel", "describe_basis", "fit_affine",
+           "installed_tvm_version", "load_measured_model", "mismatch", "save_model", "tables_from_workloads",
+           "tuning_dir"]

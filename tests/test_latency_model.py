@@ -1,0 +1,258 @@
+"""The profiled latency model: file round trip, exact predictions, fallback, resolution restriction, resume.
+
+Everything except the last test runs without TVM on fake tables; the ``tvm`` test profiles a tiny
+set of real workloads (r128, untuned, 12 workloads, 2 calibration subnets) end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from ofa_deploy import SubnetConfig
+from ofa_deploy.compile.database import RECORD_FILE, WORKLOAD_FILE, database_hash
+from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, ProxyAccuracy, evolution_search,
+                               latency_model, nsga_search, write_outputs)
+from ofa_deploy.search.genes import configs_to_genes, genes_to_config, random_genes, resolution_indices
+from ofa_deploy.search.latency import TableLatencyModel
+from ofa_deploy.search.latency import measured as measured_mod
+from ofa_deploy.search.latency.measured import (MODEL_FILE, Calibration, MeasuredLatencyModel, fit_affine,
+                                                installed_tvm_version, save_model)
+from ofa_deploy.search.operators import mutate
+from ofa_deploy.workloads import block_key, space_workloads
+from tests.conftest import run_cli
+
+SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
+RES = (160, 192)
+A, B = 1.15, 0.42
+
+
+def fake_model(resolutions=RES, db: str | None = None, seed: int = 0, drop: tuple[str, ...] = ()) -> dict:
+    """A model file's dict with seeded random workload timings (what ``profile`` would write)."""
+    rng = np.random.default_rng(seed)
+    workloads = {w.key: {"median_ms": float(rng.uniform(0.02, 2.0)), "std_ms": 0.0, "n": 5, "runs_per_sample": 10,
+                         "source": "measured", "device": "x86_64 (2 threads)", "tuned_funcs": 3, "total_funcs": 4,
+                         "tvm_target": {"kind": "llvm"}}
+                 for w in space_workloads(SPACE, list(resolutions)) if w.key not in drop}
+    return {"format": 1, "target": "x86-host", "tvm_target": {"kind": "llvm"}, "tvm_version": installed_tvm_version(),
+            "database_sha256": db, "space": SPACE, "n_classes": 1000, "resolutions": list(resolutions),
+            "created": "2026-01-01T00:00:00+00:00", "workloads": workloads, "tuned_funcs": 3, "total_funcs": 4,
+            "calibration": {"a": A, "b": B, "n": 3, "rms_pct": 2.5, "max_pct": 4.0, "seed": 0, "points": []}}
+
+
+def python_sum(cfg: SubnetConfig, data: dict) -> float:
+    """The reference: walk the config's active blocks and add up their workload timings."""
+    ms = {k: v["median_ms"] for k, v in data["workloads"].items()}
+    r = cfg.image_size
+    total = ms[f"r{r}/stem"] + ms[f"r{r}/head"]
+    for s, depth in enumerate(cfg.d):
+        for j in range(depth):
+            slot = 4 * s + j
+            total += ms[block_key(r, s, j == 0, cfg.ks[slot], cfg.e[slot])]
+    return total
+
+
+@pytest.fixture
+def tuning_logs(tmp_path, monkeypatch):
+    """An empty tuning_logs/ and a fresh warn-once memory."""
+    monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))
+    monkeypatch.setattr(measured_mod, "_warned", set())
+    return tmp_path / "tl"
+
+
+def random_configs(n: int, seed: int, resolutions=RES) -> list[SubnetConfig]:
+    rng = np.random.default_rng(seed)
+    genes = random_genes(rng, n, SPACE, r_choices=resolution_indices(SPACE, resolutions))
+    return [genes_to_config(g, SPACE) for g in genes]
+
+
+def test_model_file_round_trips_and_predicts_table_sum_exactly(tmp_path):
+    data = fake_model(db="ab" * 32)
+    save_model(tmp_path / MODEL_FILE, data)
+    model = MeasuredLatencyModel.load(tmp_path / MODEL_FILE)
+    assert model.source == "estimated" and model.resolutions == RES and model.complete
+    assert "tuned-measured tables (db abababab)" in model.basis and "r160,192" in model.basis
+    cfgs = random_configs(200, seed=5)
+    expected = np.array([A * python_sum(c, data) + B for c in cfgs])
+    got = model.predict(configs_to_genes(cfgs))
+    assert np.allclose(got, expected, rtol=1e-12, atol=0)
+    # outside the profiled resolutions there is no estimate at all
+    assert np.isinf(model.predict(configs_to_genes([SubnetConfig.max(SPACE, 224)]))).all()
+    # fastest() is exact: no random subnet beats it, and it is the model's own prediction of its row
+    best, row = model.fastest()
+    assert best == pytest.approx(model.predict(row[None])[0], rel=1e-12)
+    assert best <= got.min() and genes_to_config(row, SPACE).image_size in RES
+    # a malformed file is one clear error
+    (tmp_path / "bad.json").write_text(json.dumps({**data, "format": 99}))
+    with pytest.raises(Exception, match="format 99 is not supported"):
+        MeasuredLatencyModel.load(tmp_path / "bad.json")
+
+
+def test_fit_affine_recovers_the_line_and_guards_degenerate_cases():
+    x = np.array([10.0, 20.0, 35.0, 50.0])
+    a, b = fit_affine(x, 1.3 * x + 2.0)
+    assert a == pytest.approx(1.3) and b == pytest.approx(2.0)
+    assert fit_affine(np.array([10.0]), np.array([12.0])) == pytest.approx((1.2, 0.0))
+    assert fit_affine(np.zeros(0), np.zeros(0)) == (1.0, 0.0)
+    cal = Calibration.fit(x, np.array([15.0, 26.0, 47.0, 66.0]))
+    rel = (cal.a * x + cal.b - np.array([15.0, 26.0, 47.0, 66.0])) / np.array([15.0, 26.0, 47.0, 66.0]) * 100
+    assert cal.rms_pct == pytest.approx(np.sqrt(np.mean(rel ** 2))) and cal.max_pct == pytest.approx(np.abs(rel).max())
+
+
+def test_search_uses_a_current_model_and_falls_back_once_when_stale(tuning_logs, caplog):
+    d = tuning_logs / "x86-host"
+    d.mkdir(parents=True)
+    save_model(d / MODEL_FILE, fake_model())
+    model = latency_model("x86-host", SPACE)
+    assert isinstance(model, MeasuredLatencyModel) and model.source == "estimated" and model.target == "x86-host"
+
+    stale = fake_model()
+    stale["tvm_version"] = "0.1.0"
+    save_model(d / MODEL_FILE, stale)
+    with caplog.at_level(logging.WARNING):
+        first = latency_model("x86-host", SPACE)
+        second = latency_model("x86-host", SPACE)
+    assert isinstance(first, TableLatencyModel) and isinstance(second, TableLatencyModel)
+    assert first.basis.startswith("analytic roofline") and first.resolutions is None
+    warnings = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert len(warnings) == 1 and "profiled with TVM 0.1.0" in warnings[0]
+
+    # a database appears after profiling (tuning ran since): the untuned model is stale
+    (d / WORKLOAD_FILE).write_text('["x"]\n')
+    (d / RECORD_FILE).write_text("")
+    save_model(d / MODEL_FILE, fake_model())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(latency_model("x86-host", SPACE), TableLatencyModel)
+    assert any("tuning database changed" in r.getMessage() for r in caplog.records)
+    save_model(d / MODEL_FILE, fake_model(db=database_hash(d)))  # profiled with this very database
+    assert isinstance(latency_model("x86-host", SPACE), MeasuredLatencyModel)
+    # a partial profile (some workloads never timed) is not used for search either
+    save_model(d / MODEL_FILE, fake_model(db=database_hash(d), drop=("r160/head",)))
+    assert isinstance(latency_model("x86-host", SPACE), TableLatencyModel)
+
+
+def test_resolution_restriction_in_sampling_mutation_evolution_and_nsga(tmp_path):
+    data = fake_model()
+    save_model(tmp_path / MODEL_FILE, data)
+    model = MeasuredLatencyModel.load(tmp_path / MODEL_FILE)
+    allowed = resolution_indices(SPACE, RES)
+    rng = np.random.default_rng(0)
+    assert set(random_genes(rng, 5000, SPACE, r_choices=allowed)[:, -1]) == set(allowed)
+    assert set(random_genes(rng, 5000, SPACE, bias=2.0, r_choices=allowed)[:, -1]) == set(allowed)
+    kids = mutate(rng, random_genes(rng, 5000, SPACE, r_choices=allowed), SPACE, 1.0, allowed)
+    assert set(kids[:, -1]) == set(allowed)
+    assert len(set(mutate(rng, kids, SPACE, 1.0)[:, -1])) > 2  # unrestricted mutation still reaches all
+
+    budget = float(np.median(model.predict(configs_to_genes(random_configs(500, seed=1)))))
+    # Without the restriction the proxy's favourite (more MACs) would sit at 224 px.
+    ev = Evaluator(SPACE, ProxyAccuracy(SPACE), model, Constraints(latency_ms=budget))
+    evo = evolution_search(ev, EvolutionConfig(population=40, generations=40, seed=2))
+    ev = Evaluator(SPACE, ProxyAccuracy(SPACE), model, Constraints(latency_ms=budget))
+    pareto = nsga_search(ev, NsgaConfig(population=40, generations=30, seed=2))
+    free = Evaluator(SPACE, ProxyAccuracy(SPACE), model)  # no budget: only the restriction bounds it
+    unbounded = evolution_search(free, EvolutionConfig(population=40, generations=40, seed=2))
+    for res in (evo, pareto, unbounded):
+        for scored in (res.best, res.front, res.candidates):
+            sizes = {genes_to_config(g, SPACE).image_size for g in scored.genes}
+            assert sizes <= set(RES), sizes
+            assert np.isfinite(scored.latency).all()
+    assert unbounded.best_config.image_size == 192  # the largest allowed, not 224
+    assert (evo.front.latency <= budget).all() and (pareto.front.latency <= budget).all()
+    assert evo.latency_basis == model.basis and pareto.latency_basis == model.basis
+
+    paths = write_outputs(evo, tmp_path / "out", target="x86-host")
+    sub = json.loads(paths["subnet"].read_text())
+    assert sub["latency_source"] == "estimated" and sub["latency_basis"] == model.basis
+    rows = list(csv.DictReader(paths["front"].open()))
+    assert len(rows) == len(evo.front) and {(r["latency_source"], r["latency_basis"]) for r in rows} == {
+        ("estimated", model.basis)}
+
+
+def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
+    """All timings already in the partial file: profile fits and saves without running TVM once."""
+    from ofa_deploy.profile import PARTIAL_FILE, ProfileConfig, profile_target, sample_subnets
+
+    keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
+    data = fake_model(resolutions=(128,))
+    workloads = {k: data["workloads"][k] for k in keys}
+    ms = {k: v["median_ms"] for k, v in workloads.items()}
+    table, _ = measured_mod.tables_from_workloads(SPACE, (128,), ms)
+    calib = sample_subnets(SPACE, (128,), 3, 0, table)
+    assert len({c.id for c in calib}) == 3 and all(set(c.ks) == {3} and set(c.e) == {3} for c in calib)
+    assert [c.id for c in sample_subnets(SPACE, (128,), 3, 0, table)] == [c.id for c in calib]  # seeded
+    sums = [python_sum(c, {"workloads": workloads}) for c in calib]
+    points = [{"id": c.id, "config": c.to_dict(), "table_ms": s, "measured_ms": 2.0 * s + 1.0, "std_ms": 0.0,
+               "source": "measured"} for c, s in zip(calib, sums)]
+    identity = {k: data[k] for k in ("target", "tvm_version", "database_sha256", "space", "n_classes")}
+    from ofa_deploy.targets import get_target
+
+    identity["tvm_target"] = get_target("x86-host").tvm_target
+    d = tuning_logs / "x86-host"
+    d.mkdir(parents=True)
+    (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": points}))
+    report = profile_target(ProfileConfig(target="x86-host", resolutions=(128,), calibrate=3, keys=tuple(keys)),
+                            progress=False)
+    assert report.timed == 0 and report.reused == 12 and not (d / PARTIAL_FILE).exists()
+    cal = report.model.calibration
+    assert cal.a == pytest.approx(2.0) and cal.b == pytest.approx(1.0) and cal.n == 3 and cal.rms_pct < 1e-9
+    assert [p["table_ms"] for p in report.calibration] == pytest.approx(sums, rel=1e-12)
+    assert not report.model.complete  # 12 of 92 workloads: never used by search
+    saved = json.loads((d / MODEL_FILE).read_text())
+    assert saved["database_sha256"] is None and saved["calibration"]["n"] == 3 and saved["resolutions"] == [128]
+
+    # another TVM version: nothing is reused (and the stale partial is not trusted)
+    identity["tvm_version"] = "0.1.0"
+    (d / MODEL_FILE).unlink()
+    (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": points}))
+    from ofa_deploy.profile import _reusable, _identity
+
+    assert _reusable(d, _identity(get_target("x86-host"), None, SPACE, 1000)) == ({}, {})
+
+
+def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
+    code, _, err = run_cli(["profile", "--target", "cortex-a76"], capsys)
+    assert code == 2 and "does not run on this machine" in err and "RPC" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["profile", "--target", "x86-host", "--resolutions", "130"], capsys)
+    assert code == 2 and "resolutions: 130 is not a resolution" in err and "128..224" in err
+    code, _, err = run_cli(["profile", "--target", "x86-host", "--resolutions", "2x4"], capsys)
+    assert code == 2 and "--resolutions: expected comma-separated integers" in err
+    code, _, err = run_cli(["profile", "--target", "vta-ultra96"], capsys)
+    assert code == 2 and ("analytic-only" in err or "does not run on this machine" in err)
+
+
+@pytest.mark.tvm
+def test_profile_tiny_set_end_to_end(tuning_logs, capsys):
+    """12 real workloads (r128, untuned) timed in one worker, 2 subnets compiled and timed end to end."""
+    from ofa_deploy.compile.profiling import ProfileSettings
+    from ofa_deploy.profile import ProfileConfig, profile_target
+
+    keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
+    cfg = ProfileConfig(target="x86-host", resolutions=(128,), calibrate=2, keys=tuple(keys),
+                        settings=ProfileSettings(repeat=5, min_repeat_ms=10.0, chunk_size=12))
+    report = profile_target(cfg, progress=False)
+    meta = report.model.meta
+    assert report.timed == 12 and set(meta["workloads"]) == set(keys)
+    for w in meta["workloads"].values():
+        assert w["source"] == "measured" and w["median_ms"] > 0 and w["tuned_funcs"] == 0 and w["total_funcs"] > 0
+    stem = meta["workloads"]["r128/stem"]["median_ms"]
+    assert all(w["median_ms"] > stem / 50 for w in meta["workloads"].values())  # no empty modules
+    cal = report.model.calibration
+    assert cal.n == 2 and cal.a > 0 and meta["database_sha256"] is None and "untuned" in report.model.basis
+    for p in report.calibration:
+        cfg_p = SubnetConfig.from_dict(p["config"])
+        assert p["table_ms"] == pytest.approx(python_sum(cfg_p, meta), rel=1e-12)
+        assert p["measured_ms"] > 0 and p["predicted_ms"] == pytest.approx(cal.a * p["table_ms"] + cal.b)
+        assert p["residual_pct"] == pytest.approx((p["predicted_ms"] / p["measured_ms"] - 1) * 100)
+    rel = np.array([p["residual_pct"] for p in report.calibration])
+    assert cal.rms_pct == pytest.approx(np.sqrt(np.mean(rel ** 2)))
+    genes = configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in report.calibration])
+    assert report.model.predict(genes) == pytest.approx([p["predicted_ms"] for p in report.calibration], rel=1e-12)
+    # a rerun (e.g. after a kill) reuses every timing and builds nothing
+    again = profile_target(cfg, progress=False)
+    assert again.timed == 0 and again.reused == 12
+    assert again.model.calibration.a == pytest.approx(cal.a) and again.model.calibration.b == pytest.approx(cal.b)

@@ -1,0 +1,396 @@
+"""``ofa-deploy tune``: MetaSchedule tuning into a per-target database, resumable and checked.
+
+The TVM tests tune the smallest workload of the space (the head at resolution 128: 5 distinct
+tasks) for 2 trials per task, in two chunks, and check what a user relies on: the database
+holds records that ``build_module`` applies, a rerun tunes nothing new, a kill -9 mid-run loses
+nothing measured (slow tier), and damaged or foreign databases are refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ofa_deploy.errors import OfaDeployError
+from tests.conftest import run_cli
+
+HEAD = "r128/head"
+SMALL = ["--target", "x86-host", "--resolutions", "128", "--workloads", HEAD, "--trials", "2", "--no-progress"]
+AARCH64_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "keys": ["arm_cpu", "cpu"]}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fake_database(path: Path, target: dict, n_records: int = 2) -> Path:
+    """A database with well-formed lines (enough for the checks that run before TVM)."""
+    from ofa_deploy.compile.database import RECORD_FILE, WORKLOAD_FILE
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / WORKLOAD_FILE).write_text(json.dumps(["123", "bW9kdWxl"]) + "\n")
+    (path / RECORD_FILE).write_text("".join(json.dumps([0, [[[], []], [1e-3 * (i + 1)], target, []]]) + "\n"
+                                            for i in range(n_records)))
+    return path
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- bad input (no TVM)
+
+@pytest.mark.parametrize("args, expected", [
+    (["--target", "no-such-board"], "no-such-board"),
+    (["--target", "x86-host", "--rpc", "not-an-address"], "--rpc"),
+    (["--target", "x86-host", "--rpc", "127.0.0.1:9090"], "HOST:PORT:KEY"),
+    (["--target", "x86-host", "--resolutions", "130"], "allowed: 128..224"),
+    (["--target", "x86-host", "--resolutions", "big"], "--resolutions"),
+    (["--target", "x86-host", "--trials", "0"], "--trials"),
+    (["--target", "x86-host", "--budget-minutes", "-1"], "--budget-minutes"),
+    (["--target", "cortex-a76"], "--rpc HOST:PORT:KEY"),
+    (["--target", "vta-zcu104"], "analytic-only"),
+])
+def test_bad_input_is_one_line_exit_2(args, expected, capsys, tmp_path):
+    code, _, err = run_cli(["tune", *args, "--database", str(tmp_path / "db")], capsys)
+    assert code == 2
+    assert expected in _one_error_line(err)
+    assert not (tmp_path / "db").exists()  # refused before touching anything
+
+
+def test_unreachable_tracker_fails_fast(capsys, tmp_path):
+    port = _closed_port()
+    start = time.monotonic()
+    code, _, err = run_cli(["tune", "--target", "x86-host", "--rpc", f"127.0.0.1:{port}:pi5",
+                            "--database", str(tmp_path / "db")], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert f"127.0.0.1:{port}" in line and "cannot reach" in line
+    assert time.monotonic() - start < 30  # bounded retries, no hang
+    assert not (tmp_path / "db").exists()
+
+
+def test_foreign_database_is_refused_and_untouched(capsys, tmp_path):
+    from ofa_deploy.compile.database import RECORD_FILE
+
+    db = _fake_database(tmp_path / "db", AARCH64_TARGET)
+    before = (db / RECORD_FILE).read_bytes()
+    code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
+    assert code == 2
+    assert "tuned for aarch64" in _one_error_line(err)
+    assert (db / RECORD_FILE).read_bytes() == before
+
+
+def test_database_of_another_target_by_state_file(capsys, tmp_path):
+    from ofa_deploy.compile.tuning import STATE_FILE
+
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / STATE_FILE).write_text(json.dumps({"target": "cortex-a76"}))
+    code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
+    assert code == 2
+    assert "belongs to target cortex-a76" in _one_error_line(err)
+
+
+def test_corrupted_database_is_refused(capsys, tmp_path):
+    from ofa_deploy.compile.database import RECORD_FILE
+
+    db = _fake_database(tmp_path / "db", {"kind": "llvm", "keys": ["cpu"]}, n_records=3)
+    lines = (db / RECORD_FILE).read_text().splitlines()
+    damaged = "\n".join([lines[0], lines[1][:25], lines[2]]) + "\n"  # damage in the middle: not a torn write
+    (db / RECORD_FILE).write_text(damaged)
+    code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
+    assert code == 2
+    assert f"{RECORD_FILE}:2: corrupted" in _one_error_line(err)
+    assert (db / RECORD_FILE).read_text() == damaged
+
+
+def test_one_tuning_run_per_database(capsys, tmp_path):
+    from ofa_deploy.compile.tuning import _locked
+
+    db = tmp_path / "db"
+    with _locked(db):
+        code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
+    assert code == 2
+    assert f"pid {os.getpid()}" in _one_error_line(err)
+
+
+# ---------------------------------------------------------------- repair of torn writes (no TVM)
+
+def test_repair_drops_only_a_torn_last_line(tmp_path):
+    from ofa_deploy.compile.database import RECORD_FILE, WORKLOAD_FILE, repair_database
+
+    db = _fake_database(tmp_path / "db", {"kind": "llvm"}, n_records=3)
+    good = (db / RECORD_FILE).read_bytes()
+    (db / RECORD_FILE).write_bytes(good + good.splitlines()[0][:17])  # kill -9 mid-append
+    assert repair_database(db) == {RECORD_FILE: 1}
+    assert (db / RECORD_FILE).read_bytes() == good
+    assert repair_database(db) == {}  # idempotent
+    # A complete last line that only lacks its newline is kept (the next append would fuse onto it).
+    (db / WORKLOAD_FILE).write_bytes((db / WORKLOAD_FILE).read_bytes().rstrip(b"\n"))
+    assert repair_database(db) == {WORKLOAD_FILE: 0}
+    assert (db / WORKLOAD_FILE).read_text().endswith("\n")
+    assert len((db / WORKLOAD_FILE).read_text().splitlines()) == 1
+
+
+def test_repair_refuses_a_record_of_a_missing_workload(tmp_path):
+    from ofa_deploy.compile.database import RECORD_FILE, repair_database
+
+    db = _fake_database(tmp_path / "db", {"kind": "llvm"})
+    with open(db / RECORD_FILE, "a") as f:
+        f.write(json.dumps([1, [[[], []], [1e-3], {"kind": "llvm"}, []]]) + "\n")
+    with pytest.raises(OfaDeployError, match=r":3: corrupted .*workload 1"):
+        repair_database(db)
+
+
+def test_budget_fit_takes_tasks_in_order():
+    from ofa_deploy.compile.tuning import _fit, _Task
+
+    tasks = [_Task(i, f"t{i}", str(i), 1.0, 1, (), remaining=r) for i, r in enumerate([10, 10, 5])]
+    # overhead 20 s + 10 trials x 2 s per task
+    assert _fit(tasks, 39.0, 2.0, 20.0) == 0
+    assert _fit(tasks, 40.0, 2.0, 20.0) == 1
+    assert _fit(tasks, 69.0, 2.0, 20.0) == 2
+    assert _fit(tasks, 1e9, 2.0, 20.0) == 3
+
+
+# ---------------------------------------------------------------- tuning (TVM)
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """The head at 128 tuned with 2 trials per task, in chunks of 3 tasks (two worker processes)."""
+    from ofa_deploy.compile.tuning import tune_target
+
+    db = tmp_path_factory.mktemp("tune") / "x86-host"
+    report = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
+                         chunk_tasks=3, progress=False)
+    return db, report
+
+
+def _head_onnx() -> tuple[Path, tuple[int, ...]]:
+    from ofa_deploy.workloads import export_workloads, space_workloads
+    from ofa_deploy.search_space import DEFAULT_SPACE
+
+    (w,) = [w for w in space_workloads(DEFAULT_SPACE, [128]) if w.key == HEAD]
+    return export_workloads([w], DEFAULT_SPACE)[HEAD], w.input_shape
+
+
+@pytest.mark.tvm
+def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
+    from ofa_deploy.compile import build_module, database_hash
+    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.compile.tuning import STATE_FILE
+
+    db, report = tuned
+    records = [json.loads(line) for line in (db / RECORD_FILE).read_text().splitlines()]
+    assert report.tasks_total > 0 and report.tasks_tuned == report.tasks_total
+    assert report.tasks_skipped == report.tasks_failed == report.tasks_left == 0
+    assert report.trials == len(records) > 0 and report.trials_failed < report.trials
+    assert report.trials <= 2 * report.tasks_total
+    assert report.database_sha256 == database_hash(db)
+    assert report.seconds_per_trial > 0 and report.chunk_overhead_s > 0
+    assert {r[0] for r in records} == set(range(report.tasks_total))  # every task measured
+    state = json.loads((db / STATE_FILE).read_text())
+    assert state["target"] == "x86-host" and len(state["tasks"]) == report.tasks_total
+    assert state["measured"]["local"]["trials"] == report.trials
+    assert state["tuned_resolutions"] == []  # one workload of 128 is not the whole resolution
+
+    onnx_path, shape = _head_onnx()
+    info = build_module(onnx_path, "x86-host", tmp_path / "head.so", input_name="input", input_shape=shape,
+                        database_dir=db)
+    assert info.tuned_records_applied and 0 < info.tuned_funcs <= info.total_funcs
+    assert info.database_hash == report.database_sha256
+
+
+@pytest.mark.tvm
+def test_rerun_tunes_nothing_new(tuned):
+    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.compile.tuning import tune_target
+
+    db, first = tuned
+    before = (db / RECORD_FILE).read_bytes()
+    again = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
+                        progress=False)
+    assert again.tasks_skipped == first.tasks_total and again.tasks_tuned == again.trials == 0
+    assert (db / RECORD_FILE).read_bytes() == before
+    assert again.database_sha256 == first.database_sha256
+
+
+@pytest.mark.tvm
+def test_tampered_workload_hash_is_refused(tuned, tmp_path, capsys):
+    from ofa_deploy.compile.database import WORKLOAD_FILE
+
+    db = tmp_path / "db"
+    shutil.copytree(tuned[0], db)
+    lines = (db / WORKLOAD_FILE).read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry[0] = str(int(entry[0]) ^ 1)
+    lines[1] = json.dumps(entry)
+    (db / WORKLOAD_FILE).write_text("\n".join(lines) + "\n")
+    code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
+    assert code == 2
+    assert "structural hash of workload line(s) [2]" in _one_error_line(err)
+
+
+@pytest.mark.tvm
+def test_budget_too_small_for_one_chunk_tunes_nothing(tuned, tmp_path, capsys):
+    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.compile.tuning import ASSUMED_CHUNK_OVERHEAD_S
+
+    db = tmp_path / "db"  # fresh: no measured rates, so the assumed chunk start-up applies
+    minutes = ASSUMED_CHUNK_OVERHEAD_S / 60 / 2
+    code, out, _ = run_cli(["tune", *SMALL, "--database", str(db), "--budget-minutes", str(minutes)], capsys)
+    assert code == 0
+    assert f"budget reached: {tuned[1].tasks_total} tasks left" in out
+    assert not (db / RECORD_FILE).exists()
+
+
+@pytest.fixture
+def tracker():
+    """TVM's RPC tracker on 127.0.0.1: its port."""
+    from ofa_deploy.compile.rpc import RpcSpec, tracker_summary
+
+    port = _closed_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                             str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                tracker_summary(RpcSpec("127.0.0.1", port, "any"), timeout_s=2, retries=0)
+                break
+            except OfaDeployError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the RPC tracker did not start"
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+@pytest.mark.tvm
+def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
+    """Cross-compiled candidates measured on an aarch64 device (here: the C++ RPC server under qemu).
+
+    Functional only: emulated timings are never a speed, so this database is a throwaway.
+    """
+    from ofa_deploy.compile import emulated_rpc_server
+    from ofa_deploy.compile.database import RECORD_FILE, check_database_target, database_targets
+    from ofa_deploy.compile.rpc import registered_keys, tracker_summary
+    from ofa_deploy.compile.tuning import tune_target
+    from ofa_deploy.targets import get_target
+
+    db = tmp_path / "cortex-a76"
+    with emulated_rpc_server(tracker=f"127.0.0.1:{tracker}", key="a64-tune") as spec:
+        deadline = time.monotonic() + 60  # the server registers with the tracker after it listens
+        while spec.key not in registered_keys(tracker_summary(spec, timeout_s=2, retries=0)):
+            assert time.monotonic() < deadline, "the emulated server did not register with the tracker"
+            time.sleep(0.5)
+        report = tune_target("cortex-a76", database_dir=db, resolutions=(128,), trials_per_task=1, keys=(HEAD,),
+                             rpc=str(spec), progress=False)
+    records = [json.loads(line) for line in (db / RECORD_FILE).read_text().splitlines()]
+    assert report.tasks_tuned == report.tasks_total and report.tasks_failed == 0
+    assert report.trials == len(records) == report.tasks_total  # one trial per task
+    assert all(0 < r[1][1][0] < 1.0 for r in records)  # measured on the device, none failed
+    a76 = get_target("cortex-a76")
+    assert [t["mtriple"] for t in database_targets(db)] == ["aarch64-linux-gnu"]
+    check_database_target(db, a76.tvm_target, a76.name)
+    # The same directory is foreign to the x86 host: refused, never appended to.
+    before = (db / RECORD_FILE).read_bytes()
+    code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
+    assert code == 2 and "belongs to target cortex-a76" in _one_error_line(err)
+    assert (db / RECORD_FILE).read_bytes() == before
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume(tmp_path):
+    from ofa_deploy.compile import build_module
+    from ofa_deploy.compile.database import RECORD_FILE
+
+    db = tmp_path / "db"
+    cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", *SMALL, "--database", str(db)]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (db / RECORD_FILE).is_file() and (db / RECORD_FILE).read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        workers = _descendants(proc.pid)
+        assert workers  # the tuning worker (and its builder/runner processes)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers), "the tuning worker outlived its killed parent"
+
+    kept = (db / RECORD_FILE).read_bytes()
+    kept = kept[:kept.rfind(b"\n") + 1]  # complete lines written before the kill
+    with open(db / RECORD_FILE, "ab") as f:
+        f.write(kept.splitlines()[0][:40])  # a torn write on top
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "dropped 1 torn line" in done.stderr
+    after = (db / RECORD_FILE).read_bytes()
+    assert after.startswith(kept)  # nothing measured before the kill was lost
+    assert all(json.loads(line) for line in after.splitlines())
+    onnx_path, shape = _head_onnx()
+    info = build_module(onnx_path, "x86-host", tmp_path / "head.so", input_name="input", input_shape=shape,
+                        database_dir=db)  # TVM loads the resumed database and applies it
+    assert info.tuned_funcs > 0
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
+    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.compile.tuning import STATE_FILE, TuneSettings, tune_target
+
+    db = tmp_path / "db"
+    report = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=1, keys=(HEAD,),
+                         settings=TuneSettings(builder_timeout_s=0.001), progress=False)
+    records = [json.loads(line) for line in (db / RECORD_FILE).read_text().splitlines()]
+    assert report.trials == report.trials_failed == len(records) == report.tasks_total
+    assert all(r[1][1][0] >= 1e9 for r in records)  # MetaSchedule's mark of a failed candidate
+    # A chunk in which nothing could be measured leaves its tasks to the next run.
+    assert report.tasks_failed == report.tasks_total and report.tasks_tuned == 0
+    assert json.loads((db / STATE_FILE).read_text())["tasks"] == {}
