@@ -19,7 +19,9 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
 
 
 @click.command("profile")
-@click.option("--target", required=True, help="A target that runs on this machine: x86-host (CUDA targets with a GPU).")
+@click.option("--target", required=True,
+              help="A target that runs on this machine: x86-host (CUDA targets with a GPU); with --estimate-from, "
+                   "any registry CPU target.")
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
               help="Resolutions to profile; search with this model is restricted to them.")
 @click.option("--calibrate", type=click.IntRange(min=0), default=12, show_default=True,
@@ -30,8 +32,13 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration subnets.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
-def profile_command(target: str, resolutions: str, calibrate: int, database: str | None, space: str | None,
-                    seed: int, no_progress: bool) -> None:
+@click.option("--estimate-from", "estimate_from", default=None, metavar="SOURCE",
+              help="For a target with no device here: learn roofline efficiencies on SOURCE's profiled model "
+                   "(e.g. x86-host) and write tuning_logs/<target>/estimated_model.json (an estimate; nothing "
+                   "is timed).")
+@click.pass_context
+def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate: int, database: str | None,
+                    space: str | None, seed: int, no_progress: bool, estimate_from: str | None) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution, then compiles
@@ -39,11 +46,19 @@ def profile_command(target: str, resolutions: str, calibrate: int, database: str
     tuning_logs/<target>/latency_model.json, which 'ofa-deploy search' then uses for this target
     (while the database and TVM are unchanged). Interrupted runs resume.
 
+    With --estimate-from SOURCE, for a target with no device here (e.g. cortex-a76), nothing is timed:
+    per-layer roofline efficiencies are fitted to SOURCE's profiled tables and written to
+    tuning_logs/<target>/estimated_model.json, which search then uses, labelled 'estimated'.
+
     \b
     Example:
       ofa-deploy profile --target x86-host
       ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
+      ofa-deploy profile --target cortex-a76 --estimate-from x86-host
     """
+    if estimate_from is not None:
+        _estimate(ctx, target, estimate_from, space)
+        return
     from .profile import ProfileConfig, profile_target
     from .search.genes import resolution_indices
     from .search_space import DEFAULT_SPACE
@@ -65,3 +80,34 @@ def profile_command(target: str, resolutions: str, calibrate: int, database: str
     else:
         click.echo("calibration: none (--calibrate 0): predictions are the plain sum of the blocks")
     click.echo(f"latency model: estimated from {model.basis}")
+
+
+def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -> None:
+    """``profile --estimate-from``: learn efficiencies on SOURCE, write the target's estimated model."""
+    from .search.latency.learned import estimate_target
+
+    timed_only = [p for p in ("resolutions", "calibrate", "database", "seed")
+                  if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+    if timed_only:
+        raise OfaDeployError(f"--{timed_only[0]}: not used with --estimate-from (nothing is timed); allowed with it: "
+                             "--target, --space")
+    report = estimate_target(target, source, space)
+    fit, data = report.fit, report.data
+    eff, src = data["efficiency"], data["learned_from"]
+    click.echo(f"{report.path}: ESTIMATE for {data['target']}, efficiencies learned on {src['target']} "
+               f"({src['tables']} tables, db {(src['database_sha256'] or 'none')[:8]}, TVM {src['tvm_version']})")
+    click.echo("efficiency (fraction of peak): " + ", ".join(f"{k} {eff[k]:.3g}" for k in
+                                                             ("conv", "dwconv", "se", "pool", "linear", "mem"))
+               + f"; overhead {eff['overhead_us']:.1f} us/layer")
+    click.echo(f"fit on {len(fit.keys)} {src['target']} workloads: relative error rms {fit.rms_pct:.1f} %, median "
+               f"{fit.median_abs_pct:.1f} %, max {fit.max_pct:.1f} %"
+               + (f"; weakly determined (< {data['fit']['fit_config']['min_share_pct']:g} % of the time): "
+                  f"{', '.join(fit.weakly_determined)}"
+                  if fit.weakly_determined else ""))
+    e2e = data["fit"]["e2e_check"]
+    if e2e["n"]:
+        click.echo(f"end to end on {e2e['n']} {src['target']} calibration subnets (no correction): rms "
+                   f"{e2e['rms_pct']:.1f} %, max {e2e['max_pct']:.1f} %")
+    peaks = data["target_peaks"]
+    click.echo(f"latency model: estimated (roofline on {data['target']} peaks {peaks['peak_gflops_fp32']:g} GFLOP/s, "
+               f"{peaks['peak_gbps']:g} GB/s); not a measurement")

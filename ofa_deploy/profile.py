@@ -186,7 +186,8 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
     try:
         local_device(spec)
     except OfaDeployError as err:
-        raise OfaDeployError(f"profile: {err}; profiling over RPC is a later step") from None
+        raise OfaDeployError(f"profile: {err}; profiling over RPC is a later step; for an estimate from a "
+                             f"profiled target use --estimate-from x86-host") from None
     sp = get_space(cfg.space)
     n_classes = cfg.n_classes or sp.n_classes
     settings = cfg.settings or ProfileSettings()

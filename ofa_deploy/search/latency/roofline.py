@@ -5,9 +5,10 @@ Per fused layer (the graph ``count_costs`` describes: BN folded, activation fuse
     time = max(ops / (peak_gflops * eff_compute[op]), bytes / (peak_gbps * eff_mem)) + overhead
 
 The efficiencies say how far below the datasheet peak compiled code runs for each kind of layer.
-They are named guesses today, chosen from the usual behaviour of tuned TVM code at batch 1, and
-are meant to be *learned* per target from measured layers later. Results are labelled
-``estimated`` everywhere, and a warning says so once per model.
+The named guesses below are chosen from the usual behaviour of tuned TVM code at batch 1; for
+a target without a device, :mod:`.learned` replaces them with efficiencies fitted to a profiled
+target's measured tables (``estimated_model.json``), and they remain the fallback (and the fit's
+prior). Results are labelled ``estimated`` everywhere, and a warning says so once per model.
 """
 
 from __future__ import annotations

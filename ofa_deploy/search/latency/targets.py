@@ -2,7 +2,9 @@
 
 A target profiled with ``ofa-deploy profile`` (``tuning_logs/<target>/latency_model.json``, still
 matching the current database and TVM) gets its measured-tables model (:mod:`.measured`); any
-other gets the analytic roofline. VTA boards are modelled here (:mod:`.vta`). Every other target comes from the target registry,
+other gets the analytic roofline, with efficiencies learned on a profiled target when
+``tuning_logs/<target>/estimated_model.json`` exists (:mod:`.learned`). VTA boards are
+modelled here (:mod:`.vta`). Every other target comes from the target registry,
 ``ofa_deploy.targets.get_target(text) -> TargetSpec`` (fields name, kind, arch, cores,
 peak_gflops_fp32, peak_gbps, tvm_target), owned by another module; :func:`hardware_from_spec` is
 the one place that reads a spec, so an interface change touches one function.
@@ -18,8 +20,9 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace
 
 from .base import LatencyModel, TableLatencyModel
+from .learned import guessed_model, load_estimated_model
 from .measured import load_measured_model
-from .roofline import Hardware, efficiency_for, roofline_layer_ms
+from .roofline import Hardware
 from .vta import BOARDS, get_board, vta_layer_ms
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,9 @@ def latency_model(target: str | Any, space: str | SearchSpace, n_classes: int | 
 
     The profiled model of measured tuned code when ``tuning_logs/<target>/latency_model.json``
     exists and matches the current database and TVM (else a warning, once); otherwise the
-    analytic roofline (VTA: the VTA model).
+    analytic roofline with the efficiencies of ``tuning_logs/<target>/estimated_model.json``
+    (learned on a profiled target, :mod:`.learned`) or, without one, the named guesses; every
+    roofline is labelled ``estimated`` and warned about (VTA: the VTA model).
     """
     if isinstance(target, str) and target.strip() in BOARDS:
         board = get_board(target.strip())
@@ -75,9 +80,7 @@ def latency_model(target: str | Any, space: str | SearchSpace, n_classes: int | 
     if measured is not None:
         return measured
     hw = spec_to_hardware(spec)
-    log.warning("target %s: latency is an analytic roofline estimate (%.0f GFLOP/s, %.0f GB/s peak), labelled "
-                "'estimated' until a tuned latency model exists for it", hw.name, hw.peak_gflops, hw.peak_gbps)
-    eff = efficiency_for(hw.kind)
-    return TableLatencyModel(space, lambda layer, act: roofline_layer_ms(layer, hw, eff, 4), target=name,
-                             dtype_bytes=4, n_classes=n_classes,
-                             basis=f"analytic roofline ({hw.peak_gflops:.0f} GFLOP/s, {hw.peak_gbps:.0f} GB/s peak)")
+    estimated = load_estimated_model(hw, space, n_classes, label=name)
+    if estimated is not None:
+        return estimated
+    return guessed_model(hw, space, n_classes, label=name)
