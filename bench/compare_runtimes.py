@@ -30,10 +30,11 @@ from ofa_deploy.targets import get_target
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import update_benchmarks_md  # noqa: E402
 
+# All at 224: the resolution the shipped x86 database is tuned for (`ofa-deploy tune` default).
 SUBNETS = {
     "max (k7 e6 d4 @224)": SubnetConfig.uniform(7, 6, 4, 224),
-    "mid (k5 e4 d3 @192)": SubnetConfig.uniform(5, 4, 3, 192),
-    "min (k3 e3 d2 @160)": SubnetConfig.uniform(3, 3, 2, 160),
+    "mid (k5 e4 d3 @224)": SubnetConfig.uniform(5, 4, 3, 224),
+    "min (k3 e3 d2 @224)": SubnetConfig.uniform(3, 3, 2, 224),
 }
 
 
@@ -59,11 +60,11 @@ def bench_one(cfg: SubnetConfig, threads: int, repeat: int, work: Path) -> dict[
     torch.set_num_threads(threads)
     with torch.no_grad():
         xt = torch.from_numpy(x)
-        row["pytorch"] = median_ms(lambda: model(xt), 3, repeat)
+        row["pytorch"] = median_ms(lambda: model(xt), 10, repeat)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    row["onnxruntime"] = median_ms(lambda: session.run(None, {INPUT_NAME: x}), 3, repeat)
+    row["onnxruntime"] = median_ms(lambda: session.run(None, {INPUT_NAME: x}), 10, repeat)
     spec = get_target("x86-host")
     shape = (1, 3, cfg.image_size, cfg.image_size)
     untuned = build_module(onnx_path, spec, work / f"{cfg.id}.so", input_name=INPUT_NAME, input_shape=shape)

@@ -97,12 +97,15 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
            supernet: str | None, acc_predictor: str | None, output: str, verify_top: int) -> None:
     """Find the most accurate subnet for a target under latency / MACs / parameter budgets.
 
-    Latency is the analytic estimate for the target (labelled 'estimated') until a tuned latency
-    model exists; VTA boards use the VTA model. Writes subnet.json (OFA arch dict + results),
-    front.csv and pareto.png to --output.
+    Latency comes from tuning_logs/<target>/latency_model.json (measured tuned code, 'ofa-deploy
+    profile') where one exists, else from a roofline (efficiencies learned on measured tables where
+    'profile --estimate-from' made them, else named guesses); VTA boards use the VTA model. All are
+    labelled 'estimated' with their basis. Without --supernet/--acc-predictor the shipped demo
+    defaults are used. Writes subnet.json (OFA arch dict + results), front.csv and pareto.png.
 
     \b
     Example:
+      ofa-deploy search --target x86-host --latency-ms 15 -o out/
       ofa-deploy search --target vta-ultra96 --latency-ms 25 --acc-predictor predictor.pt -o out/
       ofa-deploy search --target llvm -mcpu=cortex-a76 --latency-ms 20 --objective pareto
     """
@@ -133,6 +136,8 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
                f"{row['latency_ms']:.3f} ms ({row['latency_source']}) on {result.target}  "
                f"{row['macs'] / 1e6:.1f} MMACs  {row['intensity']:.2f} ops/B ({row['intensity_dtype']})  "
                f"{gops:.2f} GOP/s")
+    if row.get("latency_basis"):
+        click.echo(f"latency basis: {row['latency_basis']}")
     click.echo(f"{paths['front']}: {len(result.front)} Pareto subnets; plot {paths['plot']}")
     click.echo(f"search: {result.evaluations:,} evaluations in {result.seconds:.2f} s ({result.objective})")
 

@@ -256,3 +256,12 @@ def test_profile_tiny_set_end_to_end(tuning_logs, capsys):
     again = profile_target(cfg, progress=False)
     assert again.timed == 0 and again.reused == 12
     assert again.model.calibration.a == pytest.approx(cal.a) and again.model.calibration.b == pytest.approx(cal.b)
+
+
+def test_smaller_head_is_accepted_larger_is_not():
+    """A 10-class net only shrinks the profiled 1000-class classifier: the model is a safe upper bound."""
+    from ofa_deploy.search.latency.measured import mismatch
+
+    data = {"space": SPACE, "n_classes": 1000, "database_sha256": "h", "tvm_version": "v"}
+    assert mismatch(data, database_sha256="h", tvm_version="v", space=SPACE, n_classes=10) is None
+    assert "1000-class head" in mismatch(data, database_sha256="h", tvm_version="v", space=SPACE, n_classes=2000)

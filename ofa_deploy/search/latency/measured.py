@@ -222,7 +222,8 @@ def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: 
     """Why a saved model does not describe the code compiled now (None: it does)."""
     if data.get("space") != space:
         return f"it models space {data.get('space')}, not {space}"
-    if n_classes is not None and data.get("n_classes") != n_classes:
+    if n_classes is not None and data.get("n_classes") != n_classes and n_classes > int(data.get("n_classes") or 0):
+        # A smaller classifier only makes the head faster: the model stays a (slightly) safe upper bound.
         return f"it models a {data.get('n_classes')}-class head, not {n_classes}"
     if data.get("database_sha256") != database_sha256:
         was, now = data.get("database_sha256"), database_sha256
@@ -233,11 +234,15 @@ def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: 
     return None
 
 
-def _warn_once(path: Path, reason: str) -> None:
+def _warn_once(path: Path, reason: str, used: bool = False) -> None:
+    """One warning per (file, reason) and process: why a model is not used (or used with a caveat)."""
     if (str(path), reason) not in _warned:
         _warned.add((str(path), reason))
-        log.warning("%s not used: %s; re-run 'ofa-deploy profile'. Falling back to the analytic roofline.",
-                    path, reason)
+        if used:
+            log.warning("%s: %s", path, reason)
+        else:
+            log.warning("%s not used: %s; re-run 'ofa-deploy profile'. Falling back to the analytic roofline.",
+                        path, reason)
 
 
 def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: int | None = None,
@@ -264,6 +269,9 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
         return None
     if label:
         model.target = label
+    if n_classes is not None and n_classes != model.meta.get("n_classes"):
+        _warn_once(path, f"it models a {model.meta.get('n_classes')}-class head; this {n_classes}-class "
+                         "net's classifier is smaller, so its predictions are a slight upper bound", used=True)
     log.info("target %s: latency from %s (%s)", target_name, path, model.basis)
     return model
 
