@@ -28,8 +28,8 @@ from .data import MEAN, STD
 from .errors import OfaDeployError
 from .export import INPUT_NAME, export_onnx, seeded_input
 from .search_space import SubnetConfig, load_supernet, random_subnet
-from .shipped import default_supernet
 from .search_space.costs import count_costs
+from .shipped import default_supernet
 
 log = logging.getLogger(__name__)
 
