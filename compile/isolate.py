@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ofa_deploy.errors import OfaDeployError
 
@@ -67,3 +68,31 @@ def run_worker(request: dict[str, Any], *, what: str, timeout: float | None,
         raise OfaDeployError(f"{what}: {reply['error']}")
     raise OfaDeployError(f"{what}: TVM worker crashed ({_describe_exit(proc.returncode)}); "
                          f"last output:\n{_tail(proc.stderr + proc.stdout)}")
+
+
+def run_worker_polling(request: dict[str, Any], *, what: str, timeout: float | None, poll: Callable[[], None],
+                       every_s: float = 0.5, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """:func:`run_worker` in a thread while this thread calls ``poll()`` every ``every_s`` seconds.
+
+    ``poll`` reads the worker's progress (new lines of a file it appends to); it runs once more
+    after the worker has exited, so nothing written at the end is missed. The wait is bounded by
+    the worker's ``timeout``. The thread outlives the worker, so a worker that dies with the thread
+    that started it (PR_SET_PDEATHSIG) lives exactly as long as this call.
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["reply"] = run_worker(request, what=what, timeout=timeout, env=env)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="ofa-deploy-worker", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(every_s)
+        poll()
+    poll()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["reply"]

@@ -16,7 +16,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,7 +26,7 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
 
 from .database import check_database_target, database_hash
-from .isolate import run_worker
+from .isolate import run_worker_polling
 from .toolchain import find_nvcc, linker_for
 from .types import LatencyMeasurement
 
@@ -138,21 +137,11 @@ def _run_chunk(chunk: list[WorkloadItem], base: dict[str, Any], env: dict[str, s
         request = {**base, "results_path": str(results),
                    "items": [{"key": it.key, "onnx_path": str(Path(it.onnx_path).resolve()),
                               "input_shape": list(it.input_shape)} for it in chunk]}
-        failure: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                run_worker(request, what=f"profiling {len(chunk)} workloads ({chunk[0].key} ...)",
-                           timeout=settings.timeout_per_item_s * len(chunk), env=env)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-                failure.append(exc)
-
-        thread = threading.Thread(target=target, name="profile-worker", daemon=True)
-        thread.start()
         seen, pending = 0, b""
         with open(results, "rb") as f:
-            while True:
-                finished = not thread.is_alive()  # read once more after the worker exits
+
+            def drain() -> None:  # the worker appends one JSON line per timed workload
+                nonlocal seen, pending
                 pending += f.read()
                 *lines, pending = pending.split(b"\n")  # a half-written last line waits for the next round
                 for line in lines:
@@ -166,10 +155,8 @@ def _run_chunk(chunk: list[WorkloadItem], base: dict[str, Any], env: dict[str, s
                              m.median_ms, m.n, m.runs_per_sample, record["tuned_funcs"], record["total_funcs"])
                     if on_result is not None:
                         on_result(record["key"], m, record)
-                if finished:
-                    break
-                thread.join(timeout=0.5)
-        if failure:
-            raise failure[0]
+
+            run_worker_polling(request, what=f"profiling {len(chunk)} workloads ({chunk[0].key} ...)",
+                               timeout=settings.timeout_per_item_s * len(chunk), env=env, poll=drain)
         if seen != len(chunk):
             raise OfaDeployError(f"profiling worker returned {seen} of {len(chunk)} timings")

@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,7 +47,7 @@ from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
 
 from .database import RECORD_FILE, check_database_target, database_hash, file_sha256, repair_database
-from .isolate import run_worker
+from .isolate import run_worker, run_worker_polling
 
 log = logging.getLogger(__name__)
 
@@ -228,26 +227,9 @@ class _RecordCounter:
 
 def _run_watched(request: dict[str, Any], what: str, timeout: float, env: dict[str, str],
                  counter: _RecordCounter, on_records: Any) -> dict[str, Any]:
-    """``run_worker`` in a thread while this thread reports new records every POLL_S seconds."""
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            outcome["reply"] = run_worker(request, what=what, timeout=timeout, env=env)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-            outcome["error"] = exc
-
-    # The worker's PR_SET_PDEATHSIG fires when the *thread* that started it ends: this thread
-    # lives until run_worker returns, i.e. until the worker has exited.
-    thread = threading.Thread(target=work, name="tune-chunk", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(POLL_S)
-        on_records(counter.new_lines())
-    on_records(counter.new_lines())
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["reply"]
+    """``run_worker`` while new records are reported every POLL_S seconds."""
+    return run_worker_polling(request, what=what, timeout=timeout, env=env, every_s=POLL_S,
+                              poll=lambda: on_records(counter.new_lines()))
 
 
 def _fit(tasks: list[_Task], seconds_left: float, spt: float, overhead: float) -> int:
