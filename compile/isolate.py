@@ -40,17 +40,53 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def usable_cores() -> int:
+    """Physical CPU cores this process may run on (affinity masks such as ``taskset`` respected).
+
+    Hyper-threads of one core share its FMA units, so compute-bound kernels gain nothing from
+    them: with two-way SMT the logical CPUs allowed are halved. Where psutil cannot tell, every
+    allowed logical CPU counts.
+    """
+    try:
+        logical_allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        logical_allowed = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical, logical = psutil.cpu_count(logical=False), psutil.cpu_count(logical=True)
+    except ImportError:
+        physical = logical = None
+    if physical and logical and logical > physical:
+        return max(1, logical_allowed * physical // logical)
+    return logical_allowed
+
+
+def tvm_threads(requested: int | None = None) -> int:
+    """The thread count TVM's pool uses in our workers: ``requested``, else $TVM_NUM_THREADS, else all cores.
+
+    Left alone, TVM's runtime takes *half* the logical CPUs on x86 whether or not the machine
+    has hyper-threading, which is one thread on a 2-core VM: every timing would then be a
+    single-core number while ONNX Runtime and PyTorch use both cores. We pin it explicitly to
+    the physical cores (``usable_cores``).
+    """
+    if requested:
+        return int(requested)
+    from_env = os.environ.get("TVM_NUM_THREADS", "").strip()
+    return int(from_env) if from_env.isdigit() and int(from_env) > 0 else usable_cores()
+
+
 def run_worker(request: dict[str, Any], *, what: str, timeout: float | None,
                env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one worker job and return its JSON reply; any failure -> OfaDeployError.
 
     ``what`` names the job in error messages ("building cortex-a76 module"). ``env`` adds to
-    (does not replace) this process's environment.
+    (does not replace) this process's environment; TVM_NUM_THREADS defaults to ``tvm_threads()``.
     """
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_worker_") as tmp:
         req_path, reply_path = Path(tmp) / "request.json", Path(tmp) / "reply.json"
         req_path.write_text(json.dumps({**request, "reply_path": str(reply_path)}))
-        child_env = {**os.environ, **(env or {})}
+        child_env = {**os.environ, "TVM_NUM_THREADS": str(tvm_threads()), **(env or {})}
         cmd = [sys.executable, "-m", _WORKER_MODULE, str(req_path)]
         log.debug("worker: %s", " ".join(cmd))
         try:

@@ -26,7 +26,7 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
 
 from .database import check_database_target, database_hash
-from .isolate import run_worker_polling
+from .isolate import run_worker_polling, tvm_threads
 from .toolchain import find_nvcc, linker_for
 from .types import LatencyMeasurement
 
@@ -40,7 +40,7 @@ class ProfileSettings:
     repeat: int = 15  # samples per workload; the median is kept
     min_repeat_ms: float = 40.0  # each sample runs the model back to back for at least this long
     chunk_size: int = 16  # workloads per worker process (start-up ~5 s is paid once per chunk)
-    num_threads: int | None = None  # TVM_NUM_THREADS; None = TVM's default (all cores), as time_local
+    num_threads: int | None = None  # TVM_NUM_THREADS; None = isolate.tvm_threads() (all cores), as time_local
     timeout_per_item_s: float = 600.0  # a chunk's worker gets chunk_size x this
 
     def __post_init__(self) -> None:
@@ -79,7 +79,8 @@ def local_device(spec: TargetSpec) -> str:
 
 def _measurement(record: dict[str, Any], device: str, threads: int | None) -> LatencyMeasurement:
     samples = record["samples_ms"]
-    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({threads or os.cpu_count()} threads)"
+    used = record.get("threads", tvm_threads(threads))  # what TVM's pool reported in the worker
+    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({used} threads)"
     return LatencyMeasurement(median_ms=statistics.median(samples),
                               std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
                               n=len(samples), source="measured", runs_per_sample=record["number"], device=where)
@@ -110,8 +111,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     if spec.kind == "cuda":
         env = {"PATH": str(Path(find_nvcc()).parent) + os.pathsep + os.environ.get("PATH", ""),
                "TVM_CUDA_COMPILE_MODE": "nvcc"}
-    if settings.num_threads:
-        env["TVM_NUM_THREADS"] = str(settings.num_threads)
+    env["TVM_NUM_THREADS"] = str(tvm_threads(settings.num_threads))
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
             "linker": linker_for(spec.cross_compiler), "input_name": input_name, "device": device,
             "database_dir": str(Path(database_dir).resolve()) if database_dir is not None else None,

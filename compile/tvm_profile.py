@@ -26,7 +26,7 @@ import numpy as np
 import tvm
 
 from .tvm_build import build
-from .tvm_run import _load
+from .tvm_run import _load, pool_threads
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def profile(request: dict[str, Any]) -> dict[str, Any]:
             os.unlink(so_path)
             record = {"key": item["key"], "samples_ms": samples, "number": number,
                       "tuned_funcs": info["tuned_funcs"], "total_funcs": info["total_funcs"],
-                      "tvm_version": info["tvm_version"], "tvm_target": info["tvm_target"]}
+                      "tvm_version": info["tvm_version"], "tvm_target": info["tvm_target"],
+                      "threads": pool_threads()}
             out.write(json.dumps(record) + "\n")
             out.flush()
             done += 1

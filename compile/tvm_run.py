@@ -19,6 +19,11 @@ def _load(so_path: str, device: str) -> tuple[relax.VirtualMachine, tvm.runtime.
     return relax.VirtualMachine(tvm.runtime.load_module(so_path), dev), dev
 
 
+def pool_threads() -> int:
+    """Threads in TVM's CPU pool in this process: what a timing actually used (TVM_NUM_THREADS or TVM's default)."""
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
 def _first_tensor(result: Any) -> tvm.runtime.Tensor:
     while isinstance(result, (tuple, list, tvm.ir.Array)) and len(result) > 0:
         if len(result) > 1:
@@ -43,4 +48,5 @@ def time(request: dict[str, Any]) -> dict[str, Any]:
     vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
     evaluator = vm.time_evaluator("main", dev, number=request["number"], repeat=request["repeat"])
     result = evaluator(x)
-    return {"samples_ms": [float(s) * 1e3 for s in result.results], "number": request["number"]}
+    return {"samples_ms": [float(s) * 1e3 for s in result.results], "number": request["number"],
+            "threads": pool_threads()}

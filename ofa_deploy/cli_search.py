@@ -92,9 +92,11 @@ class HumanNumber(click.ParamType):
               help="Directory for subnet.json, front.csv and pareto.png.")
 @click.option("--verify-top", type=click.IntRange(min=0), default=0, show_default=True,
               help="Compile and measure the K best subnets on the device; keep the best that meets the budget.")
+@click.option("--rpc", default=None, metavar="HOST:PORT[:KEY]",
+              help="With --verify-top: measure on this TVM RPC device (tracker HOST:PORT:KEY or server HOST:PORT).")
 def search(target: str, latency_ms: float | None, max_macs: float | None, max_params: float | None,
            min_intensity: float | None, objective: str, population: int, generations: int, seed: int,
-           supernet: str | None, acc_predictor: str | None, output: str, verify_top: int) -> None:
+           supernet: str | None, acc_predictor: str | None, output: str, verify_top: int, rpc: str | None) -> None:
     """Find the most accurate subnet for a target under latency / MACs / parameter budgets.
 
     Latency comes from tuning_logs/<target>/latency_model.json (measured tuned code, 'ofa-deploy
@@ -108,6 +110,7 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
       ofa-deploy search --target x86-host --latency-ms 15 -o out/
       ofa-deploy search --target vta-ultra96 --latency-ms 25 --acc-predictor predictor.pt -o out/
       ofa-deploy search --target llvm -mcpu=cortex-a76 --latency-ms 20 --objective pareto
+      ofa-deploy search --target cortex-a76 --latency-ms 20 --verify-top 5 --rpc 192.168.1.10:9190:pi5
     """
     from .search.api import predictor_info, resolve_predictor, run_search
     from .search.evaluator import Constraints
@@ -122,8 +125,10 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
             raise OfaDeployError(f"--{name.replace('_', '-')}: must be positive, got {value:g}")
     predictor = resolve_predictor(acc_predictor, supernet)
     measure = None
+    if rpc is not None and not verify_top:
+        raise OfaDeployError(f"--rpc {rpc}: the device measures the --verify-top K candidates; add --verify-top K")
     if verify_top:
-        measure = find_measure(target)
+        measure = find_measure(target, rpc)
         if measure is None:
             raise OfaDeployError(f"--verify-top: no device is reachable for target {target!r} "
                                  f"(compile+measure backend not available for it)")

@@ -224,22 +224,26 @@ def is_local_target(spec: Any) -> bool:
     return spec.kind == "cpu" and spec.arch == os.uname().machine and not spec.is_cross
 
 
-def make_measure(target: str) -> Callable[[SubnetConfig], tuple[float, str]] | None:
+def make_measure(target: str, rpc: str | None = None) -> Callable[[SubnetConfig], tuple[float, str]] | None:
     """``measure(cfg) -> (ms, "measured")`` for ``search --verify-top``; None without a reachable device.
 
     Latency does not depend on weight values, so candidates are compiled with seeded random weights
-    (with the target's tuning database, as ``compile`` would) and timed with TVM's time_evaluator.
+    (with the target's tuning database, as ``compile`` would) and timed with TVM's time_evaluator,
+    here or on the ``rpc`` device (HOST:PORT:KEY tracker or HOST:PORT server; checked now, before
+    minutes of search).
     """
     from .targets import get_target
 
     spec = get_target(target)
-    if spec.analytic_only or not is_local_target(spec):
+    if spec.analytic_only or (rpc is None and not is_local_target(spec)):
         return None
+    if rpc is not None:
+        _rpc_spec(CompileOptions(target=target, out_dir="-", rpc=rpc, measure=True))  # parse + reachable, else exit 2
 
     def measure(cfg: SubnetConfig) -> tuple[float, str]:
         with tempfile.TemporaryDirectory(prefix="ofa_deploy_measure_") as tmp:
             out = compile_subnet(cfg, CompileOptions(target=target, out_dir=f"{tmp}/m", random_weights=True,
-                                                     verify=False, measure=True))
+                                                     verify=False, measure=True, rpc=rpc))
             latency = read_metadata(out)["latency"]
         return latency["median_ms"], latency["source"]
 

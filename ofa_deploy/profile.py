@@ -74,12 +74,12 @@ class ProfileReport:
     calibration: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int) -> dict[str, Any]:
+def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, threads: int) -> dict[str, Any]:
     """What timings depend on: reuse old timings only if all of it is unchanged."""
     from .search.latency.measured import installed_tvm_version
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
-            "database_sha256": db_hash, "space": space, "n_classes": n_classes}
+            "database_sha256": db_hash, "space": space, "n_classes": n_classes, "tvm_threads": threads}
 
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -173,6 +173,7 @@ def _workload_record(m: Any, record: dict[str, Any]) -> dict[str, Any]:
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
     """Time the workloads, calibrate, and save ``latency_model.json`` (see the module docstring)."""
     from .compile.database import database_hash
+    from .compile.isolate import tvm_threads
     from .compile.profiling import ProfileSettings, WorkloadItem, local_device, time_workloads
     from .deploy import default_database
     from .search.latency.measured import (FORMAT_VERSION, MODEL_FILE, Calibration, MeasuredLatencyModel,
@@ -197,7 +198,7 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
     if database is None:
         log.warning("profile %s: no MetaSchedule database (tuning_logs/%s/ has none, no --database): timing "
                     "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name, spec.name)
-    identity = _identity(spec, db_hash, sp.name, n_classes)
+    identity = _identity(spec, db_hash, sp.name, n_classes, tvm_threads(settings.num_threads))
     workloads = space_workloads(sp, cfg.resolutions, n_classes)
     if cfg.keys is not None:
         unknown = sorted(set(cfg.keys) - {w.key for w in workloads})

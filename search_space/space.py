@@ -54,6 +54,7 @@ class SearchSpace:
     stage_strides: tuple[int, ...] = (2, 2, 2, 1, 2)
     stage_acts: tuple[str, ...] = ("relu", "relu", "h_swish", "h_swish", "h_swish")
     stage_se: tuple[bool, ...] = (False, True, False, True, True)
+    stem_head_act: str = "h_swish"  # first conv, final expand and feature mix
     se_reduction: int = 4
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
@@ -141,6 +142,13 @@ class SearchSpace:
 _SPACES: dict[str, Callable[[], SearchSpace]] = {
     "ofa_mbv3_d234_e346_k357_w1.0": lambda: SearchSpace("ofa_mbv3_d234_e346_k357_w1.0", 1.0),
     "ofa_mbv3_d234_e346_k357_w1.2": lambda: SearchSpace("ofa_mbv3_d234_e346_k357_w1.2", 1.2),
+    # The same macro-architecture with only the operators an int8 accelerator runs: ReLU everywhere,
+    # no squeeze-and-excite. VTA (and Xilinx's DPU, which the OFA paper's FPGA results used and which
+    # did not support MobileNetV3) leaves h-swish and SE to the ARM cores; a network for such a board
+    # is searched in this space. Not in the official model zoo: train it with `ofa-deploy train --space`.
+    "ofa_mbv3_relu_nose_d234_e346_k357_w1.0": lambda: SearchSpace(
+        "ofa_mbv3_relu_nose_d234_e346_k357_w1.0", 1.0, stage_acts=("relu",) * 5, stage_se=(False,) * 5,
+        stem_head_act="relu"),
 }
 
 

@@ -105,15 +105,16 @@ class MobileNetV3(nn.Module):
 def build_stem(sp: SearchSpace) -> tuple[nn.Sequential, ResidualBlock]:
     """The fixed first conv and first block (3x3 depthwise, expand ratio 1, so no 1x1 expansion)."""
     c0, c1 = sp.stem_channels, sp.first_block_channels
-    first_conv = conv_bn_act(3, c0, 3, 2, act="h_swish", eps=sp.bn_eps)
+    first_conv = conv_bn_act(3, c0, 3, 2, act=sp.stem_head_act, eps=sp.bn_eps)
     first_block = ResidualBlock(MBConv(c0, c1, 3, 1, c0, "relu", None, sp.bn_eps))
     return first_conv, first_block
 
 
 def build_head(sp: SearchSpace, n_classes: int) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
-    """final 1x1 expand (BN, h-swish) -> [global pool] -> 1x1 feature mix (no BN) -> classifier."""
-    final_expand = conv_bn_act(sp.stages[-1].out_channels, sp.final_expand_channels, 1, act="h_swish", eps=sp.bn_eps)
-    feature_mix = conv_bn_act(sp.final_expand_channels, sp.last_channels, 1, act="h_swish", bn=False)
+    """final 1x1 expand (BN, h-swish in MobileNetV3) -> [global pool] -> 1x1 feature mix (no BN) -> classifier."""
+    final_expand = conv_bn_act(sp.stages[-1].out_channels, sp.final_expand_channels, 1, act=sp.stem_head_act,
+                               eps=sp.bn_eps)
+    feature_mix = conv_bn_act(sp.final_expand_channels, sp.last_channels, 1, act=sp.stem_head_act, bn=False)
     classifier = nn.Sequential(OrderedDict([
         ("dropout", nn.Dropout(sp.dropout)),
         ("linear", nn.Linear(sp.last_channels, n_classes)),

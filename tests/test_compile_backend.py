@@ -115,6 +115,28 @@ def test_time_local_reports_measured_latency(tiny, x86_module):
 
 
 @pytest.mark.tvm
+def test_time_local_uses_every_core_by_default(tiny, x86_module, monkeypatch):
+    """TVM alone would take half the logical CPUs on x86 (one thread on a 2-core VM); we pin all usable cores."""
+    from ofa_deploy.compile import time_local
+    from ofa_deploy.compile.isolate import usable_cores
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    m = time_local(x86_module.so_path, tiny[1], repeat=2, number=1)
+    assert f"({usable_cores()} threads)" in m.device  # as reported by TVM's pool inside the worker
+
+
+def test_tvm_threads_precedence(monkeypatch):
+    from ofa_deploy.compile.isolate import tvm_threads, usable_cores
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    assert tvm_threads() == usable_cores() >= 1
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
+    assert tvm_threads() == 3 and tvm_threads(5) == 5
+    monkeypatch.setenv("TVM_NUM_THREADS", "many")  # not a count: ignored
+    assert tvm_threads() == usable_cores()
+
+
+@pytest.mark.tvm
 def test_native_deploy_app_runs_x86_module(tiny, x86_module, tmp_path):
     """The C++ app (Makefile 'native') loads the .so with the TVM runtime alone."""
     _, x, ref = tiny

@@ -191,7 +191,10 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     identity = {k: data[k] for k in ("target", "tvm_version", "database_sha256", "space", "n_classes")}
     from ofa_deploy.targets import get_target
 
+    from ofa_deploy.compile.isolate import tvm_threads
+
     identity["tvm_target"] = get_target("x86-host").tvm_target
+    identity["tvm_threads"] = tvm_threads()  # timings of another thread count are not reused
     d = tuning_logs / "x86-host"
     d.mkdir(parents=True)
     (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": points}))
@@ -205,13 +208,16 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     saved = json.loads((d / MODEL_FILE).read_text())
     assert saved["database_sha256"] is None and saved["calibration"]["n"] == 3 and saved["resolutions"] == [128]
 
-    # another TVM version: nothing is reused (and the stale partial is not trusted)
-    identity["tvm_version"] = "0.1.0"
-    (d / MODEL_FILE).unlink()
-    (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": points}))
-    from ofa_deploy.profile import _reusable, _identity
+    from ofa_deploy.profile import _identity, _reusable
 
-    assert _reusable(d, _identity(get_target("x86-host"), None, SPACE, 1000)) == ({}, {})
+    now = _identity(get_target("x86-host"), None, SPACE, 1000, tvm_threads())
+    assert _reusable(d, now)[0] == workloads  # the saved model is reusable as is
+    # another thread count or TVM version: nothing is reused (and the stale partial is not trusted)
+    for field, other in (("tvm_threads", tvm_threads() + 1), ("tvm_version", "0.1.0")):
+        (d / MODEL_FILE).unlink(missing_ok=True)
+        (d / PARTIAL_FILE).write_text(json.dumps({**identity, field: other, "workloads": workloads,
+                                                  "calibration": points}))
+        assert _reusable(d, now) == ({}, {}), field
 
 
 def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):

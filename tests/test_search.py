@@ -139,6 +139,8 @@ def test_verify_hook_and_outputs(vta, tmp_path):
     assert [v["latency_ms"] for v in res.verified] == [30.0, 20.0, 20.0]
     with pytest.raises(OfaDeployError, match="none of the top 2 subnets meets the 25 ms budget"):
         verify_top(res, 2, lambda cfg: (99.0, "measured"), 25.0)
+    with pytest.raises(OfaDeployError, match="got a 'emulated' latency, not a measured one"):
+        verify_top(res, 2, lambda cfg: (10.0, "emulated"), 25.0)  # qemu timings never re-rank
 
     paths = write_outputs(res, tmp_path / "out", target="vta-ultra96")
     data = json.loads(paths["subnet"].read_text())

@@ -95,12 +95,26 @@ def test_bad_input_is_one_line_exit_2(run, predictor_file, supernet_2cls, tmp_pa
         (["--acc-predictor", predictor_file, "--supernet", supernet_2cls], "has 2 classes but the predictor was trained for 1000"),
         (["--acc-predictor", str(other), "--supernet", supernet_2cls], "does not match the predictor's space"),
         (["--acc-predictor", predictor_file, "--latency-ms", "-4"], "--latency-ms: must be positive"),
+        (["--acc-predictor", predictor_file, "--rpc", "127.0.0.1:9"], "add --verify-top K"),
         (["--acc-predictor", str(tmp_path / "nope.pt")], "accuracy predictor file not found"),
     ]
     for extra, message in cases:
         code, _, err = run(base + extra)
         assert code == 2 and message in err, (extra, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_top_rpc_device_is_checked_before_searching(run, predictor_file, tmp_path):
+    """A dead board fails in seconds with exit 2, not after the search."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, _, err = run(["search", "--target", "cortex-a76", "--acc-predictor", predictor_file, "--verify-top", "2",
+                        "--rpc", f"127.0.0.1:{port}", "-o", str(tmp_path / "out")])
+    assert code == 2 and f"127.0.0.1:{port}" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
 
 

@@ -28,6 +28,14 @@ def test_w10_macro_architecture_is_mobilenetv3_large():
     assert (sp.stem_channels, sp.final_expand_channels, sp.last_channels) == (16, 960, 1280)
 
 
+def test_accelerator_space_is_mobilenetv3_without_se_and_hswish():
+    base, accel = get_space("ofa_mbv3_d234_e346_k357_w1.0"), get_space("ofa_mbv3_relu_nose_d234_e346_k357_w1.0")
+    assert [s.out_channels for s in accel.stages] == [s.out_channels for s in base.stages]
+    assert [s.stride for s in accel.stages] == [s.stride for s in base.stages]
+    assert {s.act for s in accel.stages} == {"relu"} and not any(s.use_se for s in accel.stages)
+    assert (accel.stem_head_act, base.stem_head_act) == ("relu", "h_swish")
+
+
 def test_w12_widths():
     sp = get_space("ofa_mbv3_d234_e346_k357_w1.2")
     assert [s.out_channels for s in sp.stages] == [32, 48, 96, 136, 192]
@@ -35,5 +43,6 @@ def test_w12_widths():
 
 
 def test_unknown_space_lists_known_names():
-    with pytest.raises(ConfigError, match="allowed: ofa_mbv3_d234_e346_k357_w1.0, ofa_mbv3_d234_e346_k357_w1.2"):
+    with pytest.raises(ConfigError, match="allowed: ofa_mbv3_d234_e346_k357_w1.0, ofa_mbv3_d234_e346_k357_w1.2, "
+                                          "ofa_mbv3_relu_nose"):
         get_space("mbv3_w2")

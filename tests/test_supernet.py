@@ -78,13 +78,17 @@ def test_save_and_reload_round_trip(tmp_path):
     assert torch.load(tmp_path / "s.pth", weights_only=True)["epoch"] == 3
 
 
-def test_other_space_supernet_runs():
+@pytest.mark.parametrize("space", ["ofa_mbv3_d234_e346_k357_w1.2", "ofa_mbv3_relu_nose_d234_e346_k357_w1.0"])
+def test_other_space_supernet_runs(space):
     torch.manual_seed(0)
-    net = od.OFAMobileNetV3("ofa_mbv3_d234_e346_k357_w1.2").eval()
-    cfg = SubnetConfig.min("ofa_mbv3_d234_e346_k357_w1.2")
+    net = od.OFAMobileNetV3(space).eval()
+    cfg = SubnetConfig.min(space)
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
-        torch.testing.assert_close(net.extract(cfg)(x), (net.set_active_subnet(cfg), net(x))[1])
+        static = net.extract(cfg)
+        torch.testing.assert_close(static(x), (net.set_active_subnet(cfg), net(x))[1])
+    modules = {type(m).__name__ for m in static.modules()}
+    assert ("Hardswish" in modules) == (space != "ofa_mbv3_relu_nose_d234_e346_k357_w1.0")
 
 
 def test_class_count_comes_from_the_checkpoint(tmp_path):

@@ -150,6 +150,15 @@ def test_fpga_subnet_has_higher_intensity_than_cpu_subnet():
     assert mbv2["macs_m"] == 300.8 and "| 30.0 |" in markdown(rows)
 
 
+def test_accelerator_space_fpga_subnet_is_denser_than_mobilenetv2():
+    """The paper's second finding holds in the ReLU / no-SE space (see ofa_deploy.search.compare)."""
+    rows = intensity_table((30.0,), "vta-ultra96", space="ofa_mbv3_relu_nose_d234_e346_k357_w1.0",
+                           config=EvolutionConfig(population=100, generations=200))  # ~1 s; 80 gens is too short
+    fpga, cpu, mbv2 = rows
+    assert fpga["fpga_ms"] <= 30.0 and cpu["cpu_ms"] <= 30.0
+    assert fpga["intensity_int8"] > mbv2["intensity_int8"] > cpu["intensity_int8"]
+
+
 def test_offload_report_partitions_count_costs_layers():
     cfg = SubnetConfig.max()
     names = [layer.name for layer in count_costs(cfg).layers]

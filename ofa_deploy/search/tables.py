@@ -41,7 +41,7 @@ def layers_with_acts(cfg: SubnetConfig, n_classes: int | None = None) -> list[tu
 
 def _act(name: str, sp: SearchSpace, stage_of: list[int]) -> str | None:
     if name in ("first_conv", "final_expand_layer", "feature_mix_layer"):
-        return "h_swish"
+        return sp.stem_head_act
     if not name.startswith("blocks.") or name.endswith((".project", ".se")):
         return None  # pool, classifier, linear projections; SE carries its own gates
     block = int(name.split(".")[1])

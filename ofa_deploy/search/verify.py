@@ -26,13 +26,14 @@ log = logging.getLogger(__name__)
 Measure = Callable[[SubnetConfig], tuple[float, str]]
 
 
-def find_measure(target: str) -> Measure | None:
-    """The compile module's measure hook for ``target``, or None if no device can be reached."""
+def find_measure(target: str, rpc: str | None = None) -> Measure | None:
+    """The compile module's measure hook for ``target`` (on the ``rpc`` device if given), or None if
+    no device can be reached."""
     if target in BOARDS:
         return None  # VTA is an analytic model: there is no board to run on
     from ofa_deploy.deploy import make_measure
 
-    return make_measure(target)
+    return make_measure(target, rpc)
 
 
 def verify_top(result: SearchResult, k: int, measure: Measure, latency_budget_ms: float | None = None) -> SearchResult:
@@ -47,6 +48,9 @@ def verify_top(result: SearchResult, k: int, measure: Measure, latency_budget_ms
         ms, source = measure(cfg)
         if source not in SOURCES:
             raise ValueError(f"measure() returned source {source!r}; expected one of {SOURCES}")
+        if source != "measured":  # an emulator's or a model's number is not a speed to re-rank on
+            raise OfaDeployError(f"--verify-top: {cfg.id} got a {source!r} latency, not a measured one; "
+                                 "re-ranking needs a real device (local, or --rpc to a board)")
         measured[i] = ms
         rows.append({"id": cfg.id, "predicted_accuracy": round(float(cands.acc[i]), 5),
                      "model_latency_ms": round(float(cands.latency[i]), 4), "latency_ms": round(float(ms), 4),

@@ -208,7 +208,8 @@ def describe_basis(data: dict[str, Any]) -> str:
     c = data["calibration"]
     fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])
-    return f"{tuned}, {data['target']}, r{res}, TVM {data.get('tvm_version')}, {fit}"
+    threads = f" ({data['tvm_threads']} threads)" if data.get("tvm_threads") else ""
+    return f"{tuned}, {data['target']}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}"
 
 
 def save_model(path: str | Path, data: dict[str, Any]) -> None:
