@@ -17,7 +17,7 @@ from ofa_deploy.targets import TargetSpec, get_target
 
 from .binfmt import elf_machine, embedded_fatbins
 from .database import check_database_target, database_hash, file_sha256
-from .isolate import run_worker, tvm_threads
+from .isolate import run_worker
 from .toolchain import find_nvcc, linker_for
 from .types import BuildInfo, LatencyMeasurement
 
@@ -149,8 +149,7 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
     if repeat < 1 or number < 1:
         raise OfaDeployError(f"repeat and number must be >= 1 (got repeat={repeat}, number={number})")
     path, device = _check_local_module(so_path, device)
-    threads = tvm_threads(num_threads)
-    env = {"TVM_NUM_THREADS": str(threads)}
+    env = {"TVM_NUM_THREADS": str(num_threads)} if num_threads else {}  # else run_worker's tvm_threads()
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_time_") as tmp:
         in_path = Path(tmp) / "input.npy"
         np.save(in_path, _as_input(input))
@@ -158,7 +157,7 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
                             "repeat": repeat, "number": number, "device": device},
                            what=f"timing {path.name}", timeout=timeout, env=env)
     samples = reply["samples_ms"]
-    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({reply.get('threads', threads)} threads)"
+    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({reply['threads']} threads)"
     return LatencyMeasurement(
         median_ms=statistics.median(samples), std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
         n=len(samples), source="measured", runs_per_sample=reply["number"],

@@ -26,7 +26,7 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
 
 from .database import check_database_target, database_hash
-from .isolate import run_worker_polling, tvm_threads
+from .isolate import run_worker_polling
 from .toolchain import find_nvcc, linker_for
 from .types import LatencyMeasurement
 
@@ -77,10 +77,9 @@ def local_device(spec: TargetSpec) -> str:
                          "only local targets can be timed today (x86-host; CUDA targets with a GPU)")
 
 
-def _measurement(record: dict[str, Any], device: str, threads: int | None) -> LatencyMeasurement:
+def _measurement(record: dict[str, Any], device: str) -> LatencyMeasurement:
     samples = record["samples_ms"]
-    used = record.get("threads", tvm_threads(threads))  # what TVM's pool reported in the worker
-    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({used} threads)"
+    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({record['threads']} threads)"  # TVM's pool
     return LatencyMeasurement(median_ms=statistics.median(samples),
                               std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
                               n=len(samples), source="measured", runs_per_sample=record["number"], device=where)
@@ -111,7 +110,8 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     if spec.kind == "cuda":
         env = {"PATH": str(Path(find_nvcc()).parent) + os.pathsep + os.environ.get("PATH", ""),
                "TVM_CUDA_COMPILE_MODE": "nvcc"}
-    env["TVM_NUM_THREADS"] = str(tvm_threads(settings.num_threads))
+    if settings.num_threads:  # else run_worker's tvm_threads()
+        env["TVM_NUM_THREADS"] = str(settings.num_threads)
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
             "linker": linker_for(spec.cross_compiler), "input_name": input_name, "device": device,
             "database_dir": str(Path(database_dir).resolve()) if database_dir is not None else None,
@@ -146,7 +146,7 @@ def _run_chunk(chunk: list[WorkloadItem], base: dict[str, Any], env: dict[str, s
                 *lines, pending = pending.split(b"\n")  # a half-written last line waits for the next round
                 for line in lines:
                     record = json.loads(line)
-                    m = _measurement(record, device, settings.num_threads)
+                    m = _measurement(record, device)
                     out[record["key"]] = m
                     seen += 1
                     bar.update(1)

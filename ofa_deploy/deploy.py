@@ -238,7 +238,9 @@ def make_measure(target: str, rpc: str | None = None) -> Callable[[SubnetConfig]
     if spec.analytic_only or (rpc is None and not is_local_target(spec)):
         return None
     if rpc is not None:
-        _rpc_spec(CompileOptions(target=target, out_dir="-", rpc=rpc, measure=True))  # parse + reachable, else exit 2
+        from .compile import RpcSpec, check_reachable
+
+        check_reachable(RpcSpec.parse(rpc))  # a bad or dead --rpc fails now, not after the search
 
     def measure(cfg: SubnetConfig) -> tuple[float, str]:
         with tempfile.TemporaryDirectory(prefix="ofa_deploy_measure_") as tmp:

@@ -32,11 +32,11 @@ def ship(supernet_path: str | Path, predictor_path: str | Path, provenance: str)
 
     from .atomic import atomic_path, write_text
     from .search.predictor import load_predictor
-    from .search_space import load_supernet
+    from .search_space import DEFAULT_SPACE, load_supernet
     from .search_space.checkpoint import read_state_dict
 
     state, meta = read_state_dict(supernet_path)
-    net = load_supernet(supernet_path, meta.get("space", "ofa_mbv3_d234_e346_k357_w1.0"))
+    net = load_supernet(supernet_path, meta.get("space", DEFAULT_SPACE))
     predictor = load_predictor(predictor_path)  # checked before anything is replaced
     if predictor.meta.space != net.space.name or predictor.meta.n_classes != net.n_classes:
         from .errors import OfaDeployError
