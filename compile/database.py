@@ -1,14 +1,28 @@
-"""MetaSchedule database directories: validation and content hash (no TVM needed)."""
+"""MetaSchedule database directories: validation, content hash, and the packed (gzip) form (no TVM needed).
+
+A database is two JSON-lines files. Tuning appends to them as plain files; the repository
+ships them gzipped (``*.json.gz``: 3.7 MB instead of 51 MB for x86-host), because JSON of
+scheduling traces compresses ~14x. :func:`resolve_database` turns a folder holding either form
+into a folder TVM can read (a packed one is unpacked once into a content-hashed cache), and
+:func:`database_hash` hashes the *unpacked* content, so packing never changes a database's
+identity (latency models keep matching).
+"""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ofa_deploy.atomic import atomic_path
+from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
 log = logging.getLogger(__name__)
@@ -16,6 +30,82 @@ log = logging.getLogger(__name__)
 # The two files of a tvm.s_tir.meta_schedule JSONDatabase(work_dir=...).
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+PACKED = ".gz"  # suffix of the shipped (gzipped) form of both files
+
+
+def is_packed(database_dir: str | Path) -> bool:
+    """True when the folder holds only the gzipped form (plain files, if present, win)."""
+    path = Path(database_dir)
+    return (all((path / (name + PACKED)).is_file() for name in (WORKLOAD_FILE, RECORD_FILE))
+            and not (path / RECORD_FILE).is_file())
+
+
+def has_database(database_dir: str | Path) -> bool:
+    """Whether the folder holds a database, plain or packed."""
+    return (Path(database_dir) / RECORD_FILE).is_file() or is_packed(database_dir)
+
+
+def _gunzip_into(src_dir: Path, dst_dir: Path) -> None:
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        with gzip.open(src_dir / (name + PACKED), "rb") as src, atomic_path(dst_dir / name) as tmp:
+            with open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def resolve_database(database_dir: str | Path) -> Path | None:
+    """A folder TVM can read for this database: the folder itself (plain), its unpacked cache copy (packed), or None.
+
+    The cache copy lives in ``<cache>/databases/<sha256 of the packed files>/``, made atomically
+    (unpack into a temp folder, rename), so concurrent or killed callers never see half a file.
+    """
+    path = Path(database_dir)
+    if (path / RECORD_FILE).is_file():
+        return path
+    if not is_packed(path):
+        return None
+    digest = hashlib.sha256(b"".join(file_sha256(path / (n + PACKED)).encode() for n in (WORKLOAD_FILE, RECORD_FILE)))
+    dest = cache_root() / "databases" / digest.hexdigest()[:20]
+    if not (dest / RECORD_FILE).is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+        _gunzip_into(path, tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process finished first: its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("unpacked database %s into %s", path, dest)
+    return dest
+
+
+def unpack_in_place(database_dir: str | Path) -> bool:
+    """Turn a packed folder into plain files (tuning appends to them); the stale ``.gz`` files are removed."""
+    path = Path(database_dir)
+    if not is_packed(path):
+        return False
+    _gunzip_into(path, path)
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        (path / (name + PACKED)).unlink()
+    log.info("unpacked database %s for tuning (pack it again with 'ofa-deploy tune --pack')", path)
+    return True
+
+
+def pack_database(database_dir: str | Path) -> str:
+    """Gzip both files in place (deterministic bytes: no name or time in the header), remove the plain ones.
+
+    Returns the database hash, which packing does not change.
+    """
+    path = check_database_dir(database_dir)
+    before = database_hash(path)
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        with open(path / name, "rb") as src, atomic_path(path / (name + PACKED)) as tmp:
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                       compresslevel=9) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    if _content_hash(lambda name: gzip.decompress((path / (name + PACKED)).read_bytes())) != before:
+        raise OfaDeployError(f"packing {path} changed its content; plain files kept")
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        (path / name).unlink()
+    return before
 
 
 def check_database_dir(database_dir: str | Path) -> Path:
@@ -41,10 +131,15 @@ def database_hash(database_dir: str | Path) -> str:
     (latency_model.json), which records this hash and must not change it.
     """
     path = check_database_dir(database_dir)
+    return _content_hash(lambda name: (path / name).read_bytes())
+
+
+def _content_hash(read: Callable[[str], bytes]) -> str:
+    """sha256 over both files' names and contents, ``read(name)`` giving the (unpacked) bytes."""
     digest = hashlib.sha256()
-    for file in sorted(path / name for name in (WORKLOAD_FILE, RECORD_FILE)):
-        digest.update(file.name.encode() + b"\0")
-        digest.update(file.read_bytes())
+    for name in sorted((WORKLOAD_FILE, RECORD_FILE)):
+        digest.update(name.encode() + b"\0")
+        digest.update(read(name))
         digest.update(b"\0")
     return digest.hexdigest()
 

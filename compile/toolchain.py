@@ -6,6 +6,7 @@ a compiler traceback from deep inside ``export_library``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -71,3 +72,13 @@ def linker_for(cross_compiler: str | None) -> str:
     if cross_compiler:
         return require_tool(cross_compiler, "link the module for the target")
     return require_tool(os.environ.get("CXX", "g++"), "link the module")
+
+
+def installed_tvm_version() -> str | None:
+    """The installed TVM's version, read from package metadata (importing TVM takes seconds)."""
+    for dist in ("apache-tvm", "tvm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None

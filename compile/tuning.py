@@ -46,7 +46,8 @@ from tqdm import tqdm
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
 
-from .database import RECORD_FILE, check_database_target, database_hash, file_sha256, repair_database
+from .database import (RECORD_FILE, check_database_target, database_hash, file_sha256, repair_database,
+                       unpack_in_place)
 from .isolate import run_worker, run_worker_polling
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,7 @@ def _tune_locked(spec: Any, db: Path, resolutions: tuple[int, ...], trials: int,
     if state.get("target") not in (None, spec.name):
         raise OfaDeployError(f"database {db} belongs to target {state['target']} (see {STATE_FILE}), not "
                              f"{spec.name}: use that target's own tuning_logs directory")
+    unpack_in_place(db)  # a shipped (gzipped) database: tuning appends to plain files
     repair_database(db)
     if (db / RECORD_FILE).is_file():
         check_database_target(db, spec.tvm_target, spec.name)
@@ -329,7 +331,8 @@ def _tune_locked(spec: Any, db: Path, resolutions: tuple[int, ...], trials: int,
     models = _workload_models(space, resolutions, keys, n_classes, progress)
     plan_key = _plan_key(models, spec)
     plan_path = cache_root() / "tune_plans" / f"{spec.name}-{plan_key[:20]}.json"
-    plan = run_worker({"op": "tune_plan", "die_with_parent": True, "parent_pid": os.getpid(), "models": models, "input_name": "input", "plan_key": plan_key,
+    plan = run_worker({"op": "tune_plan", "die_with_parent": True, "parent_pid": os.getpid(), "models": models,
+                       "input_name": "input", "plan_key": plan_key,
                        "plan_path": str(plan_path), "tvm_target": spec.tvm_target_with_host(),
                        "target_name": spec.name, "database_dir": str(db)},
                       what=f"extracting {spec.name} tuning tasks", timeout=PLAN_TIMEOUT_S, env=env)

@@ -4,10 +4,11 @@
 worker process per workload would pay TVM's import and LLVM start-up ~92 times; this op builds
 and times a whole list in one process instead. Each workload goes through exactly the code a
 subnet build goes through (:func:`.tvm_build.build`: ONNX -> prepare -> database -> compile ->
-``export_library``), then is loaded like a deployed module (:func:`.tvm_run._load`), so the
-timed kernels are the deployed ones.
+``export_library``) into the parent's module cache, then is loaded like a deployed module
+(:func:`.tvm_run._load`), so the timed kernels are the deployed ones. The parent calls this op
+once to build (``time`` false) and once per timing pass.
 
-Every finished workload is appended as one JSON line to ``results_path`` (flushed at once): the
+Every finished item is appended as one JSON line to ``results_path`` (flushed at once): the
 parent follows that file for its progress bar and keeps what finished even if this process
 crashes or is killed half-way.
 """
@@ -18,7 +19,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +51,48 @@ def time_module(so_path: str, input_shape: list[int], device: str, repeat: int, 
     return [float(s) * 1e3 for s in result.results], number
 
 
+def _build_cached(item: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The build report of ``item["so_path"]``, building it first if the cache lacks it.
+
+    The ``.so`` and then its ``.json`` report are each written to a temp file and renamed, so a
+    kill leaves either a finished pair or something the next run rebuilds.
+    """
+    so_path, info_path = item["so_path"], item["so_path"] + ".json"
+    if not (os.path.isfile(so_path) and os.path.isfile(info_path)):
+        tmp = f"{so_path}.{os.getpid()}.tmp.so"
+        info = build({
+            "onnx_path": item["onnx_path"], "target_name": request["target_name"],
+            "tvm_target": request["tvm_target"], "linker": request["linker"], "out_path": tmp,
+            "input_name": request["input_name"], "input_shape": item["input_shape"],
+            "database_dir": request.get("database_dir"),
+        })
+        os.replace(tmp, so_path)
+        with open(info_path + ".tmp", "w") as f:
+            json.dump({k: info[k] for k in ("tuned_funcs", "total_funcs", "tvm_version", "tvm_target")}, f)
+        os.replace(info_path + ".tmp", info_path)
+    with open(info_path) as f:
+        return json.load(f)
+
+
 def profile(request: dict[str, Any]) -> dict[str, Any]:
-    """Worker op ``profile``: build and time every item; one JSON line per item in ``results_path``."""
+    """Worker op ``profile``: build every item into its cached ``so_path`` if missing; with ``time``, time it.
+
+    One JSON line per item in ``results_path`` (build report, plus samples when timed).
+    """
     items = request["items"]
     results_path = Path(request["results_path"])
     device = request.get("device", "cpu")
     done = 0
-    with tempfile.TemporaryDirectory(prefix="ofa_deploy_profile_") as tmp, open(results_path, "a") as out:
+    with open(results_path, "a") as out:
         for i, item in enumerate(items):
-            so_path = os.path.join(tmp, f"w{i}.so")
-            info = build({
-                "onnx_path": item["onnx_path"], "target_name": request["target_name"],
-                "tvm_target": request["tvm_target"], "linker": request["linker"], "out_path": so_path,
-                "input_name": request["input_name"], "input_shape": item["input_shape"],
-                "database_dir": request.get("database_dir"),
-            })
-            samples, number = time_module(so_path, item["input_shape"], device, int(request["repeat"]),
-                                          float(request["min_repeat_ms"]))
-            os.unlink(so_path)
-            record = {"key": item["key"], "samples_ms": samples, "number": number,
-                      "tuned_funcs": info["tuned_funcs"], "total_funcs": info["total_funcs"],
-                      "tvm_version": info["tvm_version"], "tvm_target": info["tvm_target"],
-                      "threads": pool_threads()}
+            record = {"key": item["key"], **_build_cached(item, request)}
+            if request["time"]:
+                samples, number = time_module(item["so_path"], item["input_shape"], device, int(request["repeat"]),
+                                              float(request["min_repeat_ms"]))
+                record.update(samples_ms=samples, number=number, threads=pool_threads())
+                log.info("timed %d/%d %s: median %.4f ms (%d/%d functions tuned)", i + 1, len(items), item["key"],
+                         float(np.median(samples)), record["tuned_funcs"], record["total_funcs"])
             out.write(json.dumps(record) + "\n")
             out.flush()
             done += 1
-            log.info("profiled %d/%d %s: median %.4f ms (%d/%d functions tuned)", i + 1, len(items), item["key"],
-                     float(np.median(samples)), info["tuned_funcs"], info["total_funcs"])
     return {"profiled": done, "tvm_version": tvm.__version__}

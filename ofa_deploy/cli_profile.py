@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .compile.profiling import ProfileSettings
 from .errors import OfaDeployError
 
 
@@ -31,6 +32,9 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
                    "uses the model only while tuning_logs/<target>/ holds this same database.")
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration subnets.")
+@click.option("--passes", type=click.IntRange(min=1), default=ProfileSettings().passes, show_default=True,
+              help="Timing passes over all models (each built once); the fastest pass counts. A shared "
+                   "machine's speed drifts for tens of seconds at a time: one pass is noisy.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
 @click.option("--estimate-from", "estimate_from", default=None, metavar="SOURCE",
               help="For a target with no device here: learn roofline efficiencies on SOURCE's profiled model "
@@ -38,7 +42,7 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
                    "is timed).")
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate: int, database: str | None,
-                    space: str | None, seed: int, no_progress: bool, estimate_from: str | None) -> None:
+                    space: str | None, seed: int, passes: int, no_progress: bool, estimate_from: str | None) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution, then compiles
@@ -66,7 +70,8 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
-                                          space=space or DEFAULT_SPACE, seed=seed),
+                                          space=space or DEFAULT_SPACE, seed=seed,
+                                          settings=ProfileSettings(passes=passes)),
                             progress=False if no_progress else None)
     model, meta = report.model, report.model.meta
     cal = model.calibration
@@ -86,7 +91,7 @@ def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -
     """``profile --estimate-from``: learn efficiencies on SOURCE, write the target's estimated model."""
     from .search.latency.learned import estimate_target
 
-    timed_only = [p for p in ("resolutions", "calibrate", "database", "seed")
+    timed_only = [p for p in ("resolutions", "calibrate", "database", "seed", "passes")
                   if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if timed_only:
         raise OfaDeployError(f"--{timed_only[0]}: not used with --estimate-from (nothing is timed); allowed with it: "

@@ -25,9 +25,12 @@ import click
 @click.option("--chunk-tasks", type=int, default=16, show_default=True,
               help="Tasks per worker process (larger: less start-up cost per task, more retuned after a kill).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def tune_command(target: str, rpc: str | None, trials: int, budget_minutes: float | None, resolutions: str,
-                 database: str | None, space: str | None, workloads: str | None, chunk_tasks: int,
-                 no_progress: bool) -> None:
+@click.option("--pack", is_flag=True, help="Tune nothing: gzip the database for shipping (*.json.gz, ~14x smaller, "
+              "same hash; compile and search read it as is, the next tune unpacks it).")
+@click.pass_context
+def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, budget_minutes: float | None,
+                 resolutions: str, database: str | None, space: str | None, workloads: str | None, chunk_tasks: int,
+                 no_progress: bool, pack: bool) -> None:
     """Tune the target's MetaSchedule database (XGBoost cost model) on the space's distinct tasks.
 
     The tasks are the fused kernels of every block variant, stem and head of the space at the
@@ -40,7 +43,11 @@ def tune_command(target: str, rpc: str | None, trials: int, budget_minutes: floa
     Example:
       ofa-deploy tune --target x86-host --trials 32 --budget-minutes 60
       ofa-deploy tune --target cortex-a76 --rpc 192.168.1.10:9190:pi5 --resolutions 160,224
+      ofa-deploy tune --target x86-host --pack
     """
+    if pack:
+        _pack(ctx, target, database)
+        return
     from .cli_profile import parse_resolutions
     from .compile.tuning import tune_target
     from .search.genes import resolution_indices
@@ -63,3 +70,25 @@ def tune_command(target: str, rpc: str | None, trials: int, budget_minutes: floa
         click.echo(f"{report.tasks_failed} tasks failed (see the log above); rerun the same command to retry them",
                    err=True)
         sys.exit(1)
+
+
+def _pack(ctx: click.Context, target: str, database: str | None) -> None:
+    """``tune --pack``: gzip the target's database in place (its hash, and so its latency model, stay valid)."""
+    from pathlib import Path
+
+    from .compile.database import pack_database
+    from .deploy import tuning_logs_dir
+    from .errors import OfaDeployError
+    from .targets import get_target
+
+    other = [p for p in ("rpc", "trials", "budget_minutes", "resolutions", "space", "workloads", "chunk_tasks")
+             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+    if other:
+        raise OfaDeployError(f"--{other[0].replace('_', '-')}: not used with --pack (nothing is tuned); allowed with "
+                             "it: --target, --database")
+    db = Path(database) if database else tuning_logs_dir() / get_target(target).name
+    before = sum(f.stat().st_size for f in db.glob("database_*.json"))
+    digest = pack_database(db)
+    after = sum(f.stat().st_size for f in db.glob("database_*.json.gz"))
+    click.echo(f"{db}: packed {before / 1e6:.1f} MB into {after / 1e6:.1f} MB "
+               f"(database sha256 {digest[:8]}, unchanged)")

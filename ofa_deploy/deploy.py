@@ -58,8 +58,10 @@ def tuning_logs_dir() -> Path:
 
 
 def default_database(target_name: str) -> Path | None:
-    d = tuning_logs_dir() / target_name
-    return d if (d / "database_tuning_record.json").is_file() else None
+    """The target's database in ``tuning_logs/<target>/`` as a folder TVM can read (unpacked if shipped gzipped)."""
+    from .compile.database import resolve_database
+
+    return resolve_database(tuning_logs_dir() / target_name)
 
 
 def _checkpoint(opts: CompileOptions) -> str | None:

@@ -3,18 +3,21 @@
 Steps (each resumable; see :func:`profile_target`):
 
 1. Export every workload of the space at the chosen resolutions (:mod:`.workloads`: stem,
-   90 block variants, head per resolution) and build + time each with the target's MetaSchedule
-   database (``compile.profiling.time_workloads``). Block timings fill ``table[slot, k, e, r]``
-   and stem + head fill ``fixed[r]`` (:func:`.search.latency.measured.tables_from_workloads`).
+   90 block variants, head per resolution), build each once with the target's MetaSchedule
+   database and time it in ``passes`` passes (``compile.profiling.time_workloads``; the fastest
+   pass counts, because this VM's speed drops ~25 % for tens of seconds at a time). Block
+   timings fill ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]``
+   (:func:`.search.latency.measured.tables_from_workloads`).
 2. Calibrate: compile ``calibrate`` seeded random subnets end to end (the same build as
-   ``ofa-deploy compile``, with the database) and time them with ``time_local``; fit
+   ``ofa-deploy compile``, with the database) and time them the same way; fit
    ``measured = a * table_sum + b`` (the sum of isolated blocks misses the VM's per-call work and
    cache effects between blocks).
 3. Save ``tuning_logs/<target>/latency_model.json`` (atomic) with the TVM version and database
    sha256 it is valid for; search loads it (:func:`.search.latency.latency_model`).
 
-Every finished timing goes to ``latency_model.partial.json`` at once, so a killed run resumes
-where it stopped, as long as the database, TVM version, target, space and head are unchanged.
+Every finished timing pass goes to ``latency_model.partial.json`` at once and every build to the
+module cache, so a killed run resumes where it stopped, as long as the database, TVM version,
+target, space and head are unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .search_space import DEFAULT_SPACE, SubnetConfig, get_space
 log = logging.getLogger(__name__)
 
 PARTIAL_FILE = "latency_model.partial.json"
+SAMPLE_BATCH = 64  # sample_subnets draws candidates this many at a time, whatever n is
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,9 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
     """``n`` distinct seeded random subnets at ``resolutions`` (uniform over the space otherwise).
 
     With a partial ``table`` (NaN cells: workloads not timed) each active block slot draws its
-    (kernel, expand) among the timed variants only, so every sample can be predicted.
+    (kernel, expand) among the timed variants only, so every sample can be predicted. Candidates
+    come in batches of a fixed size, so the first k of a sample of n are the sample of k: a bench
+    stopped early and rerun with a smaller ``n`` keeps its subnets.
     """
     from .search.genes import canonical, genes_to_config, layout, random_genes, resolution_indices
 
@@ -122,8 +128,8 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
     r_choices = resolution_indices(sp, resolutions)
     out: list[SubnetConfig] = []
     seen: set[bytes] = set()
-    for _ in range(100):  # bounded: a tiny partial table may have fewer than n distinct subnets
-        genes = random_genes(rng, max(n, 8), sp, r_choices=r_choices)
+    for _ in range(100 + n // SAMPLE_BATCH):  # bounded: a tiny partial table may have fewer than n distinct subnets
+        genes = random_genes(rng, SAMPLE_BATCH, sp, r_choices=r_choices)
         if table is not None and np.isnan(table).any():
             for row in genes:
                 for slot in range(sp.n_blocks):
@@ -144,19 +150,28 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
     return out
 
 
-def measure_subnet(cfg: SubnetConfig, spec: Any, database_dir: str | Path | None, n_classes: int | None,
-                   seed: int = 0) -> Any:
-    """Compile ``cfg`` (seeded random weights) like ``ofa-deploy compile`` and time it here."""
-    from .compile import build_module, time_local
-    from .export import INPUT_NAME, export_onnx, seeded_input
+def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Path | None, n_classes: int | None,
+                    *, settings: Any = None, seed: int = 0, passes_done: dict[str, int] | None = None,
+                    on_result: Any = None, progress: bool | None = True) -> dict[str, list[Any]]:
+    """Compile each subnet (seeded random weights) like ``ofa-deploy compile`` and time it here, in passes.
+
+    Builds go to the module cache and timings follow ``compile.profiling.time_workloads`` (the
+    same worker, settings and passes as the per-block tables, so table and end-to-end numbers
+    are taken the same way). Returns ``{subnet id: [LatencyMeasurement per pass timed now]}``;
+    ``on_result(id, pass_index, measurement, record)`` fires as each finishes.
+    """
+    from .compile.profiling import ProfileSettings, WorkloadItem, time_workloads
+    from .export import INPUT_NAME, export_onnx
     from .search_space import random_subnet
 
-    shape = (1, 3, cfg.image_size, cfg.image_size)
-    with tempfile.TemporaryDirectory(prefix="ofa_deploy_calib_") as tmp:
-        export_onnx(random_subnet(cfg, seed, n_classes), cfg.image_size, Path(tmp) / "subnet.onnx", seed=seed)
-        build_module(Path(tmp) / "subnet.onnx", spec, Path(tmp) / "subnet.so", input_name=INPUT_NAME,
-                     input_shape=shape, database_dir=database_dir)
-        return time_local(Path(tmp) / "subnet.so", seeded_input(shape, seed))
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_subnets_") as tmp:
+        items = []
+        for cfg in cfgs:
+            onnx_path = Path(tmp) / f"{cfg.id}.onnx"
+            export_onnx(random_subnet(cfg, seed, n_classes), cfg.image_size, onnx_path, seed=seed)
+            items.append(WorkloadItem(cfg.id, onnx_path, (1, 3, cfg.image_size, cfg.image_size)))
+        return time_workloads(items, spec, database_dir, input_name=INPUT_NAME, settings=settings or ProfileSettings(),
+                              on_result=on_result, progress=progress, passes_done=passes_done)
 
 
 def _finite(x: float) -> float | None:
@@ -164,10 +179,25 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def _workload_record(m: Any, record: dict[str, Any]) -> dict[str, Any]:
-    return {"median_ms": m.median_ms, "std_ms": m.std_ms, "n": m.n, "runs_per_sample": m.runs_per_sample,
-            "source": m.source, "device": m.device, "tuned_funcs": record["tuned_funcs"],
-            "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"]}
+def _add_pass(entry: dict[str, Any], pass_index: int, m: Any) -> dict[str, Any]:
+    """``entry`` (a workload record or calibration point) with pass ``pass_index`` added and its timing updated.
+
+    ``pass_ms`` lists the pass medians; ``median_ms``/``measured_ms`` is the fastest of them
+    (``compile.profiling.fastest_pass``), ``std_ms`` their spread.
+    """
+    from .compile.profiling import fastest_pass
+    from .compile.types import LatencyMeasurement
+
+    passes = [dict(p) for p in entry.get("passes", [])][:pass_index] + [m.to_dict()]
+    best = fastest_pass([LatencyMeasurement(**p) for p in passes])
+    return {**entry, "passes": passes, "pass_ms": [p["median_ms"] for p in passes], "median_ms": best.median_ms,
+            "std_ms": best.std_ms, "n": best.n, "runs_per_sample": best.runs_per_sample, "source": best.source,
+            "device": best.device}
+
+
+def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Timing passes each entry already has (records of the one-pass era count as none)."""
+    return {k: len(v.get("passes", [])) for k, v in entries.items()}
 
 
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
@@ -209,15 +239,17 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
 
     done, points = _reusable(out_dir, identity)
     done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
-    reused = len(done)
     partial_path = out_dir / PARTIAL_FILE
+    passes = settings.passes
 
     def save_partial() -> None:
         write_json(partial_path, {**identity, "workloads": done, "calibration": list(points.values())})
 
-    todo = [w for w in workloads if w.key not in done]
-    log.info("profile %s: %d workloads at %s px, %d already timed, %d to time (%s)", spec.name, len(workloads),
-             ",".join(map(str, cfg.resolutions)), reused, len(todo),
+    have = _passes_done(done)
+    todo = [w for w in workloads if have.get(w.key, 0) < passes]
+    reused = len(workloads) - len(todo)
+    log.info("profile %s: %d workloads at %s px, %d already timed (%d passes), %d to time (%s)", spec.name,
+             len(workloads), ",".join(map(str, cfg.resolutions)), reused, passes, len(todo),
              f"database {db_hash[:8]}" if db_hash else "untuned")
     if todo:
         paths: dict[str, Path] = {}
@@ -225,29 +257,35 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
                       disable=None if progress is None else not progress):
             paths.update(export_workloads([w], sp, n_classes))  # cached: only new workloads are exported
 
-        def keep(key: str, m: Any, record: dict[str, Any]) -> None:
-            done[key] = _workload_record(m, record)
+        def keep(key: str, pass_index: int, m: Any, record: dict[str, Any]) -> None:
+            done[key] = _add_pass({**done.get(key, {}), "tuned_funcs": record["tuned_funcs"],
+                                   "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"]},
+                                  pass_index, m)
             save_partial()
 
         time_workloads([WorkloadItem(w.key, paths[w.key], w.input_shape) for w in todo], spec, database,
-                       settings=settings, on_result=keep, progress=progress)
+                       settings=settings, on_result=keep, progress=progress, passes_done=have)
 
     ms = {k: v["median_ms"] for k, v in done.items()}
     table, fixed = tables_from_workloads(sp, cfg.resolutions, ms)
     calib = sample_subnets(sp.name, cfg.resolutions, cfg.calibrate, cfg.seed, table) if cfg.calibrate else []
     sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
-    bar = tqdm(total=len(calib), desc=f"calibrate {spec.name}", unit="subnet", file=sys.stderr,
-               disable=None if progress is None else not progress)
-    with bar:
-        for sub, table_ms in zip(calib, sums):
-            if sub.id not in points:
-                m = measure_subnet(sub, spec, database, n_classes, cfg.seed)
-                points[sub.id] = {"id": sub.id, "config": sub.to_dict(), "table_ms": float(table_ms),
-                                  "measured_ms": m.median_ms, "std_ms": m.std_ms, "source": m.source}
-                save_partial()
-            points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
-            bar.update(1)
-            bar.set_postfix_str(f"{sub.id} {points[sub.id]['measured_ms']:.2f} ms")
+    have_cal = _passes_done(points)
+    cal_todo = [c for c in calib if have_cal.get(c.id, 0) < passes]
+    if cal_todo:
+        log.info("calibrate %s: %d subnets end to end (%d reused)", spec.name, len(cal_todo),
+                 len(calib) - len(cal_todo))
+
+        def keep_point(sid: str, pass_index: int, m: Any, record: dict[str, Any]) -> None:
+            sub = next(c for c in cal_todo if c.id == sid)
+            point = _add_pass({**points.get(sid, {}), "id": sid, "config": sub.to_dict()}, pass_index, m)
+            points[sid] = {**point, "measured_ms": point["median_ms"]}
+            save_partial()
+
+        measure_subnets(cal_todo, spec, database, n_classes, settings=settings, seed=cfg.seed,
+                        passes_done=have_cal, on_result=keep_point, progress=progress)
+    for sub, table_ms in zip(calib, sums):
+        points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
     used = [points[s.id] for s in calib]
     x = np.array([p["table_ms"] for p in used])
     y = np.array([p["measured_ms"] for p in used])

@@ -173,21 +173,53 @@ def test_resolution_restriction_in_sampling_mutation_evolution_and_nsga(tmp_path
         ("estimated", model.basis)}
 
 
+def with_passes(entry: dict, best_ms: float, field: str = "median_ms") -> dict:
+    """``entry`` as ``profile`` stores it after three timing passes whose fastest took ``best_ms``."""
+    from ofa_deploy.compile.types import LatencyMeasurement
+
+    passes = [LatencyMeasurement(best_ms * f, 0.0, 5, "measured", 10, "x86_64 (2 threads)").to_dict()
+              for f in (1.2, 1.0, 1.1)]
+    return {**entry, field: best_ms, "passes": passes, "pass_ms": [p["median_ms"] for p in passes]}
+
+
+def test_fastest_pass_keeps_the_fastest_median_and_reports_the_spread():
+    from ofa_deploy.compile.profiling import fastest_pass
+    from ofa_deploy.compile.types import LatencyMeasurement
+
+    ms = [LatencyMeasurement(m, 0.01, 15, "measured", 40, "x86_64 (2 threads)") for m in (5.8, 4.6, 4.7)]
+    best = fastest_pass(ms)
+    assert best.median_ms == 4.6 and best.n == 45 and best.runs_per_sample == 40 and best.source == "measured"
+    assert best.std_ms == pytest.approx(np.std([5.8, 4.6, 4.7]))
+    with pytest.raises(ValueError):
+        fastest_pass([])
+
+
+def test_sample_subnets_is_a_prefix_stream():
+    """A bench stopped early and rerun with a smaller --n keeps its subnets (no re-draw)."""
+    from ofa_deploy.profile import sample_subnets
+
+    many = [c.id for c in sample_subnets(SPACE, RES, 150, 1000)]
+    assert len(set(many)) == 150
+    for n in (1, 35, 64, 65, 100):
+        assert [c.id for c in sample_subnets(SPACE, RES, n, 1000)] == many[:n]
+    assert [c.id for c in sample_subnets(SPACE, RES, 35, 1001)] != many[:35]
+
+
 def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     """All timings already in the partial file: profile fits and saves without running TVM once."""
     from ofa_deploy.profile import PARTIAL_FILE, ProfileConfig, profile_target, sample_subnets
 
     keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
     data = fake_model(resolutions=(128,))
-    workloads = {k: data["workloads"][k] for k in keys}
+    workloads = {k: with_passes(data["workloads"][k], data["workloads"][k]["median_ms"]) for k in keys}
     ms = {k: v["median_ms"] for k, v in workloads.items()}
     table, _ = measured_mod.tables_from_workloads(SPACE, (128,), ms)
     calib = sample_subnets(SPACE, (128,), 3, 0, table)
     assert len({c.id for c in calib}) == 3 and all(set(c.ks) == {3} and set(c.e) == {3} for c in calib)
     assert [c.id for c in sample_subnets(SPACE, (128,), 3, 0, table)] == [c.id for c in calib]  # seeded
     sums = [python_sum(c, {"workloads": workloads}) for c in calib]
-    points = [{"id": c.id, "config": c.to_dict(), "table_ms": s, "measured_ms": 2.0 * s + 1.0, "std_ms": 0.0,
-               "source": "measured"} for c, s in zip(calib, sums)]
+    points = [with_passes({"id": c.id, "config": c.to_dict(), "table_ms": s, "std_ms": 0.0, "source": "measured"},
+                          2.0 * s + 1.0, "measured_ms") for c, s in zip(calib, sums)]
     identity = {k: data[k] for k in ("target", "tvm_version", "database_sha256", "space", "n_classes")}
     from ofa_deploy.targets import get_target
 
@@ -232,19 +264,31 @@ def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
 
 
 @pytest.mark.tvm
-def test_profile_tiny_set_end_to_end(tuning_logs, capsys):
-    """12 real workloads (r128, untuned) timed in one worker, 2 subnets compiled and timed end to end."""
+def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch):
+    """12 real workloads (r128, untuned) built once and timed in passes, 2 subnets compiled and timed end to end."""
+    import dataclasses
+
     from ofa_deploy.compile.profiling import ProfileSettings
     from ofa_deploy.profile import ProfileConfig, profile_target
 
+    monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))  # an empty module cache
     keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
-    cfg = ProfileConfig(target="x86-host", resolutions=(128,), calibrate=2, keys=tuple(keys),
-                        settings=ProfileSettings(repeat=5, min_repeat_ms=10.0, chunk_size=12))
+    one_pass = ProfileSettings(repeat=5, min_repeat_ms=10.0, chunk_size=12, passes=1)
+    cfg = ProfileConfig(target="x86-host", resolutions=(128,), calibrate=2, keys=tuple(keys), settings=one_pass)
+    first = profile_target(cfg, progress=False)
+    built = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "modules").glob("*/*.so")}
+    assert len(built) == 12 + 2  # every workload and calibration subnet built once, into the cache
+    assert all(len(w["pass_ms"]) == 1 for w in first.model.meta["workloads"].values())
+    # a second pass on top of the first (a resumed or extended run): timed again, nothing rebuilt
+    cfg = dataclasses.replace(cfg, settings=dataclasses.replace(one_pass, passes=2))
     report = profile_target(cfg, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "modules").glob("*/*.so")} == built
     meta = report.model.meta
     assert report.timed == 12 and set(meta["workloads"]) == set(keys)
-    for w in meta["workloads"].values():
+    for key, w in meta["workloads"].items():
         assert w["source"] == "measured" and w["median_ms"] > 0 and w["tuned_funcs"] == 0 and w["total_funcs"] > 0
+        assert w["pass_ms"][0] == first.model.meta["workloads"][key]["median_ms"] and len(w["pass_ms"]) == 2
+        assert w["median_ms"] == min(w["pass_ms"]) and w["n"] == 10
     stem = meta["workloads"]["r128/stem"]["median_ms"]
     assert all(w["median_ms"] > stem / 50 for w in meta["workloads"].values())  # no empty modules
     cal = report.model.calibration
@@ -252,7 +296,8 @@ def test_profile_tiny_set_end_to_end(tuning_logs, capsys):
     for p in report.calibration:
         cfg_p = SubnetConfig.from_dict(p["config"])
         assert p["table_ms"] == pytest.approx(python_sum(cfg_p, meta), rel=1e-12)
-        assert p["measured_ms"] > 0 and p["predicted_ms"] == pytest.approx(cal.a * p["table_ms"] + cal.b)
+        assert p["measured_ms"] == min(p["pass_ms"]) > 0 and len(p["pass_ms"]) == 2
+        assert p["predicted_ms"] == pytest.approx(cal.a * p["table_ms"] + cal.b)
         assert p["residual_pct"] == pytest.approx((p["predicted_ms"] / p["measured_ms"] - 1) * 100)
     rel = np.array([p["residual_pct"] for p in report.calibration])
     assert cal.rms_pct == pytest.approx(np.sqrt(np.mean(rel ** 2)))

@@ -394,3 +394,44 @@ def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
     # A chunk in which nothing could be measured leaves its tasks to the next run.
     assert report.tasks_failed == report.tasks_total and report.tasks_tuned == 0
     assert json.loads((db / STATE_FILE).read_text())["tasks"] == {}
+
+
+def test_packed_database_keeps_its_hash_and_is_read_where_a_plain_one_is(tmp_path, monkeypatch, capsys):
+    """The shipped form (gzip): same hash, resolved for TVM through the cache, unpacked again for tuning."""
+    from ofa_deploy.compile.database import (PACKED, RECORD_FILE, WORKLOAD_FILE, database_hash, has_database,
+                                             is_packed, pack_database, resolve_database, unpack_in_place)
+    from ofa_deploy.deploy import default_database
+    from ofa_deploy.search.latency.measured import current_database_hash
+
+    monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))
+    target = {"kind": "llvm", "mcpu": "znver3"}
+    db = _fake_database(tmp_path / "tl" / "x86-host", target, n_records=50)
+    twin = _fake_database(tmp_path / "twin", target, n_records=50)
+    plain = {name: (db / name).read_bytes() for name in (WORKLOAD_FILE, RECORD_FILE)}
+    h = database_hash(db)
+    assert resolve_database(db) == db and default_database("x86-host") == db and not is_packed(db)
+
+    code, out, _ = run_cli(["tune", "--target", "x86-host", "--pack"], capsys)
+    assert code == 0 and f"sha256 {h[:8]}, unchanged" in out
+    assert is_packed(db) and has_database(db) and not (db / RECORD_FILE).exists()
+    assert (db / (RECORD_FILE + PACKED)).stat().st_size < len(plain[RECORD_FILE]) / 5
+    assert pack_database(twin) == h  # deterministic bytes: no file name or time in the gzip header
+    assert all((db / (n + PACKED)).read_bytes() == (twin / (n + PACKED)).read_bytes() for n in plain)
+
+    resolved = default_database("x86-host")  # what compile, profile and search hand to TVM
+    assert resolved is not None and resolved.is_relative_to(tmp_path / "cache")
+    assert {n: (resolved / n).read_bytes() for n in plain} == plain
+    assert database_hash(resolved) == h == current_database_hash("x86-host")  # latency models stay valid
+    assert resolve_database(db) == resolved  # unpacked once, then reused
+
+    assert unpack_in_place(db) and not is_packed(db) and database_hash(db) == h
+    assert not (db / (RECORD_FILE + PACKED)).exists() and not unpack_in_place(db)
+    assert resolve_database(tmp_path / "empty") is None
+
+
+def test_pack_refuses_tuning_options_and_missing_databases(tmp_path, capsys):
+    code, _, err = run_cli(["tune", "--target", "x86-host", "--pack", "--trials", "4"], capsys)
+    assert code == 2 and "--trials: not used with --pack" in _one_error_line(err)
+    code, _, err = run_cli(["tune", "--target", "x86-host", "--pack", "--database", str(tmp_path)], capsys)
+    assert code == 2 and "is not a MetaSchedule database directory" in _one_error_line(err)

@@ -18,7 +18,6 @@ to the analytic roofline) a model whose database or TVM has changed since.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ofa_deploy.atomic import write_json
+from ofa_deploy.compile.toolchain import installed_tvm_version  # noqa: F401 - part of this module's API
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, get_space
 
@@ -41,16 +41,6 @@ FORMAT_VERSION = 1
 _warned: set[tuple[str, str]] = set()  # (path, reason) already warned about
 
 
-def installed_tvm_version() -> str | None:
-    """The installed TVM's version, read from package metadata (importing TVM takes seconds)."""
-    for dist in ("apache-tvm", "tvm"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def tuning_dir(target_name: str) -> Path:
     """``tuning_logs/<target>/`` (``OFA_DEPLOY_TUNING_LOGS`` overrides the repo's folder)."""
     from ofa_deploy.deploy import tuning_logs_dir
@@ -60,10 +50,11 @@ def tuning_dir(target_name: str) -> Path:
 
 def current_database_hash(target_name: str) -> str | None:
     """sha256 of the target's database in ``tuning_logs/<target>/``; None when it has none (untuned)."""
-    from ofa_deploy.compile.database import RECORD_FILE, database_hash
+    from ofa_deploy.compile.database import database_hash
+    from ofa_deploy.deploy import default_database
 
-    d = tuning_dir(target_name)
-    return database_hash(d) if (d / RECORD_FILE).is_file() else None
+    d = default_database(target_name)
+    return database_hash(d) if d is not None else None
 
 
 def tables_from_workloads(space: str | SearchSpace, resolutions: list[int] | tuple[int, ...],
