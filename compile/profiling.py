@@ -13,7 +13,9 @@ the other, and the fastest pass median is kept (:func:`fastest_pass`). Why: on a
 host takes a slice of the CPU for tens of seconds at a time. Measured here (same module, fresh
 processes and one 40-block process): blocks of 4.5-4.8 ms, then 20 s at 5.7-5.9 ms, then
 4.6 ms again, so a single timing of any one model lands in the slow regime about one time in
-three. Passes minutes apart rarely all do, and a build interrupted by that is harmless.
+three. Passes minutes apart rarely all do, and a build interrupted by that is harmless. A killed
+run keeps its builds; a module whose last pass is done leaves the cache (unless
+``keep_modules``: a whole profile is ~2.5 GB of modules).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ProfileSettings:
     min_repeat_ms: float = 40.0  # each sample runs the model back to back for at least this long
     passes: int = 3  # timing passes over the whole list (minutes apart); the fastest pass is kept
     chunk_size: int = 16  # workloads per worker process (start-up ~5 s is paid once per chunk)
+    keep_modules: bool = False  # keep each module in the cache after its last pass (they weigh ~1-20 MB each)
     num_threads: int | None = None  # TVM_NUM_THREADS; None = isolate.tvm_threads() (all cores), as time_local
     timeout_per_item_s: float = 600.0  # a chunk's worker gets chunk_size x this
 
@@ -180,6 +183,11 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                 chunk = todo[start:start + settings.chunk_size]
                 _run_chunk(chunk, so_paths, {**base, "time": pass_index is not None}, env, settings, device,
                            bar, lambda key, m, record, p=pass_index: _keep(key, p, m, record, out, on_result))
+    if not settings.keep_modules:  # every pass is with the caller now; a killed run never gets here
+        for it in work:
+            if out[it.key] and done.get(it.key, 0) + len(out[it.key]) >= settings.passes:
+                for path in (so_paths[it.key], Path(f"{so_paths[it.key]}.json")):
+                    path.unlink(missing_ok=True)
     return out
 
 
