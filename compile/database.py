@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -46,10 +47,15 @@ def has_database(database_dir: str | Path) -> bool:
 
 
 def _gunzip_into(src_dir: Path, dst_dir: Path) -> None:
+    """Unpack both files (each atomically); a damaged ``.gz`` is an OfaDeployError naming it."""
     for name in (WORKLOAD_FILE, RECORD_FILE):
-        with gzip.open(src_dir / (name + PACKED), "rb") as src, atomic_path(dst_dir / name) as tmp:
-            with open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        try:
+            with gzip.open(src_dir / (name + PACKED), "rb") as src, atomic_path(dst_dir / name) as tmp:
+                with open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (OSError, EOFError, zlib.error) as err:
+            raise OfaDeployError(f"{src_dir / (name + PACKED)}: not a readable gzip file ({err}); restore it "
+                                 "(e.g. git checkout) or re-tune") from None
 
 
 def resolve_database(database_dir: str | Path) -> Path | None:
@@ -68,11 +74,13 @@ def resolve_database(database_dir: str | Path) -> Path | None:
     if not (dest / RECORD_FILE).is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
-        _gunzip_into(path, tmp)
         try:
+            _gunzip_into(path, tmp)
             os.rename(tmp, dest)
         except OSError:  # another process finished first: its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+            pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; a failed unpack leaves nothing
         log.info("unpacked database %s into %s", path, dest)
     return dest
 

@@ -425,6 +425,14 @@ def test_packed_database_keeps_its_hash_and_is_read_where_a_plain_one_is(tmp_pat
     assert database_hash(resolved) == h == current_database_hash("x86-host")  # latency models stay valid
     assert resolve_database(db) == resolved  # unpacked once, then reused
 
+    damaged = tmp_path / "damaged"
+    shutil.copytree(twin, damaged)
+    data = (damaged / (RECORD_FILE + PACKED)).read_bytes()
+    (damaged / (RECORD_FILE + PACKED)).write_bytes(data[: len(data) // 2])  # a truncated download
+    with pytest.raises(OfaDeployError, match=f"{RECORD_FILE + PACKED}: not a readable gzip file"):
+        resolve_database(damaged)
+    assert [p.name for p in (tmp_path / "cache" / "databases").iterdir()] == [resolved.name]  # no debris
+
     assert unpack_in_place(db) and not is_packed(db) and database_hash(db) == h
     assert not (db / (RECORD_FILE + PACKED)).exists() and not unpack_in_place(db)
     assert resolve_database(tmp_path / "empty") is None
