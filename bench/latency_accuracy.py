@@ -4,9 +4,10 @@ Draws ``--n`` seeded random subnets at the model's resolutions (seed 1000 by def
 from the calibration seed, and checked against the calibration subnets; a smaller ``--n`` is a
 prefix of a larger one), compiles each like ``ofa-deploy compile`` with the target's database,
 times it exactly as ``profile`` times its tables (``--passes`` passes over all subnets, fastest
-pass kept), and compares with the model's prediction. Prints the share within +-10 %, MAPE, Kendall tau; writes
-``bench/results/latency_accuracy_<target>.csv`` (one row per subnet, resumable: rerun the same
-command after a kill; builds are cached) and a predicted-vs-measured scatter PNG beside it.
+pass kept), and compares with the model's prediction. Prints the share within +-10 %, MAPE,
+Kendall tau; writes ``bench/results/latency_accuracy_<target>.csv`` (one row per subnet with
+every pass; resumable: rerun the same command after a kill, builds are cached until timed) and a
+predicted-vs-measured scatter PNG beside it.
 
     ofa-deploy profile --target x86-host            # first: the model
     python bench/latency_accuracy.py --target x86-host --n 100
@@ -31,6 +32,7 @@ from ofa_deploy.atomic import atomic_path, write_text
 from ofa_deploy.deploy import default_database
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.compile.profiling import ProfileSettings
+from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.profile import measure_subnets, sample_subnets
 from ofa_deploy.search.genes import configs_to_genes, random_genes, resolution_indices
 from ofa_deploy.search.latency.measured import (MODEL_FILE, MeasuredLatencyModel, current_database_hash,
@@ -153,7 +155,7 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
     pred_of = {cfg.id: float(pred) for cfg, pred in zip(subnets, predicted)}
     by_id = {cfg.id: cfg for cfg in subnets}
 
-    def keep(sid: str, pass_index: int, m, record) -> None:
+    def keep(sid: str, pass_index: int, m: LatencyMeasurement, record: dict) -> None:
         cfg, pred = by_id[sid], pred_of[sid]
         pass_ms = [float(v) for v in rows.get(sid, {}).get("pass_ms", "").split()][:pass_index] + [m.median_ms]
         best = min(pass_ms)
