@@ -156,12 +156,19 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
         reply = run_worker({"op": "time", "so_path": str(path.resolve()), "input_path": str(in_path),
                             "repeat": repeat, "number": number, "device": device},
                            what=f"timing {path.name}", timeout=timeout, env=env)
+    return local_measurement(reply, device)
+
+
+def local_measurement(reply: dict[str, Any], device: str) -> LatencyMeasurement:
+    """A worker's timing reply (``samples_ms``, ``number``, ``threads``) on this machine as a measurement.
+
+    The CPU label carries the thread count TVM's pool reported, not the one asked for.
+    """
     samples = reply["samples_ms"]
     where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({reply['threads']} threads)"
     return LatencyMeasurement(
         median_ms=statistics.median(samples), std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
-        n=len(samples), source="measured", runs_per_sample=reply["number"],
-        device=where)
+        n=len(samples), source="measured", runs_per_sample=reply["number"], device=where)
 
 
 def validate_target_specs(specs: list[TargetSpec], *, timeout: float | None = 300.0) -> dict[str, str | None]:

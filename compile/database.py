@@ -41,11 +41,6 @@ def is_packed(database_dir: str | Path) -> bool:
             and not (path / RECORD_FILE).is_file())
 
 
-def has_database(database_dir: str | Path) -> bool:
-    """Whether the folder holds a database, plain or packed."""
-    return (Path(database_dir) / RECORD_FILE).is_file() or is_packed(database_dir)
-
-
 def _gunzip_into(src_dir: Path, dst_dir: Path) -> None:
     """Unpack both files (each atomically); a damaged ``.gz`` is an OfaDeployError naming it."""
     for name in (WORKLOAD_FILE, RECORD_FILE):

@@ -39,6 +39,7 @@ from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
 
+from .backend import local_measurement
 from .database import check_database_target, database_hash, file_sha256
 from .isolate import run_worker_polling
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
@@ -93,14 +94,6 @@ def local_device(spec: TargetSpec) -> str:
                          "only local targets can be timed today (x86-host; CUDA targets with a GPU)")
 
 
-def _measurement(record: dict[str, Any], device: str) -> LatencyMeasurement:
-    samples = record["samples_ms"]
-    where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({record['threads']} threads)"  # TVM's pool
-    return LatencyMeasurement(median_ms=statistics.median(samples),
-                              std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
-                              n=len(samples), source="measured", runs_per_sample=record["number"], device=where)
-
-
 def fastest_pass(passes: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
     """One model's timing from its passes: the fastest pass median (see the module docstring for why).
 
@@ -115,15 +108,15 @@ def fastest_pass(passes: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
                                n=sum(m.n for m in passes))
 
 
-def module_cache_dir(spec: TargetSpec, database_dir: str | Path | None) -> Path:
+def module_cache_dir(spec: TargetSpec, database_sha256: str | None) -> Path:
     """Content-hashed folder of built modules: everything a build depends on except the ONNX file.
 
     Files inside are ``<sha256 of the ONNX file>.so`` plus a ``.json`` with what the build
-    reported; the same model, target, linker, database and TVM always map to the same file.
+    reported; the same model, target, linker, database (``database_sha256``, None: untuned) and
+    TVM always map to the same file.
     """
     key = json.dumps({"tvm_target": spec.tvm_target_with_host(), "linker": linker_for(spec.cross_compiler),
-                      "database_sha256": database_hash(database_dir) if database_dir is not None else None,
-                      "tvm_version": installed_tvm_version()}, sort_keys=True)
+                      "database_sha256": database_sha256, "tvm_version": installed_tvm_version()}, sort_keys=True)
     return cache_root() / "modules" / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -148,8 +141,8 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     for it in work:
         if not Path(it.onnx_path).is_file():
             raise OfaDeployError(f"ONNX file not found: {it.onnx_path} (workload {it.key})")
+    db_hash = database_hash(database_dir) if database_dir is not None else None  # also validates the directory
     if database_dir is not None:
-        database_hash(database_dir)  # validates the directory
         check_database_target(database_dir, spec.tvm_target, spec.name)
     env: dict[str, str] = {}
     if spec.kind == "cuda":
@@ -157,7 +150,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                "TVM_CUDA_COMPILE_MODE": "nvcc"}
     if settings.num_threads:  # else run_worker's tvm_threads()
         env["TVM_NUM_THREADS"] = str(settings.num_threads)
-    cache = module_cache_dir(spec, database_dir)
+    cache = module_cache_dir(spec, db_hash)
     cache.mkdir(parents=True, exist_ok=True)
     so_paths = {it.key: cache / f"{file_sha256(it.onnx_path)}.so" for it in work}
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
@@ -222,7 +215,7 @@ def _run_chunk(chunk: list[WorkloadItem], so_paths: dict[str, Path], base: dict[
                     record = json.loads(line)
                     seen += 1
                     bar.update(1)
-                    m = _measurement(record, device) if "samples_ms" in record else None
+                    m = local_measurement(record, device) if "samples_ms" in record else None
                     if m is not None:
                         bar.set_postfix_str(f"{record['key']} {m.median_ms:.3f} ms")
                         log.info("timed %s: %.4f ms (median of %d x %d runs; %d/%d functions tuned)", record["key"],

@@ -398,7 +398,7 @@ def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
 
 def test_packed_database_keeps_its_hash_and_is_read_where_a_plain_one_is(tmp_path, monkeypatch, capsys):
     """The shipped form (gzip): same hash, resolved for TVM through the cache, unpacked again for tuning."""
-    from ofa_deploy.compile.database import (PACKED, RECORD_FILE, WORKLOAD_FILE, database_hash, has_database,
+    from ofa_deploy.compile.database import (PACKED, RECORD_FILE, WORKLOAD_FILE, database_hash,
                                              is_packed, pack_database, resolve_database, unpack_in_place)
     from ofa_deploy.deploy import default_database
     from ofa_deploy.search.latency.measured import current_database_hash
@@ -414,7 +414,7 @@ def test_packed_database_keeps_its_hash_and_is_read_where_a_plain_one_is(tmp_pat
 
     code, out, _ = run_cli(["tune", "--target", "x86-host", "--pack"], capsys)
     assert code == 0 and f"sha256 {h[:8]}, unchanged" in out
-    assert is_packed(db) and has_database(db) and not (db / RECORD_FILE).exists()
+    assert is_packed(db) and (db / (WORKLOAD_FILE + PACKED)).is_file() and not (db / RECORD_FILE).exists()
     assert (db / (RECORD_FILE + PACKED)).stat().st_size < len(plain[RECORD_FILE]) / 5
     assert pack_database(twin) == h  # deterministic bytes: no file name or time in the gzip header
     assert all((db / (n + PACKED)).read_bytes() == (twin / (n + PACKED)).read_bytes() for n in plain)
