@@ -18,3 +18,18 @@ def update_benchmarks_md(section: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     write_text(path, text)
+
+
+def command_line() -> str:
+    """The ``Command: ...`` line that opens a section: this script and its arguments, as run."""
+    import sys
+
+    return f"Command: `python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]) + "`"
+
+
+def publish(section: str, paragraphs: list[str], write: bool) -> None:
+    """Print a section (command line first) and, if ``write``, replace it in BENCHMARKS.md."""
+    body = "\n\n".join([command_line(), *paragraphs])
+    print(body)
+    if write:
+        update_benchmarks_md(section, body)

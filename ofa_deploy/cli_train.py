@@ -46,8 +46,10 @@ def demo_data(output: str, seed: int) -> None:
 @click.option("--limit-train", default=None, type=click.IntRange(min=1),
               help="Train on a seeded subset of this many train/ images (default: all).")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: this process's GPU (cuda:LOCAL_RANK) when torch sees one, else the CPU.")
 def train(data: str, output: str, schedule: str, space: str, batch_size: int, resolutions: str, val_resolution: int,
-          limit_train: int | None, seed: int) -> None:
+          limit_train: int | None, seed: int, device: str) -> None:
     """Train an OFA supernet by progressive shrinking with knowledge distillation.
 
     Resumes automatically from OUTPUT/last.pth. For several processes or machines, launch with
@@ -71,7 +73,7 @@ def train(data: str, output: str, schedule: str, space: str, batch_size: int, re
     if bad:
         raise OfaDeployError(f"--resolutions/--val-resolution: {bad[0]} is not allowed; allowed values: 128..224 in steps of 4")
     cfg = TrainConfig(data=resolve_data(data), out_dir=output, space=space, schedule=schedule, batch_size=batch_size,
-                      resolutions=res, val_resolution=val_resolution, limit_train=limit_train, seed=seed)
+                      resolutions=res, val_resolution=val_resolution, limit_train=limit_train, seed=seed, device=device)
     result = run_training(cfg)
     click.echo(f"{result.checkpoint}: trained {len(result.history)} epochs "
                f"(val top-1 largest/smallest {result.history[-1]['val_acc_max']:.3f}/{result.history[-1]['val_acc_min']:.3f})")

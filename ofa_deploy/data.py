@@ -137,11 +137,12 @@ def calibration_batches(root: str | os.PathLike[str], image_size: int, n_images:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode) on in-memory tensors."""
+    """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode, on any device) on in-memory CPU tensors."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for xb, yb in zip(torch.split(images, batch_size), torch.split(labels, batch_size)):
-        correct += int((model(xb).argmax(1) == yb).sum())
+        correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
     return correct / len(labels)
 
 

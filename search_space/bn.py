@@ -21,8 +21,8 @@ def recalibrate_bn(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
 
     The statistics become the exact average over all given batches (cumulative average, not an
     exponential one), so the result does not depend on a momentum. Works on static subnets; call
-    :meth:`OFAMobileNetV3.extract` first for a supernet. Returns the number of images seen. The
-    module is left in eval mode.
+    :meth:`OFAMobileNetV3.extract` first for a supernet. Batches may live on the CPU; each is moved to
+    the module's device. Returns the number of images seen. The module is left in eval mode.
     """
     if any(isinstance(m, ElasticBatchNorm2d) for m in module.modules()):
         raise TypeError("recalibrate_bn works on static subnets: call supernet.extract(cfg) first")
@@ -34,10 +34,11 @@ def recalibrate_bn(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     module.eval()
     for m in bns:
         m.train()
+    device = next(module.parameters()).device
     seen = 0
     try:
         for x in batches:
-            module(x)
+            module(x.to(device))
             seen += int(x.shape[0])
     finally:
         for m, (momentum, _) in zip(bns, saved):

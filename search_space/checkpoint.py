@@ -87,4 +87,5 @@ def load_supernet(checkpoint: str | os.PathLike[str] | None = None,
 def save_supernet(net: OFAMobileNetV3, path: str | os.PathLike[str], **metadata: Any) -> None:
     """Atomically save in the official format, with ``space`` and any metadata beside it."""
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "space": net.space.name, "n_classes": net.n_classes, **metadata}, tmp)
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}  # any device or layout
+        torch.save({"state_dict": state, "space": net.space.name, "n_classes": net.n_classes, **metadata}, tmp)

@@ -103,3 +103,13 @@ def test_debug_shows_traceback_and_console_script_exits_2(tmp_path):
 def test_usage_error_exit_2(capsys):
     code, _, err = run(["sample"], capsys)
     assert code == 2 and "--seed" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_train_on_cuda_without_a_gpu_exits_2(tmp_path, capsys):
+    from ofa_deploy.data import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "data", train_per_class=2, val_per_class=1, size=32)
+    code, _, err = run(["train", "--data", str(data), "--device", "cuda", "-o", str(tmp_path / "run")], capsys)
+    assert code == 2 and "device: 'cuda' asked for, but torch sees no GPU" in err
+    assert not (tmp_path / "run" / "last.pth").exists()

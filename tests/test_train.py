@@ -8,8 +8,9 @@ import torch
 import torch.multiprocessing as mp
 
 from ofa_deploy.data import DEMO_CLASSES, make_demo_dataset
-from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.errors import ConfigError, OfaDeployError
 from ofa_deploy.train import Phase, TrainConfig, get_schedule, train
+from ofa_deploy.torch_device import resolve_device
 
 MINI = (  # one epoch per kind of phase: full (no teacher), kernel (teacher), expand with channel sorting
     Phase("full", 1, 0.1, (7,), (6,), (4,), distill=False),
@@ -72,12 +73,53 @@ def test_bad_data_folders(tmp_path, demo):
         train(mini_config(mixed, tmp_path / "o"))
 
 
+def test_memory_format_changes_speed_not_training(demo, tmp_path):
+    """channels_last (the default) trains the same network as NCHW, and checkpoints stay plain CPU tensors."""
+    nhwc = train(mini_config(demo, tmp_path / "nhwc", phases=MINI[:2]))
+    nchw = train(mini_config(demo, tmp_path / "nchw", phases=MINI[:2], channels_last=False))
+    for a, b in zip(nhwc.history, nchw.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    state = torch.load(nhwc.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in state.values())
+    from ofa_deploy.search_space import SubnetConfig
+
+    x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the trained networks compute the same function (float noise: 0.1 % measured)
+        a, b = (r.supernet.extract(SubnetConfig.max(image_size=128))(x) for r in (nhwc, nchw))
+    assert float((a - b).norm() / b.norm()) < 1e-2
+
+
+def test_device_is_checked():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device: unknown 'tpu'; allowed: auto, cpu, cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'cuda' asked for, but torch sees no GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_matches_cpu(demo, tmp_path):
+    """The same run on the GPU and on the CPU: same losses up to float noise, a CPU checkpoint from both."""
+    gpu = train(mini_config(demo, tmp_path / "gpu", device="cuda"))
+    cpu = train(mini_config(demo, tmp_path / "cpu", device="cpu"))
+    for a, b in zip(gpu.history, cpu.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert next(gpu.supernet.parameters()).device.type == "cpu"
+    resumed = train(mini_config(demo, tmp_path / "gpu", device="cpu"))  # a GPU run's checkpoint resumes on a CPU
+    assert resumed.finished
+
+
 def test_presets_scale_the_paper_schedule():
     paper, short, tiny = (get_schedule(p) for p in ("paper", "short", "tiny"))
     assert [p.name for p in paper] == ["full", "kernel", "depth-1", "depth-2", "expand-1", "expand-2"]
     assert [p.epochs for p in paper[1:]] == [120, 25, 120, 25, 120]
     assert [p.epochs for p in short] == [18, 12, 3, 12, 3, 12]
     assert sum(p.epochs for p in tiny) < sum(p.epochs for p in short)
+    assert tiny[0].epochs > sum(p.epochs for p in tiny[1:])  # a CPU budget goes mostly to the teacher
+    assert max(p.lr for p in tiny[1:]) <= tiny[0].lr / 3  # no elastic phase restarts above a third of it
     assert [p.depths for p in paper[2:4]] == [(3, 4), (2, 3, 4)] and paper[4].sort_channels
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import OFAMobileNetV3, SubnetConfig, recalibrate_bn
+from ofa_deploy.torch_device import resolve_device
 
 from .genes import configs_to_genes
 
@@ -142,6 +143,7 @@ def build_acc_dataset(supernet: OFAMobileNetV3, data_root: str | os.PathLike[str
         log.info("%s: all %d subnets already evaluated", out, len(configs))
         return records
     out.parent.mkdir(parents=True, exist_ok=True)
+    device = resolve_device("auto")  # a GPU when there is one: evaluation is most of the cost
     cache: dict[int, tuple] = {}
     with out.open("a") as f:
         if old_header is None:
@@ -162,7 +164,7 @@ def build_acc_dataset(supernet: OFAMobileNetV3, data_root: str | os.PathLike[str
             (images, labels), calib = cache[r]
             t0 = time.perf_counter()
             with torch.no_grad():
-                static = supernet.extract(cfg)
+                static = supernet.extract(cfg).to(device)
                 recalibrate_bn(static, calib)
                 acc = float(data.evaluate(static, images, labels))
             rec = {"index": i, "id": cfg.id, "arch": cfg.to_dict(), "acc": acc,
