@@ -5,8 +5,9 @@ at least as accurate as the same architecture trained from scratch. This script 
 mid and max subnets from scratch with the project's own trainer (one phase whose only active
 choice is that subnet, no distillation, same data, batch, resolutions and seed as the supernet
 run) for two budgets: the epochs of the PS full phase (what one network's training costs, the
-paper's from-scratch baseline) and every epoch of the PS schedule (equal compute per subnet). It
-then evaluates every version of each subnet the same way (BN recalibrated, whole val split) and
+paper's from-scratch baseline) and every epoch of the PS schedule (equal compute per subnet); the
+largest subnet's run for the full phase's epochs is the PS full phase itself, so that one is reused.
+It then evaluates every version of each subnet the same way (BN recalibrated, whole val split) and
 rewrites the matching section of BENCHMARKS.md. Runs resume (each scratch run keeps its last.pth).
 
     python bench/ps_vs_scratch.py --supernet runs/demo/supernet.pth --data demo \\
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ofa_deploy.data import calibration_batches, evaluate, load_tensors
-from ofa_deploy.search_space import SubnetConfig, load_supernet, recalibrate_bn
+from ofa_deploy.search_space import MobileNetV3, SubnetConfig, load_supernet, recalibrate_bn
 from ofa_deploy.search_space.checkpoint import read_state_dict
 from ofa_deploy.train import TrainConfig, train
 from ofa_deploy.train.schedule import Phase, get_schedule
@@ -36,13 +37,47 @@ SUBNETS = {"min (k3 e3 d2)": (3, 3, 2), "mid (k5 e4 d3)": (5, 4, 3), "max (k7 e6
 SCRATCH_LR = 0.10  # the "full" phase's peak learning rate: what the largest network is trained with
 
 
-def accuracy(net, cfg: SubnetConfig, data: str, val_limit: int | None) -> float:
-    """Top-1 of ``cfg`` taken from ``net`` after BN recalibration, on the val split."""
-    images, labels = load_tensors(data, "val", cfg.image_size, limit=val_limit)
+def accuracy(static: torch.nn.Module, image_size: int, data: str, val_limit: int | None) -> float:
+    """Top-1 of a static subnet after BN recalibration, on the val split."""
+    images, labels = load_tensors(data, "val", image_size, limit=val_limit)
     with torch.no_grad():
-        static = net.extract(cfg)
-        recalibrate_bn(static, calibration_batches(data, cfg.image_size))
+        recalibrate_bn(static, calibration_batches(data, image_size))
         return evaluate(static, images, labels)
+
+
+def full_phase_as_scratch(supernet: str, args: argparse.Namespace, resolutions: tuple[int, ...],
+                          arch: tuple[int, int, int], epochs: int) -> tuple[MobileNetV3, float] | None:
+    """The PS run's own full phase when it *is* the scratch run of ``arch`` for ``epochs``, else None.
+
+    The full phase trains the largest network alone, without a teacher, at SCRATCH_LR, and the
+    trainer seeds every epoch from (seed, phase index, epoch). So with the same batch, resolutions,
+    train subset and seed it is the same run, batch for batch (checked on the demo run: four epochs
+    of a bench run had the PS full phase's training losses to all 16 digits, and its accuracies).
+    Reusing ``RUN/teacher.pth`` (with the phase's mean img/s) saves training the largest network a
+    second time: 20 of the bench's 45 minutes on a 2-core CPU. ``--data`` must be the data the run
+    trained on, as for the rest of this bench.
+    """
+    run = Path(supernet).parent
+    if not (run / "teacher.pth").is_file() or not (run / "last.pth").is_file():
+        return None
+    meta = read_state_dict(run / "last.pth")[1]
+    trainer = meta.get("trainer") or {}
+    config, phases = trainer.get("config") or {}, trainer.get("phases") or [{}]
+    full = phases[0]
+    same = (full.get("epochs") == epochs and full.get("lr") == SCRATCH_LR and not full.get("distill")
+            and (tuple(full.get("kernels", ())), tuple(full.get("expands", ())), tuple(full.get("depths", ())))
+            == ((arch[0],), (arch[1],), (arch[2],))
+            and config.get("batch_size") == args.batch_size and tuple(config.get("resolutions", ())) == resolutions
+            and config.get("seed") == args.seed and config.get("limit_train") == args.limit_train
+            and config.get("max_steps_per_epoch") is None)
+    if not same:
+        return None
+    teacher = MobileNetV3(SubnetConfig.max(meta["space"], args.eval_resolution), meta["n_classes"])
+    teacher.load_state_dict(torch.load(run / "teacher.pth", map_location="cpu", weights_only=True))
+    img_s = [h["images_per_s"] for h in trainer.get("history", []) if h.get("phase") == full["name"]]
+    log.info("max subnet, %d epochs from scratch: reusing %s (the PS full phase is that run)", epochs,
+             run / "teacher.pth")
+    return teacher, sum(img_s) / max(1, len(img_s))
 
 
 def scratch_budgets(spec: str, phases: tuple[Phase, ...]) -> tuple[int, ...]:
@@ -87,19 +122,26 @@ def main() -> int:
     ps_net = load_supernet(args.supernet)
     ps_img_s = [h["images_per_s"] for h in history if "images_per_s" in h]
 
-    rows = []
+    rows, reused_note = [], ""
     for name, (k, e, d) in SUBNETS.items():
         cfg = SubnetConfig.uniform(k, e, d, args.eval_resolution, space)
-        ps_acc = accuracy(ps_net, cfg, data, args.val_limit)
+        ps_acc = accuracy(ps_net.extract(cfg), cfg.image_size, data, args.val_limit)
         scratch = []
         for epochs in budgets:
-            phase = Phase(f"scratch-k{k}e{e}d{d}", epochs, SCRATCH_LR, (k,), (e,), (d,), distill=False)
-            run = train(TrainConfig(data=data, out_dir=str(Path(args.out) / f"{phase.name}-{epochs}ep"), space=space,
-                                    phases=(phase,), batch_size=args.batch_size, resolutions=resolutions,
-                                    val_resolution=args.eval_resolution, limit_train=args.limit_train, seed=args.seed,
-                                    device=args.device))
-            img_s = [h["images_per_s"] for h in run.history]
-            scratch.append((accuracy(run.supernet, cfg, data, args.val_limit), sum(img_s) / len(img_s)))
+            reused = full_phase_as_scratch(args.supernet, args, resolutions, (k, e, d), epochs)
+            if reused is not None:
+                static, img_s = reused
+                reused_note = (f" The {name.split()[0]} subnet's {epochs}-epoch scratch run is the PS run's own full "
+                               f"phase (the same run, batch for batch: `teacher.pth`), not trained again.")
+            else:
+                phase = Phase(f"scratch-k{k}e{e}d{d}", epochs, SCRATCH_LR, (k,), (e,), (d,), distill=False)
+                run = train(TrainConfig(data=data, out_dir=str(Path(args.out) / f"{phase.name}-{epochs}ep"),
+                                        space=space, phases=(phase,), batch_size=args.batch_size,
+                                        resolutions=resolutions, val_resolution=args.eval_resolution,
+                                        limit_train=args.limit_train, seed=args.seed, device=args.device))
+                static = run.supernet.extract(cfg)
+                img_s = sum(h["images_per_s"] for h in run.history) / len(run.history)
+            scratch.append((accuracy(static, cfg.image_size, data, args.val_limit), img_s))
             log.info("%s: PS %.3f, scratch (%d epochs) %.3f", name, ps_acc, epochs, scratch[-1][0])
         rows.append((name, ps_acc, scratch))
 
@@ -117,7 +159,7 @@ def main() -> int:
         f"the full network; mean {sum(ps_img_s) / max(1, len(ps_img_s)):.0f} training img/s counted per sampled "
         f"subnet). Each scratch subnet is trained alone with the full phase's recipe (peak learning rate, no "
         f"teacher), same data, batch, resolutions and seed, for {' and for '.join(map(str, budgets))} epochs"
-        + (f" ({why})" if why else "") + ". Top-1 on the whole val split after BN recalibration.",
+        + (f" ({why})" if why else "") + f". Top-1 on the whole val split after BN recalibration.{reused_note}",
         "\n".join(lines)], write=not args.no_write)
     return 0
 

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.multiprocessing as mp
 
 from ofa_deploy.data import DEMO_CLASSES, make_demo_dataset
 from ofa_deploy.errors import ConfigError, OfaDeployError
+from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.train import Phase, TrainConfig, get_schedule, train
 from ofa_deploy.torch_device import resolve_device
 
@@ -47,6 +49,19 @@ def test_killed_run_resumes_to_identical_weights(demo, tmp_path):
 
     loaded = od.load_supernet(straight.checkpoint)  # the official format that load_supernet reads
     assert loaded.n_classes == 10 and loaded.classes == sorted(DEMO_CLASSES)
+
+
+def test_full_phase_is_the_largest_network_trained_alone(demo, tmp_path):
+    """bench/ps_vs_scratch.py reuses a PS run's teacher.pth as the largest subnet's scratch run. That
+    holds because the trainer's randomness comes from (seed, phase index, epoch): neither the phase's
+    name nor the phases after it change what the first phase does."""
+    train(mini_config(demo, tmp_path / "ps", phases=MINI[:2]))  # the teacher is frozen when the kernel phase starts
+    alone = train(mini_config(demo, tmp_path / "alone", phases=(replace(MINI[0], name="scratch-k7e6d4"),)))
+    teacher = torch.load(tmp_path / "ps" / "teacher.pth", weights_only=True)
+    scratch = alone.supernet.extract(SubnetConfig.max()).state_dict()
+    assert teacher.keys() == scratch.keys()
+    for name in teacher:
+        torch.testing.assert_close(teacher[name], scratch[name], rtol=0, atol=0, msg=name)
 
 
 def test_resume_with_other_settings_is_refused(demo, tmp_path):
