@@ -1,4 +1,5 @@
-"""What every bench script shares: the repository root and the BENCHMARKS.md section writer."""
+"""What every bench script shares: the repository root, the BENCHMARKS.md section writer and the
+fixed subnets the training benches report on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The uniform subnets (kernel, expand ratio, depth) the training benches compare: smallest, middle, largest.
+UNIFORM_SUBNETS = {"min (k3 e3 d2)": (3, 3, 2), "mid (k5 e4 d3)": (5, 4, 3), "max (k7 e6 d4)": (7, 6, 4)}
 
 
 def update_benchmarks_md(section: str, body: str) -> None:

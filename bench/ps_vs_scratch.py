@@ -30,10 +30,9 @@ from ofa_deploy.train import TrainConfig, train
 from ofa_deploy.train.schedule import Phase, get_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import UNIFORM_SUBNETS, publish  # noqa: E402
 
 log = logging.getLogger("ps_vs_scratch")
-SUBNETS = {"min (k3 e3 d2)": (3, 3, 2), "mid (k5 e4 d3)": (5, 4, 3), "max (k7 e6 d4)": (7, 6, 4)}
 SCRATCH_LR = 0.10  # the "full" phase's peak learning rate: what the largest network is trained with
 
 
@@ -45,39 +44,33 @@ def accuracy(static: torch.nn.Module, image_size: int, data: str, val_limit: int
         return evaluate(static, images, labels)
 
 
-def full_phase_as_scratch(supernet: str, args: argparse.Namespace, resolutions: tuple[int, ...],
-                          arch: tuple[int, int, int], epochs: int) -> tuple[MobileNetV3, float] | None:
-    """The PS run's own full phase when it *is* the scratch run of ``arch`` for ``epochs``, else None.
+def reusable_full_phase(supernet: str, args: argparse.Namespace,
+                        resolutions: tuple[int, ...]) -> tuple[tuple[int, int, int], int, float] | None:
+    """(arch, epochs, mean img/s) of the PS run's full phase when it *is* one of this bench's scratch runs.
 
     The full phase trains the largest network alone, without a teacher, at SCRATCH_LR, and the
     trainer seeds every epoch from (seed, phase index, epoch). So with the same batch, resolutions,
     train subset and seed it is the same run, batch for batch (checked on the demo run: four epochs
     of a bench run had the PS full phase's training losses to all 16 digits, and its accuracies).
-    Reusing ``RUN/teacher.pth`` (with the phase's mean img/s) saves training the largest network a
-    second time: 20 of the bench's 45 minutes on a 2-core CPU. ``--data`` must be the data the run
-    trained on, as for the rest of this bench.
+    Reusing ``RUN/teacher.pth`` saves training the largest network a second time: 20 of the bench's
+    45 minutes on a 2-core CPU. ``--data`` must be the data the run trained on, as for the rest of
+    this bench. None when the run's recorded settings (in ``RUN/last.pth``) differ or are missing.
     """
     run = Path(supernet).parent
     if not (run / "teacher.pth").is_file() or not (run / "last.pth").is_file():
         return None
-    meta = read_state_dict(run / "last.pth")[1]
-    trainer = meta.get("trainer") or {}
+    trainer = read_state_dict(run / "last.pth")[1].get("trainer") or {}
     config, phases = trainer.get("config") or {}, trainer.get("phases") or [{}]
     full = phases[0]
-    same = (full.get("epochs") == epochs and full.get("lr") == SCRATCH_LR and not full.get("distill")
-            and (tuple(full.get("kernels", ())), tuple(full.get("expands", ())), tuple(full.get("depths", ())))
-            == ((arch[0],), (arch[1],), (arch[2],))
+    choices = [tuple(full.get(key, ())) for key in ("kernels", "expands", "depths")]
+    same = (full.get("lr") == SCRATCH_LR and not full.get("distill") and all(len(c) == 1 for c in choices)
             and config.get("batch_size") == args.batch_size and tuple(config.get("resolutions", ())) == resolutions
             and config.get("seed") == args.seed and config.get("limit_train") == args.limit_train
             and config.get("max_steps_per_epoch") is None)
     if not same:
         return None
-    teacher = MobileNetV3(SubnetConfig.max(meta["space"], args.eval_resolution), meta["n_classes"])
-    teacher.load_state_dict(torch.load(run / "teacher.pth", map_location="cpu", weights_only=True))
     img_s = [h["images_per_s"] for h in trainer.get("history", []) if h.get("phase") == full["name"]]
-    log.info("max subnet, %d epochs from scratch: reusing %s (the PS full phase is that run)", epochs,
-             run / "teacher.pth")
-    return teacher, sum(img_s) / max(1, len(img_s))
+    return tuple(c[0] for c in choices), full["epochs"], sum(img_s) / max(1, len(img_s))
 
 
 def scratch_budgets(spec: str, phases: tuple[Phase, ...]) -> tuple[int, ...]:
@@ -122,15 +115,19 @@ def main() -> int:
     ps_net = load_supernet(args.supernet)
     ps_img_s = [h["images_per_s"] for h in history if "images_per_s" in h]
 
+    reusable = reusable_full_phase(args.supernet, args, resolutions)
     rows, reused_note = [], ""
-    for name, (k, e, d) in SUBNETS.items():
+    for name, (k, e, d) in UNIFORM_SUBNETS.items():
         cfg = SubnetConfig.uniform(k, e, d, args.eval_resolution, space)
         ps_acc = accuracy(ps_net.extract(cfg), cfg.image_size, data, args.val_limit)
         scratch = []
         for epochs in budgets:
-            reused = full_phase_as_scratch(args.supernet, args, resolutions, (k, e, d), epochs)
-            if reused is not None:
-                static, img_s = reused
+            if reusable is not None and reusable[:2] == ((k, e, d), epochs):
+                teacher = Path(args.supernet).parent / "teacher.pth"
+                log.info("%s, %d epochs from scratch: reusing %s (the PS full phase is that run)", name, epochs, teacher)
+                static = MobileNetV3(cfg, ps_net.n_classes)
+                static.load_state_dict(torch.load(teacher, map_location="cpu", weights_only=True))
+                img_s = reusable[2]
                 reused_note = (f" The {name.split()[0]} subnet's {epochs}-epoch scratch run is the PS run's own full "
                                f"phase (the same run, batch for batch: `teacher.pth`), not trained again.")
             else:

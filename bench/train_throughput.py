@@ -26,10 +26,9 @@ from ofa_deploy.search_space import DEFAULT_SPACE, OFAMobileNetV3, SubnetConfig,
 from ofa_deploy.torch_device import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import UNIFORM_SUBNETS, publish  # noqa: E402
 
 log = logging.getLogger("train_throughput")
-SUBNETS = {"min (k3 e3 d2)": (3, 3, 2), "mid (k5 e4 d3)": (5, 4, 3), "max (k7 e6 d4)": (7, 6, 4)}
 FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -64,7 +63,7 @@ def main() -> int:
     gen = torch.Generator().manual_seed(args.seed)
 
     lines = ["| subnet | resolution | NCHW img/s | channels_last img/s | channels_last / NCHW |", "|---|---|---|---|---|"]
-    for name, (k, e, d) in SUBNETS.items():
+    for name, (k, e, d) in UNIFORM_SUBNETS.items():
         for res in (int(r) for r in args.resolutions.split(",")):
             for net in nets.values():
                 net.set_active_subnet(SubnetConfig.uniform(k, e, d, res, DEFAULT_SPACE))

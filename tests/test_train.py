@@ -96,8 +96,6 @@ def test_memory_format_changes_speed_not_training(demo, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
     state = torch.load(nhwc.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in state.values())
-    from ofa_deploy.search_space import SubnetConfig
-
     x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the trained networks compute the same function (float noise: 0.1 % measured)
         a, b = (r.supernet.extract(SubnetConfig.max(image_size=128))(x) for r in (nhwc, nchw))
