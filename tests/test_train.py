@@ -133,6 +133,7 @@ def test_presets_scale_the_paper_schedule():
     assert sum(p.epochs for p in tiny) < sum(p.epochs for p in short)
     assert tiny[0].epochs > sum(p.epochs for p in tiny[1:])  # a CPU budget goes mostly to the teacher
     assert max(p.lr for p in tiny[1:]) <= tiny[0].lr / 3  # no elastic phase restarts above a third of it
+    assert tiny[-1].epochs > sum(p.epochs for p in tiny[1:-1])  # the phase that trains every subnet gets most
     assert [p.depths for p in paper[2:4]] == [(3, 4), (2, 3, 4)] and paper[4].sort_channels
 
 
