@@ -145,6 +145,12 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
         click.echo(f"latency basis: {row['latency_basis']}")
     click.echo(f"{paths['front']}: {len(result.front)} Pareto subnets; plot {paths['plot']}")
     click.echo(f"search: {result.evaluations:,} evaluations in {result.seconds:.2f} s ({result.objective})")
+    m = predictor.meta.metrics
+    if "acc_max" in m and row["predicted_accuracy"] > m["acc_max"]:
+        error = f"; held-out RMSE {100 * m['rmse']:.1f} points" if "rmse" in m else ""
+        click.echo(f"warning: predicted accuracy {100 * row['predicted_accuracy']:.2f}% is above every subnet the "
+                   f"predictor learnt from (best {100 * m['acc_max']:.1f}%{error}): an extrapolation, likely "
+                   f"optimistic; evaluate the subnet on your validation data before relying on it", err=True)
 
 
 @click.command("acc-dataset")
@@ -210,4 +216,5 @@ def acc_predictor(dataset: str, output: str, epochs: int, holdout: float, seed: 
     save_predictor(predictor, output)
     m = predictor.meta.metrics
     click.echo(f"{output}: held-out RMSE {100 * m['rmse']:.2f} points, Kendall tau {m['kendall_tau']:.3f} "
-               f"({m['n_train']} train / {m['n_test']} held-out subnets, mean acc {100 * predictor.meta.mean_acc:.1f}%)")
+               f"({m['n_train']} train / {m['n_test']} held-out subnets, mean acc {100 * predictor.meta.mean_acc:.1f}%, "
+               f"range {100 * m['acc_min']:.1f}..{100 * m['acc_max']:.1f}%)")

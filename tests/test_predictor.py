@@ -31,6 +31,7 @@ def test_predictor_learns_synthetic_target(trained):
     assert m["kendall_tau"] > 0.8, m
     assert m["rmse"] < 0.006, m
     assert predictor.meta.mean_acc == pytest.approx(acc.mean(), abs=0.002)
+    assert np.sort(acc)[-201] <= m["acc_max"] <= acc.max() and acc.min() <= m["acc_min"] <= np.sort(acc)[200]
     assert predictor.predict(genes[:7]).shape == (7,)
 
 

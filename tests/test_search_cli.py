@@ -50,6 +50,23 @@ def test_search_writes_outputs(run, predictor_file, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["front.csv", "pareto.png", "subnet.json"]
 
 
+@pytest.mark.parametrize("acc_max, warned", [(0.5, True), (0.99, False)])
+def test_search_warns_when_the_prediction_extrapolates(run, tmp_path, acc_max, warned):
+    """A predicted accuracy above the best subnet the predictor learnt from is flagged, not presented as fact."""
+    torch.manual_seed(0)
+    path = tmp_path / "p.pt"
+    save_predictor(Predictor(AccuracyPredictorNet(n_features(SPACE), base_acc=0.7).eval(),
+                             PredictorMeta(SPACE, 1000, "synthetic", 0.7, metrics={"acc_min": 0.4, "acc_max": acc_max})),
+                   path)
+    code, _, err = run(["search", "--target", "vta-ultra96", "--latency-ms", "25", "--acc-predictor", str(path),
+                        "--population", "10", "--generations", "2", "-o", str(tmp_path / "o")])
+    assert code == 0, err
+    data = json.loads((tmp_path / "o" / "subnet.json").read_text())
+    assert data["search"]["accuracy_predictor"]["acc_max"] == acc_max
+    assert ("above every subnet the predictor learnt from" in err) is warned
+    assert (data["predicted_accuracy"] > acc_max) is warned  # the untrained net predicts about its base 0.7
+
+
 def test_unquoted_tvm_target_words_are_joined(run, predictor_file, tmp_path, monkeypatch):
     from ofa_deploy.search.latency import targets
 

@@ -51,7 +51,7 @@ def predictor_info(predictor: Predictor, path: str | os.PathLike[str] | None) ->
     m = predictor.meta
     return {"path": str(path or DEFAULT_PREDICTOR), "space": m.space, "n_classes": m.n_classes,
             "dataset": m.dataset, "mean_acc": round(m.mean_acc, 5), "encoding_version": m.encoding_version,
-            **{k: v for k, v in m.metrics.items() if k in ("rmse", "kendall_tau", "n_train")}}
+            **{k: v for k, v in m.metrics.items() if k in ("rmse", "kendall_tau", "n_train", "acc_min", "acc_max")}}
 
 
 def run_search(target: str | Any, accuracy: AccuracyModel, *, constraints: Constraints = Constraints(),

@@ -179,8 +179,11 @@ def _train(genes: np.ndarray, accs: np.ndarray, *, space: str, n_classes: int, d
     net.eval()
     with torch.no_grad():
         pred = net(x).numpy().astype(np.float64)
+    # acc_min/acc_max: the range it learnt from; a prediction above acc_max is an extrapolation
+    # (a search that maximises the predictor finds exactly those), and the search says so.
     metrics: dict[str, float] = {"n_train": int(len(train)), "n_test": int(len(test)),
-                                 "train_rmse": rmse(pred[train], accs[train])}
+                                 "train_rmse": rmse(pred[train], accs[train]),
+                                 "acc_min": float(accs[train].min()), "acc_max": float(accs[train].max())}
     if len(test):
         metrics.update(rmse=rmse(pred[test], accs[test]), kendall_tau=kendall_tau(pred[test], accs[test]))
     meta = PredictorMeta(space=space, n_classes=int(n_classes), dataset=dataset, mean_acc=mean_acc,
