@@ -63,7 +63,7 @@ def test_shipped_default_is_a_trained_supernet_with_its_predictor(tmp_path):
     """The checkpoint in ``ofa_deploy/defaults`` classifies demo images it never saw (another seed):
     its smallest and largest subnets, BN recalibrated, well above the 10 % of an untrained one; the
     predictor is the one made for it (same space and classes)."""
-    from ofa_deploy.data import calibration_batches, check_dataset, load_tensors, make_demo_dataset
+    from ofa_deploy.data import calibration_batches, check_dataset, evaluate, load_tensors, make_demo_dataset
     from ofa_deploy.search_space import recalibrate_bn
 
     data = make_demo_dataset(tmp_path / "fresh", seed=12345, train_per_class=13, val_per_class=30)
@@ -76,6 +76,5 @@ def test_shipped_default_is_a_trained_supernet_with_its_predictor(tmp_path):
     for cfg in (SubnetConfig.min(SPACE, 128), SubnetConfig.max(SPACE, 128)):
         static = net.extract(cfg)
         recalibrate_bn(static, calibration_batches(data, 128, n_images=128))
-        with torch.no_grad():
-            acc = float((static(images).argmax(1) == labels).float().mean())
+        acc = evaluate(static, images, labels)
         assert acc > 0.8, (cfg.id, acc)
