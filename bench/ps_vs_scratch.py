@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +29,7 @@ from ofa_deploy.data import calibration_batches, evaluate, load_tensors
 from ofa_deploy.search_space import MobileNetV3, SubnetConfig, load_supernet, recalibrate_bn
 from ofa_deploy.search_space.checkpoint import read_state_dict
 from ofa_deploy.train import TrainConfig, train
+from ofa_deploy.train.trainer import settings_mismatch
 from ofa_deploy.train.schedule import Phase, get_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,33 +47,35 @@ def accuracy(static: torch.nn.Module, image_size: int, data: str, val_limit: int
         return evaluate(static, images, labels)
 
 
-def reusable_full_phase(supernet: str, args: argparse.Namespace,
-                        resolutions: tuple[int, ...]) -> tuple[tuple[int, int, int], int, float] | None:
-    """(arch, epochs, mean img/s) of the PS run's full phase when it *is* one of this bench's scratch runs.
-
-    The full phase trains the largest network alone, without a teacher, at SCRATCH_LR, and the
-    trainer seeds every epoch from (seed, phase index, epoch). So with the same batch, resolutions,
-    train subset and seed it is the same run, batch for batch (checked on the demo run: four epochs
-    of a bench run had the PS full phase's training losses to all 16 digits, and its accuracies).
-    Reusing ``RUN/teacher.pth`` saves training the largest network a second time: 20 of the bench's
-    45 minutes on a 2-core CPU. ``--data`` must be the data the run trained on, as for the rest of
-    this bench. None when the run's recorded settings (in ``RUN/last.pth``) differ or are missing.
-    """
+def ps_full_phase(supernet: str) -> tuple[dict[str, Any], dict[str, Any], float] | None:
+    """The PS run's recorded settings, its full phase's record and that phase's mean img/s, read once
+    from ``RUN/last.pth`` (it holds the optimizer state too, ~60 MB); None without ``RUN/teacher.pth``."""
     run = Path(supernet).parent
     if not (run / "teacher.pth").is_file() or not (run / "last.pth").is_file():
         return None
     trainer = read_state_dict(run / "last.pth")[1].get("trainer") or {}
-    config, phases = trainer.get("config") or {}, trainer.get("phases") or [{}]
-    full = phases[0]
-    choices = [tuple(full.get(key, ())) for key in ("kernels", "expands", "depths")]
-    same = (full.get("lr") == SCRATCH_LR and not full.get("distill") and all(len(c) == 1 for c in choices)
-            and config.get("batch_size") == args.batch_size and tuple(config.get("resolutions", ())) == resolutions
-            and config.get("seed") == args.seed and config.get("limit_train") == args.limit_train
-            and config.get("max_steps_per_epoch") is None)
-    if not same:
+    if not trainer.get("phases"):
         return None
+    full = trainer["phases"][0]
     img_s = [h["images_per_s"] for h in trainer.get("history", []) if h.get("phase") == full["name"]]
-    return tuple(c[0] for c in choices), full["epochs"], sum(img_s) / max(1, len(img_s))
+    return trainer.get("config") or {}, full, sum(img_s) / max(1, len(img_s))
+
+
+def is_full_phase(ps: tuple[dict[str, Any], dict[str, Any], float] | None, cfg: TrainConfig) -> bool:
+    """True when scratch run ``cfg`` *is* the PS run's full phase, so ``RUN/teacher.pth`` is its result.
+
+    The trainer seeds every epoch from (seed, phase index, epoch) and a phase's name changes nothing,
+    so a one-phase run whose phase record and settings (the trainer's own resume check) match the
+    full phase's is the same run, batch for batch (checked on the demo run: four epochs of a bench run
+    had the PS full phase's training losses to all 16 digits; and by the test
+    ``test_full_phase_is_the_largest_network_trained_alone``). Reusing it saves training the largest
+    network a second time: 20 of the bench's 45 minutes on a 2-core CPU. ``--data`` must be the data the run trained on, as for the rest of
+    this bench.
+    """
+    if ps is None:
+        return False
+    config, full, _ = ps
+    return settings_mismatch(config, cfg) is None and asdict(replace(cfg.phases[0], name=full["name"])) == full
 
 
 def scratch_budgets(spec: str, phases: tuple[Phase, ...]) -> tuple[int, ...]:
@@ -115,27 +120,28 @@ def main() -> int:
     ps_net = load_supernet(args.supernet)
     ps_img_s = [h["images_per_s"] for h in history if "images_per_s" in h]
 
-    reusable = reusable_full_phase(args.supernet, args, resolutions)
+    ps = ps_full_phase(args.supernet)
     rows, reused_note = [], ""
     for name, (k, e, d) in UNIFORM_SUBNETS.items():
         cfg = SubnetConfig.uniform(k, e, d, args.eval_resolution, space)
         ps_acc = accuracy(ps_net.extract(cfg), cfg.image_size, data, args.val_limit)
         scratch = []
         for epochs in budgets:
-            if reusable is not None and reusable[:2] == ((k, e, d), epochs):
+            phase = Phase(f"scratch-k{k}e{e}d{d}", epochs, SCRATCH_LR, (k,), (e,), (d,), distill=False)
+            scratch_cfg = TrainConfig(data=data, out_dir=str(Path(args.out) / f"{phase.name}-{epochs}ep"),
+                                      space=space, phases=(phase,), batch_size=args.batch_size,
+                                      resolutions=resolutions, val_resolution=args.eval_resolution,
+                                      limit_train=args.limit_train, seed=args.seed, device=args.device)
+            if is_full_phase(ps, scratch_cfg):
                 teacher = Path(args.supernet).parent / "teacher.pth"
                 log.info("%s, %d epochs from scratch: reusing %s (the PS full phase is that run)", name, epochs, teacher)
                 static = MobileNetV3(cfg, ps_net.n_classes)
                 static.load_state_dict(torch.load(teacher, map_location="cpu", weights_only=True))
-                img_s = reusable[2]
+                img_s = ps[2]
                 reused_note = (f" The {name.split()[0]} subnet's {epochs}-epoch scratch run is the PS run's own full "
                                f"phase (the same run, batch for batch: `teacher.pth`), not trained again.")
             else:
-                phase = Phase(f"scratch-k{k}e{e}d{d}", epochs, SCRATCH_LR, (k,), (e,), (d,), distill=False)
-                run = train(TrainConfig(data=data, out_dir=str(Path(args.out) / f"{phase.name}-{epochs}ep"),
-                                        space=space, phases=(phase,), batch_size=args.batch_size,
-                                        resolutions=resolutions, val_resolution=args.eval_resolution,
-                                        limit_train=args.limit_train, seed=args.seed, device=args.device))
+                run = train(scratch_cfg)
                 static = run.supernet.extract(cfg)
                 img_s = sum(h["images_per_s"] for h in run.history) / len(run.history)
             scratch.append((accuracy(static, cfg.image_size, data, args.val_limit), img_s))

@@ -150,6 +150,19 @@ def _save(path: Path, net: OFAMobileNetV3, optimizer: torch.optim.Optimizer, pro
     save_supernet(net, path, classes=list(classes), trainer=trainer)
 
 
+def settings_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, Any] | None:
+    """The first of ``cfg.resume_keys`` whose value recorded in a checkpoint (``saved``) differs from
+    ``cfg``'s, as (key, was, now); None when the run was made with the same settings."""
+    for key in cfg.resume_keys:
+        now = getattr(cfg, key)
+        if key not in saved:
+            return key, None, now
+        was = type(now)(saved[key]) if isinstance(now, tuple) else saved[key]
+        if was != now:
+            return key, was, now
+    return None
+
+
 def _resume(path: Path, net: OFAMobileNetV3, cfg: TrainConfig, classes: tuple[str, ...]) -> tuple[Progress, dict | None]:
     """Load ``last.pth`` if present; refuse one written with other settings or data."""
     if not path.is_file():
@@ -158,12 +171,10 @@ def _resume(path: Path, net: OFAMobileNetV3, cfg: TrainConfig, classes: tuple[st
     if obj.get("space") != cfg.space or tuple(obj.get("classes", ())) != classes:
         raise CheckpointError(f"{path}: run in this directory is for space {obj.get('space')!r} with "
                               f"{len(obj.get('classes', ()))} classes, not {cfg.space!r} with {len(classes)}; use another -o")
-    saved = obj["trainer"]["config"]
-    for key in cfg.resume_keys:
-        now = getattr(cfg, key)
-        was = type(now)(saved[key]) if isinstance(now, tuple) else saved[key]
-        if was != now:
-            raise OfaDeployError(f"{path}: cannot resume: '{key}' was {was!r}, now {now!r} (same settings or another -o)")
+    mismatch = settings_mismatch(obj["trainer"]["config"], cfg)
+    if mismatch is not None:
+        key, was, now = mismatch
+        raise OfaDeployError(f"{path}: cannot resume: '{key}' was {was!r}, now {now!r} (same settings or another -o)")
     if obj["trainer"]["phases"] != [asdict(p) for p in cfg.schedule_phases()]:
         raise OfaDeployError(f"{path}: cannot resume: the run used another schedule (same --schedule or another -o)")
     check_state_dict(net, obj["state_dict"], str(path))
