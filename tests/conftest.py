@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO.parent / "shared" / "reference" / "ofa_mbv3"
+REFERENCE_DIR = REPO / "tests" / "data" / "reference" / "ofa_mbv3"  # see tests/data/README.md
 
 
 @pytest.fixture(scope="session")
 def reference() -> dict:
-    """The official implementation's logits for 8 arch configs (see shared/reference)."""
+    """The official implementation's logits for 8 arch configs (tests/data/reference/, tracked in the repository)."""
     meta_path = REFERENCE_DIR / "reference_outputs.json"
     if not meta_path.is_file():
-        pytest.fail(f"reference data missing: {meta_path} (CI clones the repo with shared/ beside it)")
+        pytest.fail(f"reference data missing: {meta_path} (it is tracked in the repository: git checkout tests/data)")
     meta = json.loads(meta_path.read_text())
     logits = np.load(REFERENCE_DIR / meta["logits_file"])
     meta["checkpoint_path"] = str(REFERENCE_DIR / meta["checkpoint"])
