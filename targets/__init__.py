@@ -8,8 +8,8 @@ See ``builtin.py`` for the entries and where their peak figures come from.
 """
 
 from .hostcpu import HostCpu, detect_host_cpu
-from .parse import parse_tvm_string
-from .registry import all_targets, get_target, list_targets, register_target
+from .parse import get_target, parse_tvm_string
+from .registry import all_targets, list_targets, register_target
 from .spec import KINDS, TargetSpec
 
 __all__ = [

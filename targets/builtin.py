@@ -5,12 +5,15 @@ peaks are cores x clock x FLOP/cycle, where FLOP/cycle = fp32 lanes x 2 (FMA) x 
 core: Cortex-A53 has one 64-bit NEON FMA pipe (4), Cortex-A72 one 128-bit FMA per cycle (8),
 Cortex-A76/A78 two 128-bit FMA pipes (16) (Arm Software Optimization Guides for each core).
 DRAM bandwidth = transfer rate x bus width.
+
+Each entry is a zero-argument factory (built on first use, so nothing probes the machine at
+import); :data:`BUILTINS` lists them in registration order and the registry registers them
+(this module does not import the registry: the entries are data the registry reads).
 """
 
 from __future__ import annotations
 
 from .hostcpu import detect_host_cpu, host_copy_bandwidth_gbps
-from .registry import register_target
 from .spec import TargetSpec, VtaFabric
 
 _A64 = "aarch64-linux-gnu"
@@ -25,7 +28,6 @@ def _arm_cpu(mcpu: str, cores: int) -> dict:
     return {"kind": "llvm", "mtriple": _A64, "mcpu": mcpu, "num-cores": cores}
 
 
-@register_target
 def x86_host() -> TargetSpec:
     cpu = detect_host_cpu()
     peak = None if cpu.ghz is None else round(cpu.cores * cpu.ghz * cpu.fp32_flops_per_cycle, 1)
@@ -42,7 +44,6 @@ def x86_host() -> TargetSpec:
     )
 
 
-@register_target
 def cortex_a76() -> TargetSpec:
     return TargetSpec(
         name="cortex-a76",
@@ -55,7 +56,6 @@ def cortex_a76() -> TargetSpec:
     )
 
 
-@register_target
 def cortex_a72() -> TargetSpec:
     return TargetSpec(
         name="cortex-a72",
@@ -70,7 +70,6 @@ def cortex_a72() -> TargetSpec:
     )
 
 
-@register_target
 def cortex_a53() -> TargetSpec:
     return TargetSpec(
         name="cortex-a53",
@@ -83,7 +82,6 @@ def cortex_a53() -> TargetSpec:
     )
 
 
-@register_target
 def cuda_sm80() -> TargetSpec:
     return TargetSpec(
         name="cuda-sm80",
@@ -96,7 +94,6 @@ def cuda_sm80() -> TargetSpec:
     )
 
 
-@register_target
 def cuda_sm90() -> TargetSpec:
     return TargetSpec(
         name="cuda-sm90",
@@ -109,7 +106,6 @@ def cuda_sm90() -> TargetSpec:
     )
 
 
-@register_target
 def jetson_orin() -> TargetSpec:
     return TargetSpec(
         name="jetson-orin",
@@ -158,7 +154,6 @@ def _vta(name: str, board: str, *, mcpu: str, cores: int, ghz: float, clock_note
     )
 
 
-@register_target
 def vta_ultra96() -> TargetSpec:
     return _vta("vta-ultra96", "Avnet Ultra96-V2 (Zynq UltraScale+ ZU3EG -1)", mcpu="cortex-a53", cores=4,
                 ghz=1.2, clock_note="DS925: 1.2 GHz APU maximum of -1 speed-grade parts such as the ZU3EG-1",
@@ -167,7 +162,6 @@ def vta_ultra96() -> TargetSpec:
                                              "fpga_log_axi_bus_width 7"))
 
 
-@register_target
 def vta_zcu104() -> TargetSpec:
     return _vta("vta-zcu104", "Xilinx ZCU104 (Zynq UltraScale+ XCZU7EV-2FFVC1156)", mcpu="cortex-a53", cores=4,
                 ghz=1.2, clock_note=("the ZCU104's -2 part allows 1.333 GHz and only -3 parts 1.5 GHz (DS925), "
@@ -178,10 +172,14 @@ def vta_zcu104() -> TargetSpec:
                                              "UltraScale+) settings, 333 MHz and 128-bit AXI, assumed"))
 
 
-@register_target
 def vta_pynq() -> TargetSpec:
     return _vta("vta-pynq", "Digilent PYNQ-Z1 (Zynq-7020)", mcpu="cortex-a9", cores=2, ghz=0.65,
                 clock_note="PYNQ-Z1 reference manual: 650 MHz Cortex-A9",
                 dram_gbps=2.1, dram_note="512 MB DDR3 x16 at 1050 MT/s = 2.1 GB/s (PYNQ-Z1 reference manual)",
                 fabric=VtaFabric(100.0, 64, f"{_VTA_PKG_CONFIG}, default (pynq) target: fpga_freq 100, "
                                             "fpga_log_axi_bus_width 6"))
+
+
+# Registration order is the order ``ofa-deploy targets`` lists them in.
+BUILTINS = (x86_host, cortex_a76, cortex_a72, cortex_a53, cuda_sm80, cuda_sm90, jetson_orin,
+            vta_ultra96, vta_zcu104, vta_pynq)

@@ -1,4 +1,4 @@
-"""Parse classic TVM target strings / JSON dicts into registry entries.
+"""What a user typed -> a registry entry: names, aliases, TVM tags, classic TVM strings, JSON dicts.
 
 TVM 0.27 rejects ``"llvm -mcpu=cortex-a76"``; users (and old tutorials) still type it. We map
 such a description onto the registry entry with the same ``mcpu`` (CPU) or ``arch`` (CUDA),
@@ -15,7 +15,7 @@ from typing import Any
 from ofa_deploy.errors import OfaDeployError
 
 from .hostcpu import detect_host_cpu
-from .registry import all_targets, known_targets_line
+from .registry import all_targets, known_targets_line, lookup_name
 from .spec import TargetSpec
 
 _LLVM_OPTS = ("mtriple", "mcpu", "mattr", "num-cores", "device", "model", "keys")
@@ -144,3 +144,28 @@ def resolve(target: str | dict[str, Any], original: str) -> TargetSpec:
     if kind == "cuda":
         return _resolve_cuda(opts, original)
     raise _err(original, f"unknown kind {kind!r} (use llvm or cuda, or a registry name)")
+
+
+def get_target(target: str | dict[str, Any] | TargetSpec) -> TargetSpec:
+    """Resolve what a user typed into a registered :class:`TargetSpec`.
+
+    Accepts a registry name or alias (``cortex-a76``, ``rpi5``), a TVM tag
+    (``nvidia/jetson-agx-orin-64gb``), a classic TVM target string (``llvm``,
+    ``llvm -mcpu=cortex-a76``, ``llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a76 -mattr=+neon``,
+    ``cuda -arch=sm_87``), a JSON target dict (as text or ``dict``), or a spec (returned as is).
+    TVM 0.27 no longer parses the string form, so it is parsed here; extra ``-mattr`` flags are
+    kept in the returned spec's ``tvm_target``.
+
+    Raises:
+        OfaDeployError: one line naming the problem and the known targets.
+    """
+    if isinstance(target, TargetSpec):
+        return target
+    if isinstance(target, dict):
+        return resolve(target, original=repr(target))
+    if not isinstance(target, str) or not target.strip():
+        raise OfaDeployError(f"target must be a non-empty string; {known_targets_line()}")
+    spec = lookup_name(target)
+    if spec is not None:
+        return spec
+    return resolve(target, original=target)

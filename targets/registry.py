@@ -1,16 +1,15 @@
-"""The target registry (timm-style): ``register_target``, ``get_target``, ``list_targets``.
+"""The target registry (timm-style): ``register_target``, ``all_targets``, ``list_targets``.
 
 Entries are registered as zero-argument factories and built on first use, so importing this
 package never probes the machine; ``x86-host`` reads ``/proc/cpuinfo`` only when the registry is
-first consulted.
+first consulted. The built-in entries (``builtin.py``) are registered then, too. Turning what a
+user typed into an entry (names, aliases, TVM strings: ``get_target``) is ``parse.py``'s job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, overload
-
-from ofa_deploy.errors import OfaDeployError
+from typing import overload
 
 from .spec import TargetSpec
 
@@ -82,33 +81,6 @@ def lookup_name(text: str) -> TargetSpec | None:
     return None
 
 
-def get_target(target: str | dict[str, Any] | TargetSpec) -> TargetSpec:
-    """Resolve what a user typed into a registered :class:`TargetSpec`.
-
-    Accepts a registry name or alias (``cortex-a76``, ``rpi5``), a TVM tag
-    (``nvidia/jetson-agx-orin-64gb``), a classic TVM target string (``llvm``,
-    ``llvm -mcpu=cortex-a76``, ``llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a76 -mattr=+neon``,
-    ``cuda -arch=sm_87``), a JSON target dict (as text or ``dict``), or a spec (returned as is).
-    TVM 0.27 no longer parses the string form, so it is parsed here; extra ``-mattr`` flags are
-    kept in the returned spec's ``tvm_target``.
-
-    Raises:
-        OfaDeployError: one line naming the problem and the known targets.
-    """
-    from .parse import resolve  # local: parse imports this module
-
-    if isinstance(target, TargetSpec):
-        return target
-    if isinstance(target, dict):
-        return resolve(target, original=repr(target))
-    if not isinstance(target, str) or not target.strip():
-        raise OfaDeployError(f"target must be a non-empty string; {known_targets_line()}")
-    spec = lookup_name(target)
-    if spec is not None:
-        return spec
-    return resolve(target, original=target)
-
-
 _BUILTINS_LOADED = False
 
 
@@ -116,4 +88,7 @@ def _ensure_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from . import builtin  # noqa: F401  (registers on import)
+        from .builtin import BUILTINS  # local: building the factories is deferred to first use
+
+        for factory in BUILTINS:
+            register_target(factory)
