@@ -29,10 +29,11 @@ from pathlib import Path
 import click
 
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.search.latency.learned import ESTIMATE_FILE, efficiency_from_dict
+from ofa_deploy.search.latency.learned import efficiency_from_dict
 from ofa_deploy.search.latency.roofline import CPU_EFFICIENCY, Hardware, RooflineEfficiency, roofline_layer_ms
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.costs import count_costs
+from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, update_benchmarks_md  # noqa: E402
@@ -187,8 +188,8 @@ def report(cfg: SubnetConfig, eff: RooflineEfficiency, data: dict, path: Path, r
 def main(estimated_model: Path | None, write: bool) -> None:
     """Compare our estimate for MobileNetV3-Large with published measured figures."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from ofa_deploy.deploy import tuning_logs_dir
     from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.layout import tuning_logs_dir
 
     path = estimated_model or tuning_logs_dir() / "cortex-a76" / ESTIMATE_FILE
     try:

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from ofa_deploy.compile import build_module, time_local
-from ofa_deploy.deploy import default_database
 from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input
 from ofa_deploy.search_space import SubnetConfig, random_subnet
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.targets import get_target
+from ofa_deploy.tuning_logs.database import default_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import update_benchmarks_md  # noqa: E402

@@ -29,16 +29,17 @@ import click
 import numpy as np
 
 from ofa_deploy.atomic import atomic_path, write_text
-from ofa_deploy.deploy import default_database
-from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.compile.profiling import ProfileSettings
+from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.compile.types import LatencyMeasurement
+from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.profile import measure_subnets, sample_subnets
 from ofa_deploy.search.genes import configs_to_genes, random_genes, resolution_indices
-from ofa_deploy.search.latency.measured import (MODEL_FILE, MeasuredLatencyModel, current_database_hash,
-                                                installed_tvm_version, mismatch, tuning_dir)
+from ofa_deploy.search.latency.measured import MeasuredLatencyModel, mismatch
 from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.targets import get_target
+from ofa_deploy.tuning_logs.database import current_database_hash, default_database
+from ofa_deploy.tuning_logs.layout import MODEL_FILE, target_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ("id", "image_size", "ks", "e", "d", "predicted_ms", "measured_ms", "pass_ms", "rel_err_pct",
@@ -124,7 +125,7 @@ def main(target: str, n_subnets: int, seed: int, passes: int, out_dir: str, buil
 def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, build_only: bool,
         update_benchmarks: bool) -> None:
     spec = get_target(target)
-    path = tuning_dir(spec.name) / MODEL_FILE
+    path = target_dir(spec.name) / MODEL_FILE
     if not path.is_file():
         raise OfaDeployError(f"no latency model at {path}: run 'ofa-deploy profile --target {spec.name}' first")
     model = MeasuredLatencyModel.load(path)

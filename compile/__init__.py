@@ -14,7 +14,6 @@ cheap and a TVM crash cannot take the caller down::
 from .aarch64_runtime import build_deploy_app_aarch64, build_rpc_server_aarch64, fetch_aarch64_runtime
 from .backend import build_module, run_local, time_local, validate_target_specs
 from .binfmt import FatbinEntry, elf_machine, embedded_fatbins
-from .database import database_hash, repair_database
 from .emulate import emulated_rpc_server, run_emulated_aarch64
 from .rpc import RpcSpec, check_reachable, run_rpc, time_rpc
 from .tuning import TuneReport, TuneSettings, tune_target
@@ -22,8 +21,8 @@ from .types import BuildInfo, LatencyMeasurement
 
 __all__ = [
     "BuildInfo", "FatbinEntry", "LatencyMeasurement", "build_deploy_app_aarch64", "build_module",
-    "database_hash", "elf_machine", "embedded_fatbins", "fetch_aarch64_runtime", "run_emulated_aarch64",
+    "elf_machine", "embedded_fatbins", "fetch_aarch64_runtime", "run_emulated_aarch64",
     "run_local", "time_local", "validate_target_specs",
     "RpcSpec", "build_rpc_server_aarch64", "check_reachable", "emulated_rpc_server", "run_rpc", "time_rpc",
-    "TuneReport", "TuneSettings", "repair_database", "tune_target",
+    "TuneReport", "TuneSettings", "tune_target",
 ]

@@ -14,9 +14,9 @@ import numpy as np
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
+from ofa_deploy.tuning_logs.database import check_database_target, database_hash, file_sha256
 
 from .binfmt import elf_machine, embedded_fatbins
-from .database import check_database_target, database_hash, file_sha256
 from .isolate import run_worker
 from .toolchain import find_nvcc, linker_for
 from .types import BuildInfo, LatencyMeasurement

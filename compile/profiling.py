@@ -38,9 +38,9 @@ from tqdm import tqdm
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
+from ofa_deploy.tuning_logs.database import check_database_target, database_hash, file_sha256
 
 from .backend import local_measurement
-from .database import check_database_target, database_hash, file_sha256
 from .isolate import run_worker_polling
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
 from .types import LatencyMeasurement

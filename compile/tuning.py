@@ -9,7 +9,7 @@ cost is linear in the number of resolutions.
 How (every step survives a kill):
 
 1. Lock the database directory (one tuning run per database), repair a torn last line left by a
-   kill -9 (database.repair_database), and refuse a database or tune_state.json of another
+   kill -9 (tuning_logs.database.repair_database), and refuse a database or tune_state.json of another
    target (TVM would apply foreign records silently).
 2. ``tune_plan`` worker: extract + deduplicate the tasks (cached plan file), verify the
    database's stored workload hashes, count each task's records.
@@ -45,15 +45,15 @@ from tqdm import tqdm
 
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.tuning_logs.database import (check_database_target, database_hash, file_sha256, repair_database,
+                                             unpack_in_place)
+from ofa_deploy.tuning_logs.layout import LOCK_FILE, RECORD_FILE, STATE_FILE, target_dir
 
-from .database import (RECORD_FILE, check_database_target, database_hash, file_sha256, repair_database,
-                       unpack_in_place)
 from .isolate import run_worker, run_worker_polling
+from .toolchain import installed_tvm_version
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "tune_state.json"
-LOCK_FILE = ".tune.lock"
 # Used for the first estimate until this machine has measured its own (kept in tune_state.json).
 ASSUMED_SECONDS_PER_TRIAL = 1.5
 ASSUMED_CHUNK_OVERHEAD_S = 30.0  # measured 7-23 s on the 2-core dev machine under load
@@ -202,8 +202,6 @@ def _workload_models(space: str, resolutions: tuple[int, ...], keys: tuple[str, 
 
 def _plan_key(models: list[dict[str, Any]], spec: Any) -> str:
     """Identifies a plan: the exact ONNX files, the target and the TVM version."""
-    from ofa_deploy.search.latency.measured import installed_tvm_version
-
     ident = {"models": [[m["key"], file_sha256(m["onnx_path"]), m["input_shape"]] for m in models],
              "target": spec.name, "tvm_target": spec.tvm_target_with_host(), "tvm": installed_tvm_version()}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -303,9 +301,7 @@ def tune_target(target: str, *, database_dir: str | Path | None = None, resoluti
                "TVM_CUDA_COMPILE_MODE": "nvcc"}
 
     if database_dir is None:
-        from ofa_deploy.deploy import tuning_logs_dir
-
-        database_dir = tuning_logs_dir() / spec.name
+        database_dir = target_dir(spec.name)
     db = Path(database_dir).resolve()
     with _locked(db):
         return _tune_locked(spec, db, tuple(resolutions), trials_per_task, budget_minutes, rpc_spec, space,

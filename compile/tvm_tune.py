@@ -178,7 +178,7 @@ def _database_counts(database_dir: str) -> tuple[dict[str, int], list[int]]:
     The database's workload table stores each module with its structural hash; recomputing it
     detects a corrupted or hand-edited table, which TVM would load and apply silently.
     """
-    from .database import RECORD_FILE, WORKLOAD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
 
     wl_path, rec_path = Path(database_dir) / WORKLOAD_FILE, Path(database_dir) / RECORD_FILE
     if not wl_path.is_file():
@@ -308,7 +308,7 @@ def _runner(request: dict[str, Any]) -> ms.runner.Runner:
 def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``tune_chunk``: tune the plan's tasks ``indices`` into ``database_dir``."""
     start = time.perf_counter()
-    from .database import RECORD_FILE, WORKLOAD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
     from .tvm_build import make_target
 
     target = make_target(request["tvm_target"], request["target_name"])

@@ -76,19 +76,19 @@ def _pack(ctx: click.Context, target: str, database: str | None) -> None:
     """``tune --pack``: gzip the target's database in place (its hash, and so its latency model, stay valid)."""
     from pathlib import Path
 
-    from .compile.database import pack_database
-    from .deploy import tuning_logs_dir
     from .errors import OfaDeployError
     from .targets import get_target
+    from .tuning_logs.database import pack_database
+    from .tuning_logs.layout import DATABASE_FILES, PACKED, target_dir
 
     other = [p for p in ("rpc", "trials", "budget_minutes", "resolutions", "space", "workloads", "chunk_tasks")
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if other:
         raise OfaDeployError(f"--{other[0].replace('_', '-')}: not used with --pack (nothing is tuned); allowed with "
                              "it: --target, --database")
-    db = Path(database) if database else tuning_logs_dir() / get_target(target).name
-    before = sum(f.stat().st_size for f in db.glob("database_*.json"))
+    db = Path(database) if database else target_dir(get_target(target).name)
+    before = sum((db / name).stat().st_size for name in DATABASE_FILES if (db / name).is_file())
     digest = pack_database(db)
-    after = sum(f.stat().st_size for f in db.glob("database_*.json.gz"))
+    after = sum((db / (name + PACKED)).stat().st_size for name in DATABASE_FILES)
     click.echo(f"{db}: packed {before / 1e6:.1f} MB into {after / 1e6:.1f} MB "
                f"(database sha256 {digest[:8]}, unchanged)")

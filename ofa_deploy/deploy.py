@@ -30,10 +30,10 @@ from .export import INPUT_NAME, export_onnx, seeded_input
 from .search_space import SubnetConfig, load_supernet, random_subnet
 from .search_space.costs import count_costs
 from .shipped import default_supernet
+from .tuning_logs.database import default_database
 
 log = logging.getLogger(__name__)
 
-REPO_TUNING_LOGS = Path(__file__).resolve().parents[1] / "tuning_logs"
 VERIFY_RTOL = 1e-3  # max |compiled - torch| relative to max |torch|
 
 
@@ -50,18 +50,6 @@ class CompileOptions:
     database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database
     batch: int = 1
     seed: int = 0
-
-
-def tuning_logs_dir() -> Path:
-    """Where per-target databases live (``OFA_DEPLOY_TUNING_LOGS`` overrides the repo's folder)."""
-    return Path(os.environ.get("OFA_DEPLOY_TUNING_LOGS", REPO_TUNING_LOGS))
-
-
-def default_database(target_name: str) -> Path | None:
-    """The target's database in ``tuning_logs/<target>/`` as a folder TVM can read (unpacked if shipped gzipped)."""
-    from .compile.database import resolve_database
-
-    return resolve_database(tuning_logs_dir() / target_name)
 
 
 def _checkpoint(opts: CompileOptions) -> str | None:

@@ -38,10 +38,11 @@ from tqdm import tqdm
 from .atomic import write_json
 from .errors import OfaDeployError
 from .search_space import DEFAULT_SPACE, SubnetConfig, get_space
+from .tuning_logs.database import database_hash, default_database
+from .tuning_logs.layout import MODEL_FILE, PARTIAL_FILE, target_dir
 
 log = logging.getLogger(__name__)
 
-PARTIAL_FILE = "latency_model.partial.json"
 SAMPLE_BATCH = 64  # sample_subnets draws candidates this many at a time, whatever n is
 
 
@@ -80,7 +81,7 @@ class ProfileReport:
 
 def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, threads: int) -> dict[str, Any]:
     """What timings depend on: reuse old timings only if all of it is unchanged."""
-    from .search.latency.measured import installed_tvm_version
+    from .compile.toolchain import installed_tvm_version
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
             "database_sha256": db_hash, "space": space, "n_classes": n_classes, "tvm_threads": threads}
@@ -88,8 +89,6 @@ def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, thread
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
     """Workload records and calibration points from a partial run or a finished model with this identity."""
-    from .search.latency.measured import MODEL_FILE
-
     workloads: dict[str, dict] = {}
     points: dict[str, dict] = {}
     for name in (MODEL_FILE, PARTIAL_FILE):
@@ -202,13 +201,11 @@ def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
     """Time the workloads, calibrate, and save ``latency_model.json`` (see the module docstring)."""
-    from .compile.database import database_hash
     from .compile.isolate import tvm_threads
     from .compile.profiling import ProfileSettings, WorkloadItem, local_device, time_workloads
-    from .deploy import default_database
-    from .search.latency.measured import (FORMAT_VERSION, MODEL_FILE, Calibration, MeasuredLatencyModel,
-                                          save_model, tables_from_workloads, tuning_dir)
     from .search.genes import configs_to_genes
+    from .search.latency.measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model,
+                                          tables_from_workloads)
     from .search.tables import lookup
     from .targets import get_target
     from .workloads import export_workloads, space_workloads
@@ -222,7 +219,7 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
     sp = get_space(cfg.space)
     n_classes = cfg.n_classes or sp.n_classes
     settings = cfg.settings or ProfileSettings()
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else tuning_dir(spec.name)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else target_dir(spec.name)
     database = Path(cfg.database_dir) if cfg.database_dir else default_database(spec.name)
     db_hash = database_hash(database) if database is not None else None
     if database is None:

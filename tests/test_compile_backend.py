@@ -209,7 +209,8 @@ def test_cuda_module_matches_onnxruntime_on_gpu(tiny, tmp_path):
 
 @pytest.mark.tvm
 def test_empty_database_is_hashed_but_not_tuned(tiny, tmp_path):
-    from ofa_deploy.compile import build_module, database_hash
+    from ofa_deploy.compile import build_module
+    from ofa_deploy.tuning_logs.database import database_hash
 
     db = tmp_path / "db"
     db.mkdir()
@@ -267,9 +268,8 @@ def test_missing_tools_name_the_package(monkeypatch):
 
 
 def test_database_hash_and_target_check(tmp_path):
-    from ofa_deploy.compile import database_hash
-    from ofa_deploy.compile.database import check_database_target
     from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.database import check_database_target, database_hash
 
     (tmp_path / "database_workload.json").write_text('["123", "AAAA"]\n')
     record = [0, [[[], []], [1e-3], {"kind": "llvm", "mcpu": "cortex-a76", "mtriple": "aarch64-linux-gnu"}, []]]

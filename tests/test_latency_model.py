@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 
 from ofa_deploy import SubnetConfig
-from ofa_deploy.compile.database import RECORD_FILE, WORKLOAD_FILE, database_hash
+from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, ProxyAccuracy, evolution_search,
                                latency_model, nsga_search, write_outputs)
 from ofa_deploy.search.genes import configs_to_genes, genes_to_config, random_genes, resolution_indices
 from ofa_deploy.search.latency import TableLatencyModel
 from ofa_deploy.search.latency import measured as measured_mod
-from ofa_deploy.search.latency.measured import (MODEL_FILE, Calibration, MeasuredLatencyModel, fit_affine,
-                                                installed_tvm_version, save_model)
+from ofa_deploy.search.latency.measured import Calibration, MeasuredLatencyModel, fit_affine, save_model
 from ofa_deploy.search.operators import mutate
+from ofa_deploy.tuning_logs.database import database_hash
+from ofa_deploy.tuning_logs.layout import MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
 from ofa_deploy.workloads import block_key, space_workloads
 from tests.conftest import run_cli
 
@@ -207,7 +208,8 @@ def test_sample_subnets_is_a_prefix_stream():
 
 def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     """All timings already in the partial file: profile fits and saves without running TVM once."""
-    from ofa_deploy.profile import PARTIAL_FILE, ProfileConfig, profile_target, sample_subnets
+    from ofa_deploy.profile import ProfileConfig, profile_target, sample_subnets
+    from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
 
     keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
     data = fake_model(resolutions=(128,))

@@ -12,19 +12,20 @@ import logging
 import numpy as np
 import pytest
 
+from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search import latency_model
 from ofa_deploy.search.genes import configs_to_genes, genes_to_config, random_genes
 from ofa_deploy.search.latency import learned
 from ofa_deploy.search.latency import measured as measured_mod
-from ofa_deploy.search.latency.learned import (ESTIMATE_FILE, FitConfig, efficiency_from_dict, estimate_target,
-                                               fit_efficiency, learn_from_profile, nnls, workload_layers)
-from ofa_deploy.search.latency.measured import installed_tvm_version
+from ofa_deploy.search.latency.learned import (FitConfig, efficiency_from_dict, estimate_target, fit_efficiency,
+                                               learn_from_profile, nnls, workload_layers)
 from ofa_deploy.search.latency.roofline import (CPU_EFFICIENCY, Hardware, RooflineEfficiency, layer_ops,
                                                 roofline_layer_ms)
 from ofa_deploy.search.latency.targets import spec_to_hardware
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.targets import get_target
+from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE, MODEL_FILE
 from tests.conftest import run_cli
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
@@ -156,7 +157,7 @@ def test_learn_from_profile_uses_only_measured_workloads():
 def write_source(tuning_logs, hw: Hardware, eff: RooflineEfficiency = TRUE, **kw) -> dict:
     data = fake_profile(hw, eff, **kw)
     (tuning_logs / "x86-host").mkdir(parents=True, exist_ok=True)
-    (tuning_logs / "x86-host" / measured_mod.MODEL_FILE).write_text(json.dumps(data))
+    (tuning_logs / "x86-host" / MODEL_FILE).write_text(json.dumps(data))
     return data
 
 
@@ -218,7 +219,7 @@ def test_estimate_refuses_stale_or_wrong_kind_sources(tuning_logs):
         estimate_target("cortex-a76", "x86-host")
     data = write_source(tuning_logs, x86_hardware())
     data["database_sha256"] = "cd" * 32  # profiled with a database that tuning_logs/x86-host/ no longer holds
-    (tuning_logs / "x86-host" / measured_mod.MODEL_FILE).write_text(json.dumps(data))
+    (tuning_logs / "x86-host" / MODEL_FILE).write_text(json.dumps(data))
     with pytest.raises(OfaDeployError, match="stale"):
         estimate_target("cortex-a76", "x86-host")
     with pytest.raises(OfaDeployError, match="cannot stand in for cuda-sm80"):

@@ -36,7 +36,7 @@ def _closed_port() -> int:
 
 def _fake_database(path: Path, target: dict, n_records: int = 2) -> Path:
     """A database with well-formed lines (enough for the checks that run before TVM)."""
-    from ofa_deploy.compile.database import RECORD_FILE, WORKLOAD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
 
     path.mkdir(parents=True, exist_ok=True)
     (path / WORKLOAD_FILE).write_text(json.dumps(["123", "bW9kdWxl"]) + "\n")
@@ -84,7 +84,7 @@ def test_unreachable_tracker_fails_fast(capsys, tmp_path):
 
 
 def test_foreign_database_is_refused_and_untouched(capsys, tmp_path):
-    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = _fake_database(tmp_path / "db", AARCH64_TARGET)
     before = (db / RECORD_FILE).read_bytes()
@@ -95,7 +95,7 @@ def test_foreign_database_is_refused_and_untouched(capsys, tmp_path):
 
 
 def test_database_of_another_target_by_state_file(capsys, tmp_path):
-    from ofa_deploy.compile.tuning import STATE_FILE
+    from ofa_deploy.tuning_logs.layout import STATE_FILE
 
     db = tmp_path / "db"
     db.mkdir()
@@ -106,7 +106,7 @@ def test_database_of_another_target_by_state_file(capsys, tmp_path):
 
 
 def test_corrupted_database_is_refused(capsys, tmp_path):
-    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = _fake_database(tmp_path / "db", {"kind": "llvm", "keys": ["cpu"]}, n_records=3)
     lines = (db / RECORD_FILE).read_text().splitlines()
@@ -131,7 +131,8 @@ def test_one_tuning_run_per_database(capsys, tmp_path):
 # ---------------------------------------------------------------- repair of torn writes (no TVM)
 
 def test_repair_drops_only_a_torn_last_line(tmp_path):
-    from ofa_deploy.compile.database import RECORD_FILE, WORKLOAD_FILE, repair_database
+    from ofa_deploy.tuning_logs.database import repair_database
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
 
     db = _fake_database(tmp_path / "db", {"kind": "llvm"}, n_records=3)
     good = (db / RECORD_FILE).read_bytes()
@@ -147,7 +148,8 @@ def test_repair_drops_only_a_torn_last_line(tmp_path):
 
 
 def test_repair_refuses_a_record_of_a_missing_workload(tmp_path):
-    from ofa_deploy.compile.database import RECORD_FILE, repair_database
+    from ofa_deploy.tuning_logs.database import repair_database
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = _fake_database(tmp_path / "db", {"kind": "llvm"})
     with open(db / RECORD_FILE, "a") as f:
@@ -181,8 +183,8 @@ def tuned(tmp_path_factory):
 
 
 def _head_onnx() -> tuple[Path, tuple[int, ...]]:
-    from ofa_deploy.workloads import export_workloads, space_workloads
     from ofa_deploy.search_space import DEFAULT_SPACE
+    from ofa_deploy.workloads import export_workloads, space_workloads
 
     (w,) = [w for w in space_workloads(DEFAULT_SPACE, [128]) if w.key == HEAD]
     return export_workloads([w], DEFAULT_SPACE)[HEAD], w.input_shape
@@ -190,9 +192,9 @@ def _head_onnx() -> tuple[Path, tuple[int, ...]]:
 
 @pytest.mark.tvm
 def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
-    from ofa_deploy.compile import build_module, database_hash
-    from ofa_deploy.compile.database import RECORD_FILE
-    from ofa_deploy.compile.tuning import STATE_FILE
+    from ofa_deploy.compile import build_module
+    from ofa_deploy.tuning_logs.database import database_hash
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, STATE_FILE
 
     db, report = tuned
     records = [json.loads(line) for line in (db / RECORD_FILE).read_text().splitlines()]
@@ -217,8 +219,8 @@ def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
 
 @pytest.mark.tvm
 def test_rerun_tunes_nothing_new(tuned):
-    from ofa_deploy.compile.database import RECORD_FILE
     from ofa_deploy.compile.tuning import tune_target
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db, first = tuned
     before = (db / RECORD_FILE).read_bytes()
@@ -231,7 +233,7 @@ def test_rerun_tunes_nothing_new(tuned):
 
 @pytest.mark.tvm
 def test_tampered_workload_hash_is_refused(tuned, tmp_path, capsys):
-    from ofa_deploy.compile.database import WORKLOAD_FILE
+    from ofa_deploy.tuning_logs.layout import WORKLOAD_FILE
 
     db = tmp_path / "db"
     shutil.copytree(tuned[0], db)
@@ -247,8 +249,8 @@ def test_tampered_workload_hash_is_refused(tuned, tmp_path, capsys):
 
 @pytest.mark.tvm
 def test_budget_too_small_for_one_chunk_tunes_nothing(tuned, tmp_path, capsys):
-    from ofa_deploy.compile.database import RECORD_FILE
     from ofa_deploy.compile.tuning import ASSUMED_CHUNK_OVERHEAD_S
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = tmp_path / "db"  # fresh: no measured rates, so the assumed chunk start-up applies
     minutes = ASSUMED_CHUNK_OVERHEAD_S / 60 / 2
@@ -289,10 +291,11 @@ def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
     Functional only: emulated timings are never a speed, so this database is a throwaway.
     """
     from ofa_deploy.compile import emulated_rpc_server
-    from ofa_deploy.compile.database import RECORD_FILE, check_database_target, database_targets
     from ofa_deploy.compile.rpc import registered_keys, tracker_summary
     from ofa_deploy.compile.tuning import tune_target
     from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.database import check_database_target, database_targets
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = tmp_path / "cortex-a76"
     with emulated_rpc_server(tracker=f"127.0.0.1:{tracker}", key="a64-tune") as spec:
@@ -342,7 +345,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume(tmp_path):
     from ofa_deploy.compile import build_module
-    from ofa_deploy.compile.database import RECORD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = tmp_path / "db"
     cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", *SMALL, "--database", str(db)]
@@ -382,8 +385,8 @@ def test_kill_9_mid_run_then_resume(tmp_path):
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
-    from ofa_deploy.compile.database import RECORD_FILE
-    from ofa_deploy.compile.tuning import STATE_FILE, TuneSettings, tune_target
+    from ofa_deploy.compile.tuning import TuneSettings, tune_target
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, STATE_FILE
 
     db = tmp_path / "db"
     report = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=1, keys=(HEAD,),
@@ -398,10 +401,9 @@ def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
 
 def test_packed_database_keeps_its_hash_and_is_read_where_a_plain_one_is(tmp_path, monkeypatch, capsys):
     """The shipped form (gzip): same hash, resolved for TVM through the cache, unpacked again for tuning."""
-    from ofa_deploy.compile.database import (PACKED, RECORD_FILE, WORKLOAD_FILE, database_hash,
-                                             is_packed, pack_database, resolve_database, unpack_in_place)
-    from ofa_deploy.deploy import default_database
-    from ofa_deploy.search.latency.measured import current_database_hash
+    from ofa_deploy.tuning_logs.database import (current_database_hash, database_hash, default_database, is_packed,
+                                                 pack_database, resolve_database, unpack_in_place)
+    from ofa_deploy.tuning_logs.layout import PACKED, RECORD_FILE, WORKLOAD_FILE
 
     monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))

@@ -52,13 +52,13 @@ from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, SubnetConfig, get_space
 from ofa_deploy.search_space.costs import LayerCost, count_costs
+from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE, MODEL_FILE, target_dir
 
 from .base import TableLatencyModel
 from .roofline import Hardware, RooflineEfficiency, efficiency_for, layer_ops, roofline_layer_ms
 
 log = logging.getLogger(__name__)
 
-ESTIMATE_FILE = "estimated_model.json"
 FORMAT_VERSION = 1
 FITTED_KINDS = ("conv", "dwconv", "se", "pool", "linear")  # the op kinds of count_costs layers
 PARAMS = FITTED_KINDS + ("mem", "overhead_us")
@@ -413,9 +413,7 @@ def _warn_once(path: Path, reason: str) -> None:
 def load_estimated_model(hw: Hardware, space: str | SearchSpace, n_classes: int | None = None,
                          label: str | None = None) -> TableLatencyModel | None:
     """``tuning_logs/<hw.name>/estimated_model.json`` as a latency model, or None (absent, unreadable, other space)."""
-    from .measured import tuning_dir
-
-    path = tuning_dir(hw.name) / ESTIMATE_FILE
+    path = target_dir(hw.name) / ESTIMATE_FILE
     if not path.is_file():
         return None
     sp = get_space(space)
@@ -440,11 +438,9 @@ def load_estimated_model(hw: Hardware, space: str | SearchSpace, n_classes: int 
 def guessed_model(hw: Hardware, space: str | SearchSpace, n_classes: int | None = None,
                   label: str | None = None) -> TableLatencyModel:
     """The roofline with today's named-guess efficiencies, for targets nothing was learned for."""
-    from .measured import tuning_dir
-
     eff = efficiency_for(hw.kind)
     hint = (f"; for efficiencies learned on a profiled target run 'ofa-deploy profile --target {hw.name} "
-            f"--estimate-from x86-host'" if hw.kind == "cpu" and not (tuning_dir(hw.name) / ESTIMATE_FILE).is_file()
+            f"--estimate-from x86-host'" if hw.kind == "cpu" and not (target_dir(hw.name) / ESTIMATE_FILE).is_file()
             else "")
     log.warning("target %s: latency is an analytic roofline ESTIMATE with named-guess efficiencies (%g GFLOP/s, "
                 "%g GB/s peak), labelled 'estimated'%s", label or hw.name, hw.peak_gflops, hw.peak_gbps, hint)
@@ -472,11 +468,14 @@ def estimate_target(target: str, source: str, space: str | None = None, cfg: Fit
     """
     from ofa_deploy.targets import get_target
 
-    from .measured import MODEL_FILE, current_database_hash, installed_tvm_version, mismatch, tuning_dir
+    from ofa_deploy.compile.toolchain import installed_tvm_version
+    from ofa_deploy.tuning_logs.database import current_database_hash
+
+    from .measured import mismatch
 
     spec, src = get_target(target), get_target(source)
     _kind_check(spec, src)
-    path = tuning_dir(src.name) / MODEL_FILE
+    path = target_dir(src.name) / MODEL_FILE
     hint = f"run 'ofa-deploy profile --target {src.name}' first"
     if not path.is_file():
         raise OfaDeployError(f"--estimate-from {src.name}: no measured latency model at {path}; {hint}")
@@ -496,13 +495,13 @@ def estimate_target(target: str, source: str, space: str | None = None, cfg: Fit
     except (KeyError, TypeError) as err:
         raise OfaDeployError(f"--estimate-from {src.name}: {path} is malformed (missing or bad field {err}); "
                              f"{hint}") from None
-    dest = Path(out_dir) if out_dir is not None else tuning_dir(spec.name)
+    dest = Path(out_dir) if out_dir is not None else target_dir(spec.name)
     save_estimate(dest / ESTIMATE_FILE, out)
     log.info("estimate %s from %s: wrote %s (fit rms %.1f %% over %d workloads)", spec.name, src.name,
              dest / ESTIMATE_FILE, fit.rms_pct, len(fit.keys))
     return EstimateReport(dest / ESTIMATE_FILE, out, fit)
 
 
-__all__ = ["ESTIMATE_FILE", "EstimateReport", "FitConfig", "LayerTerms", "LearnedFit", "build_estimate",
+__all__ = ["EstimateReport", "FitConfig", "LayerTerms", "LearnedFit", "build_estimate",
            "describe_estimate", "e2e_check", "efficiency_from_dict", "estimate_target", "fit_efficiency",
            "guessed_model", "learn_from_profile", "load_estimated_model", "nnls", "save_estimate", "workload_layers"]

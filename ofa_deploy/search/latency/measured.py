@@ -28,33 +28,18 @@ from typing import Any
 import numpy as np
 
 from ofa_deploy.atomic import write_json
-from ofa_deploy.compile.toolchain import installed_tvm_version  # noqa: F401 - part of this module's API
+from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, get_space
+from ofa_deploy.tuning_logs.database import current_database_hash
+from ofa_deploy.tuning_logs.layout import MODEL_FILE, target_dir
 
 from ..tables import argmin_additive, lookup
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "latency_model.json"
 FORMAT_VERSION = 1
 _warned: set[tuple[str, str]] = set()  # (path, reason) already warned about
-
-
-def tuning_dir(target_name: str) -> Path:
-    """``tuning_logs/<target>/`` (``OFA_DEPLOY_TUNING_LOGS`` overrides the repo's folder)."""
-    from ofa_deploy.deploy import tuning_logs_dir
-
-    return tuning_logs_dir() / target_name
-
-
-def current_database_hash(target_name: str) -> str | None:
-    """sha256 of the target's database in ``tuning_logs/<target>/``; None when it has none (untuned)."""
-    from ofa_deploy.compile.database import database_hash
-    from ofa_deploy.deploy import default_database
-
-    d = default_database(target_name)
-    return database_hash(d) if d is not None else None
 
 
 def tables_from_workloads(space: str | SearchSpace, resolutions: list[int] | tuple[int, ...],
@@ -243,7 +228,7 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
 
     A present but stale, partial or unreadable model is warned about once per process.
     """
-    path = tuning_dir(target_name) / MODEL_FILE
+    path = target_dir(target_name) / MODEL_FILE
     if not path.is_file():
         return None
     sp = get_space(space)
@@ -269,6 +254,5 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
 
 
 
-__all__ = ["Calibration", "MODEL_FILE", "MeasuredLatencyModel", "describe_basis", "fit_affine",
-           "installed_tvm_version", "load_measured_model", "mismatch", "save_model", "tables_from_workloads",
-           "tuning_dir"]
+__all__ = ["Calibration", "MeasuredLatencyModel", "describe_basis", "fit_affine", "load_measured_model", "mismatch",
+           "save_model", "tables_from_workloads"]

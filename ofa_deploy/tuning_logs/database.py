@@ -1,11 +1,12 @@
-"""MetaSchedule database directories: validation, content hash, and the packed (gzip) form (no TVM needed).
+"""MetaSchedule database folders: validation, repair, content hash, the packed (gzip) form (no TVM needed).
 
 A database is two JSON-lines files. Tuning appends to them as plain files; the repository
 ships them gzipped (``*.json.gz``: 3.7 MB instead of 51 MB for x86-host), because JSON of
 scheduling traces compresses ~14x. :func:`resolve_database` turns a folder holding either form
 into a folder TVM can read (a packed one is unpacked once into a content-hashed cache), and
 :func:`database_hash` hashes the *unpacked* content, so packing never changes a database's
-identity (latency models keep matching).
+identity (latency models keep matching). :func:`default_database` is the database of a target's
+``tuning_logs/<target>/`` folder, the one ``compile``, ``profile`` and ``search`` use by default.
 """
 
 from __future__ import annotations
@@ -26,24 +27,21 @@ from ofa_deploy.atomic import atomic_path
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
-log = logging.getLogger(__name__)
+from .layout import DATABASE_FILES, PACKED, RECORD_FILE, WORKLOAD_FILE, target_dir
 
-# The two files of a tvm.s_tir.meta_schedule JSONDatabase(work_dir=...).
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
-PACKED = ".gz"  # suffix of the shipped (gzipped) form of both files
+log = logging.getLogger(__name__)
 
 
 def is_packed(database_dir: str | Path) -> bool:
     """True when the folder holds only the gzipped form (plain files, if present, win)."""
     path = Path(database_dir)
-    return (all((path / (name + PACKED)).is_file() for name in (WORKLOAD_FILE, RECORD_FILE))
+    return (all((path / (name + PACKED)).is_file() for name in DATABASE_FILES)
             and not (path / RECORD_FILE).is_file())
 
 
 def _gunzip_into(src_dir: Path, dst_dir: Path) -> None:
     """Unpack both files (each atomically); a damaged ``.gz`` is an OfaDeployError naming it."""
-    for name in (WORKLOAD_FILE, RECORD_FILE):
+    for name in DATABASE_FILES:
         try:
             with gzip.open(src_dir / (name + PACKED), "rb") as src, atomic_path(dst_dir / name) as tmp:
                 with open(tmp, "wb") as dst:
@@ -64,7 +62,7 @@ def resolve_database(database_dir: str | Path) -> Path | None:
         return path
     if not is_packed(path):
         return None
-    digest = hashlib.sha256(b"".join(file_sha256(path / (n + PACKED)).encode() for n in (WORKLOAD_FILE, RECORD_FILE)))
+    digest = hashlib.sha256(b"".join(file_sha256(path / (n + PACKED)).encode() for n in DATABASE_FILES))
     dest = cache_root() / "databases" / digest.hexdigest()[:20]
     if not (dest / RECORD_FILE).is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +78,24 @@ def resolve_database(database_dir: str | Path) -> Path | None:
     return dest
 
 
+def default_database(target_name: str) -> Path | None:
+    """The target's database in ``tuning_logs/<target>/`` as a folder TVM can read (unpacked if shipped gzipped)."""
+    return resolve_database(target_dir(target_name))
+
+
+def current_database_hash(target_name: str) -> str | None:
+    """sha256 of the target's database in ``tuning_logs/<target>/``; None when it has none (untuned)."""
+    d = default_database(target_name)
+    return database_hash(d) if d is not None else None
+
+
 def unpack_in_place(database_dir: str | Path) -> bool:
     """Turn a packed folder into plain files (tuning appends to them); the stale ``.gz`` files are removed."""
     path = Path(database_dir)
     if not is_packed(path):
         return False
     _gunzip_into(path, path)
-    for name in (WORKLOAD_FILE, RECORD_FILE):
+    for name in DATABASE_FILES:
         (path / (name + PACKED)).unlink()
     log.info("unpacked database %s for tuning (pack it again with 'ofa-deploy tune --pack')", path)
     return True
@@ -99,14 +108,14 @@ def pack_database(database_dir: str | Path) -> str:
     """
     path = check_database_dir(database_dir)
     before = database_hash(path)
-    for name in (WORKLOAD_FILE, RECORD_FILE):
+    for name in DATABASE_FILES:
         with open(path / name, "rb") as src, atomic_path(path / (name + PACKED)) as tmp:
             with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
                                                        compresslevel=9) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     if _content_hash(lambda name: gzip.decompress((path / (name + PACKED)).read_bytes())) != before:
         raise OfaDeployError(f"packing {path} changed its content; plain files kept")
-    for name in (WORKLOAD_FILE, RECORD_FILE):
+    for name in DATABASE_FILES:
         (path / name).unlink()
     return before
 
@@ -118,7 +127,7 @@ def check_database_dir(database_dir: str | Path) -> Path:
     directory, and a build would then claim a database it never used.
     """
     path = Path(database_dir)
-    missing = [name for name in (WORKLOAD_FILE, RECORD_FILE) if not (path / name).is_file()]
+    missing = [name for name in DATABASE_FILES if not (path / name).is_file()]
     if not path.is_dir() or missing:
         raise OfaDeployError(f"{path} is not a MetaSchedule database directory "
                              f"(missing {', '.join(missing) or 'directory'}; expected {WORKLOAD_FILE} "
@@ -140,7 +149,7 @@ def database_hash(database_dir: str | Path) -> str:
 def _content_hash(read: Callable[[str], bytes]) -> str:
     """sha256 over both files' names and contents, ``read(name)`` giving the (unpacked) bytes."""
     digest = hashlib.sha256()
-    for name in sorted((WORKLOAD_FILE, RECORD_FILE)):
+    for name in sorted(DATABASE_FILES):
         digest.update(name.encode() + b"\0")
         digest.update(read(name))
         digest.update(b"\0")

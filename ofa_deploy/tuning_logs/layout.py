@@ -1,0 +1,34 @@
+"""Where the ``tuning_logs/<target>/`` folders are and what the files in them are called.
+
+The one place these names are spelt: the tuner, the profiler, the latency models, compile and the
+benches take them from here (tuning_logs/README.md says which command writes which file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_TUNING_LOGS = Path(__file__).resolve().parents[2] / "tuning_logs"  # the repository's folder (editable install)
+
+# The two files of a tvm.s_tir.meta_schedule JSONDatabase(work_dir=...), in hashing order.
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+DATABASE_FILES = (WORKLOAD_FILE, RECORD_FILE)
+PACKED = ".gz"  # suffix of the shipped (gzipped) form of both database files
+
+STATE_FILE = "tune_state.json"  # ofa-deploy tune: settings, tasks done, measured cost per trial
+LOCK_FILE = ".tune.lock"  # one tuning run per database (git-ignored)
+MODEL_FILE = "latency_model.json"  # ofa-deploy profile: the measured latency model
+PARTIAL_FILE = "latency_model.partial.json"  # a profile run's finished timings, for resuming
+ESTIMATE_FILE = "estimated_model.json"  # profile --estimate-from: learned roofline efficiencies
+
+
+def tuning_logs_dir() -> Path:
+    """Where per-target folders live (``OFA_DEPLOY_TUNING_LOGS`` overrides the repository's ``tuning_logs/``)."""
+    return Path(os.environ.get("OFA_DEPLOY_TUNING_LOGS", REPO_TUNING_LOGS))
+
+
+def target_dir(target_name: str) -> Path:
+    """``tuning_logs/<target>/``: the folder of everything tuned or profiled for one registry target."""
+    return tuning_logs_dir() / target_name
