@@ -3,7 +3,7 @@
 There is no ARM board here, so ARM latencies are *estimated*: the roofline with efficiencies
 learned on the profiled x86 host (``tuning_logs/<target>/estimated_model.json``, written by
 ``ofa-deploy profile --target cortex-a76 --estimate-from x86-host``; see
-``ofa_deploy/search/latency/learned.py``). This script checks that estimate against published,
+``ofa_deploy/latency/learned.py``). This script checks that estimate against published,
 citable measurements of MobileNetV3-Large (fp32, batch 1) on ARM cores in or near our registry,
 and writes the table to BENCHMARKS.md.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import click
 
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.search.latency.learned import efficiency_from_dict
-from ofa_deploy.search.latency.roofline import CPU_EFFICIENCY, Hardware, RooflineEfficiency, roofline_layer_ms
+from ofa_deploy.latency.learned import efficiency_from_dict
+from ofa_deploy.latency.roofline import CPU_EFFICIENCY, Hardware, RooflineEfficiency, roofline_layer_ms
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE

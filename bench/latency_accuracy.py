@@ -33,10 +33,10 @@ from ofa_deploy.compile.profiling import ProfileSettings
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.profile import measure_subnets, sample_subnets
-from ofa_deploy.search.genes import configs_to_genes, random_genes, resolution_indices
-from ofa_deploy.search.latency.measured import MeasuredLatencyModel, mismatch
+from ofa_deploy.latency.measured import MeasuredLatencyModel, mismatch
+from ofa_deploy.latency.profile import measure_subnets, sample_subnets
 from ofa_deploy.search.predictor import kendall_tau
+from ofa_deploy.search_space.genes import configs_to_genes, random_genes, resolution_indices
 from ofa_deploy.targets import get_target
 from ofa_deploy.tuning_logs.database import current_database_hash, default_database
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, target_dir

@@ -16,8 +16,9 @@ import time
 import click
 import torch
 
-from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, evolution_search, latency_model,
-                               load_predictor, nsga_search)
+from ofa_deploy.latency import latency_model
+from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, evolution_search, load_predictor,
+                               nsga_search)
 from ofa_deploy.search.encoding import n_features
 from ofa_deploy.search.predictor import AccuracyPredictorNet, Predictor, PredictorMeta
 from ofa_deploy.search_space import DEFAULT_SPACE

@@ -77,7 +77,7 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
             line += " - emulated: not a device speed"
     click.echo(line)
     if "vta" in meta:  # say plainly what runs where: the module is ARM-only, the VTA figures are a model's
-        from .search.latency.vta import describe_offload
+        from .latency.vta import describe_offload
 
         for text in describe_offload(meta["vta"]):
             click.echo(text)

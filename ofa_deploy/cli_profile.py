@@ -63,9 +63,9 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
     if estimate_from is not None:
         _estimate(ctx, target, estimate_from, space)
         return
-    from .profile import ProfileConfig, profile_target
-    from .search.genes import resolution_indices
+    from .latency.profile import ProfileConfig, profile_target
     from .search_space import DEFAULT_SPACE
+    from .search_space.genes import resolution_indices
 
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
@@ -89,7 +89,7 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
 
 def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -> None:
     """``profile --estimate-from``: learn efficiencies on SOURCE, write the target's estimated model."""
-    from .search.latency.learned import estimate_target
+    from .latency.learned import estimate_target
 
     timed_only = [p for p in ("resolutions", "calibrate", "database", "seed", "passes")
                   if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]

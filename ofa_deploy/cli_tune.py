@@ -50,8 +50,8 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
         return
     from .cli_profile import parse_resolutions
     from .compile.tuning import tune_target
-    from .search.genes import resolution_indices
     from .search_space import DEFAULT_SPACE
+    from .search_space.genes import resolution_indices
 
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong

@@ -165,8 +165,8 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             "weights": _checkpoint(opts) or "random (latency work only)",
         }
         if spec.kind == "vta":  # what the VTA model would offload, next to the ARM-only module built here
-            from .search.latency.vta import offload_report
-            from .search.tables import layers_with_acts
+            from .latency.tables import layers_with_acts
+            from .latency.vta import offload_report
 
             metadata["vta"] = offload_report(layers_with_acts(cfg, model.n_classes), spec.name)
         write_json(work / "metadata.json", metadata)

@@ -1,4 +1,4 @@
-"""The OFA MobileNetV3 search space: spaces, subnet configs, the elastic supernet, static subnets."""
+"""The OFA MobileNetV3 search space: spaces, subnet configs (and as gene rows), the supernet, static subnets."""
 
 from .bn import random_subnet, recalibrate_bn
 from .checkpoint import load_supernet, save_supernet

@@ -121,7 +121,7 @@ def jetson_orin() -> TargetSpec:
 
 
 # VTA boards (kind "vta"). TVM 0.27 has no VTA backend (removed in apache/tvm PR 17542), so the
-# fabric is modelled analytically (ofa_deploy.search.latency.vta, which reads every board figure
+# fabric is modelled analytically (ofa_deploy.latency.vta, which reads every board figure
 # from here) and `compile` builds the whole network for the board's ARM cores (TargetSpec.host_spec).
 # ARM fp32 peak = cores x clock x 4 FLOP/cycle: Cortex-A53 as above (64-bit NEON datapath); Cortex-A9
 # likewise (NEON VMLA.F32 on q registers: 4 lanes x 2 FLOP every 2 cycles; measured 3.999 GFLOP/s on

@@ -22,7 +22,7 @@ class VtaFabric:
     """The per-board part of a VTA design: how fast its FPGA fabric runs and how wide it reads DRAM.
 
     The VTA design itself (GEMM shape, buffer sizes, instruction costs) is the same on every
-    board and lives with the model (``ofa_deploy.search.latency.vta.VtaConfig``).
+    board and lives with the model (``ofa_deploy.latency.vta.VtaConfig``).
     """
 
     clock_mhz: float  # FPGA clock the VTA bitstream runs at

@@ -15,13 +15,13 @@ import pytest
 
 from ofa_deploy import SubnetConfig
 from ofa_deploy.compile.toolchain import installed_tvm_version
+from ofa_deploy.latency import TableLatencyModel, latency_model
+from ofa_deploy.latency import measured as measured_mod
+from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel, fit_affine, save_model
 from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, ProxyAccuracy, evolution_search,
-                               latency_model, nsga_search, write_outputs)
-from ofa_deploy.search.genes import configs_to_genes, genes_to_config, random_genes, resolution_indices
-from ofa_deploy.search.latency import TableLatencyModel
-from ofa_deploy.search.latency import measured as measured_mod
-from ofa_deploy.search.latency.measured import Calibration, MeasuredLatencyModel, fit_affine, save_model
+                               nsga_search, write_outputs)
 from ofa_deploy.search.operators import mutate
+from ofa_deploy.search_space.genes import configs_to_genes, genes_to_config, random_genes, resolution_indices
 from ofa_deploy.tuning_logs.database import database_hash
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
 from ofa_deploy.workloads import block_key, space_workloads
@@ -197,7 +197,7 @@ def test_fastest_pass_keeps_the_fastest_median_and_reports_the_spread():
 
 def test_sample_subnets_is_a_prefix_stream():
     """A bench stopped early and rerun with a smaller --n keeps its subnets (no re-draw)."""
-    from ofa_deploy.profile import sample_subnets
+    from ofa_deploy.latency.profile import sample_subnets
 
     many = [c.id for c in sample_subnets(SPACE, RES, 150, 1000)]
     assert len(set(many)) == 150
@@ -208,7 +208,7 @@ def test_sample_subnets_is_a_prefix_stream():
 
 def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     """All timings already in the partial file: profile fits and saves without running TVM once."""
-    from ofa_deploy.profile import ProfileConfig, profile_target, sample_subnets
+    from ofa_deploy.latency.profile import ProfileConfig, profile_target, sample_subnets
     from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
 
     keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
@@ -223,9 +223,8 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     points = [with_passes({"id": c.id, "config": c.to_dict(), "table_ms": s, "std_ms": 0.0, "source": "measured"},
                           2.0 * s + 1.0, "measured_ms") for c, s in zip(calib, sums)]
     identity = {k: data[k] for k in ("target", "tvm_version", "database_sha256", "space", "n_classes")}
-    from ofa_deploy.targets import get_target
-
     from ofa_deploy.compile.isolate import tvm_threads
+    from ofa_deploy.targets import get_target
 
     identity["tvm_target"] = get_target("x86-host").tvm_target
     identity["tvm_threads"] = tvm_threads()  # timings of another thread count are not reused
@@ -242,7 +241,7 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     saved = json.loads((d / MODEL_FILE).read_text())
     assert saved["database_sha256"] is None and saved["calibration"]["n"] == 3 and saved["resolutions"] == [128]
 
-    from ofa_deploy.profile import _identity, _reusable
+    from ofa_deploy.latency.profile import _identity, _reusable
 
     now = _identity(get_target("x86-host"), None, SPACE, 1000, tvm_threads())
     assert _reusable(d, now)[0] == workloads  # the saved model is reusable as is
@@ -271,7 +270,7 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
     import dataclasses
 
     from ofa_deploy.compile.profiling import ProfileSettings
-    from ofa_deploy.profile import ProfileConfig, profile_target
+    from ofa_deploy.latency.profile import ProfileConfig, profile_target
 
     monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))  # an empty module cache
     modules = tmp_path / "cache" / "modules"
@@ -317,7 +316,7 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
 
 def test_smaller_head_is_accepted_larger_is_not():
     """A 10-class net only shrinks the profiled 1000-class classifier: the model is a safe upper bound."""
-    from ofa_deploy.search.latency.measured import mismatch
+    from ofa_deploy.latency.measured import mismatch
 
     data = {"space": SPACE, "n_classes": 1000, "database_sha256": "h", "tvm_version": "v"}
     assert mismatch(data, database_sha256="h", tvm_version="v", space=SPACE, n_classes=10) is None

@@ -14,16 +14,14 @@ import pytest
 
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.search import latency_model
-from ofa_deploy.search.genes import configs_to_genes, genes_to_config, random_genes
-from ofa_deploy.search.latency import learned
-from ofa_deploy.search.latency import measured as measured_mod
-from ofa_deploy.search.latency.learned import (FitConfig, efficiency_from_dict, estimate_target, fit_efficiency,
-                                               learn_from_profile, nnls, workload_layers)
-from ofa_deploy.search.latency.roofline import (CPU_EFFICIENCY, Hardware, RooflineEfficiency, layer_ops,
-                                                roofline_layer_ms)
-from ofa_deploy.search.latency.targets import spec_to_hardware
+from ofa_deploy.latency import latency_model, learned
+from ofa_deploy.latency import measured as measured_mod
+from ofa_deploy.latency.learned import (FitConfig, efficiency_from_dict, estimate_target, fit_efficiency,
+                                        learn_from_profile, nnls, workload_layers)
+from ofa_deploy.latency.roofline import (CPU_EFFICIENCY, Hardware, RooflineEfficiency, layer_ops, roofline_layer_ms,
+                                         spec_to_hardware)
 from ofa_deploy.search_space.costs import count_costs
+from ofa_deploy.search_space.genes import configs_to_genes, genes_to_config, random_genes
 from ofa_deploy.targets import get_target
 from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE, MODEL_FILE
 from tests.conftest import run_cli

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.search.genes import random_genes
+from ofa_deploy.latency.tables import cost_tables
 from ofa_deploy.search.predictor import (AccuracyPredictorNet, Predictor, PredictorMeta, TrainConfig, kendall_tau,
                                          load_predictor, rmse, save_predictor, train_predictor)
-from ofa_deploy.search.tables import cost_tables
+from ofa_deploy.search_space.genes import random_genes
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
 

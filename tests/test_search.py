@@ -9,14 +9,13 @@ import pytest
 
 from ofa_deploy import SubnetConfig
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.latency import CPU_EFFICIENCY, TableLatencyModel, hardware_from_spec, latency_model, roofline_layer_ms
+from ofa_deploy.latency.roofline import Hardware, spec_to_hardware
+from ofa_deploy.latency.tables import cost_tables
 from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, ProxyAccuracy, evolution_search,
-                               latency_model, nsga_search, run_search, verify_top, write_outputs)
-from ofa_deploy.search.genes import configs_to_genes, genes_to_config
-from ofa_deploy.search.tables import cost_tables
-from ofa_deploy.search.latency import CPU_EFFICIENCY, TableLatencyModel, hardware_from_spec, roofline_layer_ms
-from ofa_deploy.search.latency.roofline import Hardware
-from ofa_deploy.search.latency.targets import spec_to_hardware
+                               nsga_search, run_search, verify_top, write_outputs)
 from ofa_deploy.search_space.costs import count_costs
+from ofa_deploy.search_space.genes import configs_to_genes, genes_to_config
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
 FAKE_CPU = SimpleNamespace(name="fake-a76", kind="cpu", arch="aarch64", cores=4, peak_gflops_fp32=150.0,

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from ofa_deploy import OFAMobileNetV3, SubnetConfig, save_supernet
-from ofa_deploy.search import ProxyAccuracy, random_genes
+from ofa_deploy.search import ProxyAccuracy
 from ofa_deploy.search.dataset import FORMAT, read_records
 from ofa_deploy.search.encoding import n_features
 from ofa_deploy.search.predictor import AccuracyPredictorNet, Predictor, PredictorMeta, save_predictor
+from ofa_deploy.search_space.genes import random_genes
 from tests.conftest import run_cli
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
@@ -68,7 +69,7 @@ def test_search_warns_when_the_prediction_extrapolates(run, tmp_path, acc_max, w
 
 
 def test_unquoted_tvm_target_words_are_joined(run, predictor_file, tmp_path, monkeypatch):
-    from ofa_deploy.search.latency import targets
+    from ofa_deploy.latency import choose
 
     seen = []
 
@@ -76,7 +77,7 @@ def test_unquoted_tvm_target_words_are_joined(run, predictor_file, tmp_path, mon
         seen.append(text)
         return type("Spec", (), dict(name="cortex-a76", kind="cpu", peak_gflops_fp32=153.6, peak_gbps=17.1))()
 
-    monkeypatch.setattr(targets, "lookup_target", fake_lookup)
+    monkeypatch.setattr(choose, "lookup_target", fake_lookup)
     code, _, err = run(["search", "--target", "llvm", "-mtriple=aarch64-linux-gnu", "-mcpu=cortex-a76",
                         "-mattr=+neon", "--latency-ms", "20", "--acc-predictor", predictor_file,
                         "--population", "10", "--generations", "2", "-o", str(tmp_path / "o")])
@@ -179,7 +180,7 @@ def test_acc_predictor_trains_and_reports(run, tmp_path):
     rng = np.random.default_rng(0)
     genes = random_genes(rng, 200, SPACE)
     acc = ProxyAccuracy(SPACE).predict(genes)
-    from ofa_deploy.search.genes import genes_to_config
+    from ofa_deploy.search_space.genes import genes_to_config
 
     lines = [json.dumps({"format": FORMAT, "version": 1, "space": SPACE, "n_classes": 10, "dataset": "demo"})]
     lines += [json.dumps({"index": i, "arch": genes_to_config(g, SPACE).to_dict(), "acc": float(a)})

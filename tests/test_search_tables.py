@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from ofa_deploy import SubnetConfig
+from ofa_deploy.latency.tables import argmin_additive, cost_tables, layers_with_acts, lookup
 from ofa_deploy.search.encoding import encode, encode_configs, n_features
-from ofa_deploy.search.genes import canonical, configs_to_genes, genes_to_config, layout, random_genes
-from ofa_deploy.search.tables import argmin_additive, cost_tables, layers_with_acts, lookup
 from ofa_deploy.search_space.costs import count_costs
+from ofa_deploy.search_space.genes import canonical, configs_to_genes, genes_to_config, layout, random_genes
 
 W10, W12 = "ofa_mbv3_d234_e346_k357_w1.0", "ofa_mbv3_d234_e346_k357_w1.2"
 

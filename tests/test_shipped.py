@@ -8,9 +8,9 @@ import torch
 
 import ofa_deploy.shipped as shipped
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.search.genes import random_genes
 from ofa_deploy.search.predictor import TrainConfig, load_predictor, save_predictor, train_predictor
 from ofa_deploy.search_space import OFAMobileNetV3, SubnetConfig, load_supernet, save_supernet
+from ofa_deploy.search_space.genes import random_genes
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
 

@@ -7,15 +7,14 @@ import pytest
 
 from ofa_deploy import SubnetConfig
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.latency import BOARDS, ConvShape, VtaConfig, get_board, latency_model, plan_conv, vta_report
+from ofa_deploy.latency.tables import layers_with_acts
+from ofa_deploy.latency.vta import HSWISH_ON_ARM, arm_reason, describe_offload, estimate_layer, offload_report, on_vta
 from ofa_deploy.search.compare import intensity_table, markdown
 from ofa_deploy.search.evolution import EvolutionConfig
-from ofa_deploy.search.genes import configs_to_genes
-from ofa_deploy.search.latency import BOARDS, ConvShape, VtaConfig, get_board, latency_model, plan_conv, vta_report
-from ofa_deploy.search.latency.vta import (HSWISH_ON_ARM, arm_reason, describe_offload, estimate_layer,
-                                           offload_report, on_vta)
 from ofa_deploy.search.mobilenetv2 import mobilenet_v2_layers
-from ofa_deploy.search.tables import layers_with_acts
 from ofa_deploy.search_space.costs import LayerCost, count_costs
+from ofa_deploy.search_space.genes import configs_to_genes
 from ofa_deploy.targets import get_target, register_target
 
 ULTRA96 = get_board("vta-ultra96")

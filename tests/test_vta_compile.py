@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 from ofa_deploy import SubnetConfig
-from ofa_deploy.search.latency.vta import vta_report
-from ofa_deploy.search.tables import layers_with_acts
+from ofa_deploy.latency.tables import layers_with_acts
+from ofa_deploy.latency.vta import vta_report
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.targets import get_target
 

@@ -7,16 +7,16 @@ import os
 from typing import Any
 
 from ofa_deploy.errors import CheckpointError, OfaDeployError
+from ofa_deploy.latency.base import LatencyModel
+from ofa_deploy.latency.choose import latency_model
 
+from ..shipped import DEFAULT_PREDICTOR
 from .evaluator import Constraints, Evaluator
 from .evolution import EvolutionConfig, evolution_search
-from .latency.base import LatencyModel
-from .latency.targets import latency_model
 from .nsga import NsgaConfig, nsga_search
 from .predictor import AccuracyModel, Predictor, load_predictor
 from .result import SearchResult
 from .verify import Measure, verify_top
-from ..shipped import DEFAULT_PREDICTOR
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,17 @@ from typing import Any
 
 import click
 
+from ofa_deploy.latency.base import TableLatencyModel
+from ofa_deploy.latency.roofline import CPU_EFFICIENCY, roofline_layer_ms
+from ofa_deploy.latency.tables import layers_with_acts
+from ofa_deploy.latency.vta import get_board, vta_layer_ms, vta_report
 from ofa_deploy.search_space import DEFAULT_SPACE
 
 from .evaluator import Constraints, Evaluator
 from .evolution import EvolutionConfig, evolution_search
-from .latency.base import TableLatencyModel
-from .latency.roofline import CPU_EFFICIENCY, roofline_layer_ms
-from .latency.vta import get_board, vta_layer_ms, vta_report
 from .mobilenetv2 import mobilenet_v2_layers
 from .predictor import AccuracyModel
 from .proxy import ProxyAccuracy
-from .tables import layers_with_acts
 
 log = logging.getLogger(__name__)
 

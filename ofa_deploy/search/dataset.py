@@ -26,9 +26,8 @@ from tqdm import tqdm
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import OFAMobileNetV3, SubnetConfig, recalibrate_bn
+from ofa_deploy.search_space.genes import configs_to_genes
 from ofa_deploy.torch_device import resolve_device
-
-from .genes import configs_to_genes
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ofa_deploy.search_space import SearchSpace, SubnetConfig, get_space
-
-from .genes import configs_to_genes, layout
+from ofa_deploy.search_space.genes import configs_to_genes, layout
 
 # Bump when the feature layout changes: predictors store it and refuse a different one.
 ENCODING_VERSION = 1

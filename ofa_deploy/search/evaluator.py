@@ -15,12 +15,12 @@ from typing import Callable
 import numpy as np
 
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.latency.base import LatencyModel
+from ofa_deploy.latency.tables import argmin_additive, cost_tables, lookup
 from ofa_deploy.search_space import SearchSpace, get_space
+from ofa_deploy.search_space.genes import genes_to_config, layout, random_genes, resolution_indices
 
-from .genes import genes_to_config, layout, random_genes, resolution_indices
-from .latency.base import LatencyModel
 from .predictor import AccuracyModel
-from .tables import argmin_additive, cost_tables, lookup
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.search_space.genes import GENE_DTYPE
 
 from .evaluator import Evaluator
-from .genes import GENE_DTYPE
 from .operators import mutate
 from .predictor import torch_threads
 from .result import SearchResult, top_k

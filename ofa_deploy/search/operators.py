@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ofa_deploy.search_space import SearchSpace
-
-from .genes import layout
+from ofa_deploy.search_space.genes import layout
 
 
 def mutate(rng: np.random.Generator, parents: np.ndarray, space: str | SearchSpace, prob: float,

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ofa_deploy.latency.tables import cost_tables
 from ofa_deploy.search_space import DEFAULT_SPACE
-
-from .tables import cost_tables
 
 
 @dataclass(frozen=True)

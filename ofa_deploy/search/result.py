@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from ofa_deploy.search_space import SubnetConfig
+from ofa_deploy.search_space.genes import canonical, genes_to_config
 
 from .evaluator import Scored
-from .genes import canonical, genes_to_config
 
 
 def unique(scored: Scored, space: str) -> Scored:

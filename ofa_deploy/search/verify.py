@@ -15,10 +15,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.latency.base import SOURCES
+from ofa_deploy.latency.vta import BOARDS
 from ofa_deploy.search_space import SubnetConfig
 
-from .latency.base import SOURCES
-from .latency.vta import BOARDS
 from .result import SearchResult
 
 log = logging.getLogger(__name__)

@@ -342,7 +342,7 @@ def _kind_check(target: Any, source: Any) -> None:
 def build_estimate(target: Any, source: Any, source_data: dict[str, Any], cfg: FitConfig = FitConfig(),
                    source_path: str | None = None) -> tuple[dict[str, Any], LearnedFit]:
     """The ``estimated_model.json`` dict for registry spec ``target``, learned from ``source``'s profile."""
-    from .targets import spec_to_hardware
+    from .roofline import spec_to_hardware
 
     _kind_check(target, source)
     src_hw, hw = spec_to_hardware(source), spec_to_hardware(target)
@@ -466,9 +466,8 @@ def estimate_target(target: str, source: str, space: str | None = None, cfg: Fit
     The source model must be the one search would use for ``source`` (same database and TVM as
     now), so the recorded provenance is true.
     """
-    from ofa_deploy.targets import get_target
-
     from ofa_deploy.compile.toolchain import installed_tvm_version
+    from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.database import current_database_hash
 
     from .measured import mismatch

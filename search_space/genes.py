@@ -5,7 +5,8 @@ A gene row holds *indices* into the space's choice tuples, in this order::
     [ks index x n_blocks | e index x n_blocks | d index x n_stages | resolution index]
 
 (46 columns for the MobileNetV3 spaces). Python objects per subnet (``SubnetConfig``) are built
-only for the few results a search returns; everything in the inner loop is numpy.
+only for the few results a search returns; everything in the inner loop is numpy. Search and the
+latency models (whose tables a gene row indexes) share this encoding, so it lives with the space.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ofa_deploy.search_space import SearchSpace, SubnetConfig, get_space
+from .config import SubnetConfig
+from .space import SearchSpace, get_space
 
 GENE_DTYPE = np.int8  # every choice tuple has < 128 entries
 

@@ -1,13 +1,13 @@
-"""From a ``--target`` string to a latency model.
+"""From a ``--target`` string to a latency model: which model a target gets.
 
 A target profiled with ``ofa-deploy profile`` (``tuning_logs/<target>/latency_model.json``, still
 matching the current database and TVM) gets its measured-tables model (:mod:`.measured`); any
 other gets the analytic roofline, with efficiencies learned on a profiled target when
-``tuning_logs/<target>/estimated_model.json`` exists (:mod:`.learned`). VTA boards are
-modelled here (:mod:`.vta`). Every other target comes from the target registry,
+``tuning_logs/<target>/estimated_model.json`` exists (:mod:`.learned`). VTA boards get the VTA
+model (:mod:`.vta`). Every other target comes from the target registry,
 ``ofa_deploy.targets.get_target(text) -> TargetSpec`` (fields name, kind, arch, cores,
-peak_gflops_fp32, peak_gbps, tvm_target), owned by another module; :func:`hardware_from_spec` is
-the one place that reads a spec, so an interface change touches one function.
+peak_gflops_fp32, peak_gbps, tvm_target); :func:`.roofline.hardware_from_spec` is the one place
+that reads a spec's peaks, so an interface change touches one function.
 """
 
 from __future__ import annotations
@@ -22,26 +22,10 @@ from ofa_deploy.search_space import SearchSpace
 from .base import LatencyModel, TableLatencyModel
 from .learned import guessed_model, load_estimated_model
 from .measured import load_measured_model
-from .roofline import Hardware
+from .roofline import spec_to_hardware
 from .vta import BOARDS, get_board, vta_layer_ms
 
 log = logging.getLogger(__name__)
-
-KINDS = ("cpu", "cuda", "vta")
-
-
-def hardware_from_spec(name: str, kind: str, peak_gflops_fp32: float, peak_gbps: float) -> Hardware:
-    """The adapter: the four registry fields the analytic models use, validated."""
-    if kind not in KINDS:
-        raise OfaDeployError(f"target {name!r}: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
-    if not (peak_gflops_fp32 and peak_gflops_fp32 > 0 and peak_gbps and peak_gbps > 0):
-        raise OfaDeployError(f"target {name!r}: registry gives no peak GFLOP/s / GB/s, cannot estimate latency")
-    return Hardware(str(name), kind, float(peak_gflops_fp32), float(peak_gbps))
-
-
-def spec_to_hardware(spec: Any) -> Hardware:
-    """Read a registry ``TargetSpec`` (or any object with the same fields, e.g. a test fake)."""
-    return hardware_from_spec(spec.name, spec.kind, spec.peak_gflops_fp32, spec.peak_gbps)
 
 
 def lookup_target(text: str) -> Any:

@@ -2,18 +2,18 @@
 
 Steps (each resumable; see :func:`profile_target`):
 
-1. Export every workload of the space at the chosen resolutions (:mod:`.workloads`: stem,
+1. Export every workload of the space at the chosen resolutions (:mod:`ofa_deploy.workloads`: stem,
    90 block variants, head per resolution), build each once with the target's MetaSchedule
    database and time it in ``passes`` passes (``compile.profiling.time_workloads``; the fastest
    pass counts, because this VM's speed drops ~25 % for tens of seconds at a time). Block
    timings fill ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]``
-   (:func:`.search.latency.measured.tables_from_workloads`).
+   (:func:`.measured.tables_from_workloads`).
 2. Calibrate: compile ``calibrate`` seeded random subnets end to end (the same build as
    ``ofa-deploy compile``, with the database) and time them the same way; fit
    ``measured = a * table_sum + b`` (the sum of isolated blocks misses the VM's per-call work and
    cache effects between blocks).
 3. Save ``tuning_logs/<target>/latency_model.json`` (atomic) with the TVM version and database
-   sha256 it is valid for; search loads it (:func:`.search.latency.latency_model`).
+   sha256 it is valid for; search loads it (:func:`.choose.latency_model`).
 
 Every finished timing pass goes to ``latency_model.partial.json`` at once and every build to the
 module cache, so a killed run resumes where it stopped, as long as the database, TVM version,
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import write_json
-from .errors import OfaDeployError
-from .search_space import DEFAULT_SPACE, SubnetConfig, get_space
-from .tuning_logs.database import database_hash, default_database
-from .tuning_logs.layout import MODEL_FILE, PARTIAL_FILE, target_dir
+from ofa_deploy.atomic import write_json
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.search_space import DEFAULT_SPACE, SubnetConfig, get_space
+from ofa_deploy.tuning_logs.database import database_hash, default_database
+from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE, target_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ProfileReport:
 
 def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, threads: int) -> dict[str, Any]:
     """What timings depend on: reuse old timings only if all of it is unchanged."""
-    from .compile.toolchain import installed_tvm_version
+    from ofa_deploy.compile.toolchain import installed_tvm_version
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
             "database_sha256": db_hash, "space": space, "n_classes": n_classes, "tvm_threads": threads}
@@ -119,7 +119,7 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
     come in batches of a fixed size, so the first k of a sample of n are the sample of k: a bench
     stopped early and rerun with a smaller ``n`` keeps its subnets.
     """
-    from .search.genes import canonical, genes_to_config, layout, random_genes, resolution_indices
+    from ofa_deploy.search_space.genes import canonical, genes_to_config, layout, random_genes, resolution_indices
 
     sp = get_space(space)
     lay = layout(sp)
@@ -159,9 +159,9 @@ def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Pat
     are taken the same way). Returns ``{subnet id: [LatencyMeasurement per pass timed now]}``;
     ``on_result(id, pass_index, measurement, record)`` fires as each finishes.
     """
-    from .compile.profiling import ProfileSettings, WorkloadItem, time_workloads
-    from .export import INPUT_NAME, export_onnx
-    from .search_space import random_subnet
+    from ofa_deploy.compile.profiling import ProfileSettings, WorkloadItem, time_workloads
+    from ofa_deploy.export import INPUT_NAME, export_onnx
+    from ofa_deploy.search_space import random_subnet
 
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_subnets_") as tmp:
         items = []
@@ -184,8 +184,8 @@ def _add_pass(entry: dict[str, Any], pass_index: int, m: Any) -> dict[str, Any]:
     ``pass_ms`` lists the pass medians; ``median_ms``/``measured_ms`` is the fastest of them
     (``compile.profiling.fastest_pass``), ``std_ms`` their spread.
     """
-    from .compile.profiling import fastest_pass
-    from .compile.types import LatencyMeasurement
+    from ofa_deploy.compile.profiling import fastest_pass
+    from ofa_deploy.compile.types import LatencyMeasurement
 
     passes = [dict(p) for p in entry.get("passes", [])][:pass_index] + [m.to_dict()]
     best = fastest_pass([LatencyMeasurement(**p) for p in passes])
@@ -201,14 +201,14 @@ def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
     """Time the workloads, calibrate, and save ``latency_model.json`` (see the module docstring)."""
-    from .compile.isolate import tvm_threads
-    from .compile.profiling import ProfileSettings, WorkloadItem, local_device, time_workloads
-    from .search.genes import configs_to_genes
-    from .search.latency.measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model,
-                                          tables_from_workloads)
-    from .search.tables import lookup
-    from .targets import get_target
-    from .workloads import export_workloads, space_workloads
+    from ofa_deploy.compile.isolate import tvm_threads
+    from ofa_deploy.compile.profiling import ProfileSettings, WorkloadItem, local_device, time_workloads
+    from ofa_deploy.search_space.genes import configs_to_genes
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.workloads import export_workloads, space_workloads
+
+    from .measured import FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads
+    from .tables import lookup
 
     spec = get_target(cfg.target)
     try:

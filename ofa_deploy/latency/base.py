@@ -15,7 +15,7 @@ import numpy as np
 
 from ofa_deploy.search_space import SearchSpace, get_space
 
-from ..tables import LayerFn, argmin_additive, layer_tables, lookup
+from .tables import LayerFn, argmin_additive, layer_tables, lookup
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class LatencyModel(Protocol):
 
 
 class TableLatencyModel:
-    """A per-layer latency function, tabulated per block variant (see :mod:`..tables`).
+    """A per-layer latency function, tabulated per block variant (see :mod:`.tables`).
 
     Exact for any model whose network latency is the sum of its layers' latencies, which holds
     for all analytic models here (layers run one after another at batch 1). Also knows its exact

@@ -1,4 +1,4 @@
-"""Analytic roofline latency for CPU and CUDA targets, until the tuned latency model lands.
+"""Analytic roofline latency for CPU and CUDA targets that have no measured latency model.
 
 Per fused layer (the graph ``count_costs`` describes: BN folded, activation fused)::
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space.costs import LayerCost
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,23 @@ class Hardware:
     kind: str  # "cpu" | "cuda" | "vta"
     peak_gflops: float  # fp32 peak of the whole device (all cores)
     peak_gbps: float  # DRAM bandwidth, GB/s
+
+
+KINDS = ("cpu", "cuda", "vta")
+
+
+def hardware_from_spec(name: str, kind: str, peak_gflops_fp32: float, peak_gbps: float) -> Hardware:
+    """The adapter: the four registry fields the analytic models use, validated."""
+    if kind not in KINDS:
+        raise OfaDeployError(f"target {name!r}: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if not (peak_gflops_fp32 and peak_gflops_fp32 > 0 and peak_gbps and peak_gbps > 0):
+        raise OfaDeployError(f"target {name!r}: registry gives no peak GFLOP/s / GB/s, cannot estimate latency")
+    return Hardware(str(name), kind, float(peak_gflops_fp32), float(peak_gbps))
+
+
+def spec_to_hardware(spec: Any) -> Hardware:
+    """Read a registry ``TargetSpec`` (or any object with the same fields, e.g. a test fake)."""
+    return hardware_from_spec(spec.name, spec.kind, spec.peak_gflops_fp32, spec.peak_gbps)
 
 
 @dataclass(frozen=True)

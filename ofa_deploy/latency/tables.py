@@ -6,7 +6,8 @@ by the resolution and the (fixed) strides and widths of the stages before it. So
 block variant once, *with count_costs itself* (on uniform depth-4 configs, one per kernel, expand
 and resolution), and a subnet's total is the fixed part (stem, head) at its resolution plus a
 masked sum over its active slots. The same decomposition turns any per-layer latency model into a
-lookup table. ``tests/test_search_tables.py`` checks the fast path equals ``count_costs`` exactly.
+lookup table (:class:`.base.TableLatencyModel`); search's MAC and parameter budgets use the cost
+tables. ``tests/test_search_tables.py`` checks the fast path equals ``count_costs`` exactly.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import numpy as np
 
 from ofa_deploy.search_space import SearchSpace, SubnetConfig, get_space
 from ofa_deploy.search_space.costs import LayerCost, count_costs
-
-from .genes import layout
+from ofa_deploy.search_space.genes import layout
 
 LayerFn = Callable[[LayerCost, "str | None"], float]  # (layer, fused activation) -> metric
 

@@ -6,9 +6,9 @@ MetaSchedule database and timed with TVM's time_evaluator; see :mod:`ofa_deploy.
 an affine correction ``measured = a * table_sum + b`` fitted on subnets compiled and timed end to
 end (the sum of isolated blocks misses VM overhead and cache effects between blocks).
 
-Prediction is a table lookup (:func:`..tables.lookup`) then the affine map, so a batch of 10,000
+Prediction is a table lookup (:func:`.tables.lookup`) then the affine map, so a batch of 10,000
 subnets takes a few milliseconds, and because ``a > 0`` the exact fastest subnet of the table
-(:func:`..tables.argmin_additive`) is the fastest of the model too. The numbers are a model's
+(:func:`.tables.argmin_additive`) is the fastest of the model too. The numbers are a model's
 output, so ``source = "estimated"``; ``basis`` says what they are built on.
 
 The model is only valid for the compiled code it was measured on: it records the TVM version and
@@ -34,7 +34,7 @@ from ofa_deploy.search_space import SearchSpace, get_space
 from ofa_deploy.tuning_logs.database import current_database_hash
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, target_dir
 
-from ..tables import argmin_additive, lookup
+from .tables import argmin_additive, lookup
 
 log = logging.getLogger(__name__)
 
