@@ -29,7 +29,7 @@ import click
 import numpy as np
 
 from ofa_deploy.atomic import atomic_path, write_text
-from ofa_deploy.compile.profiling import ProfileSettings
+from ofa_deploy.compile.profile import ProfileSettings
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.errors import OfaDeployError

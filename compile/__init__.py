@@ -1,7 +1,10 @@
 """ONNX -> TVM (Relax) -> deployable ``.so``: the only part of ofa-deploy that uses TVM.
 
-TVM itself is imported only in a worker subprocess (isolate.py), so importing this package is
-cheap and a TVM crash cannot take the caller down::
+TVM itself is imported only in a worker subprocess (isolate.py runs :mod:`.worker`), so importing
+this package is cheap and a TVM crash cannot take the caller down. Each job is a pair of modules
+with one name: the parent side here writes the request and reads the reply, the worker side in
+``worker/`` does the TVM part: ``build.py`` (build, run, time), ``tune.py`` (MetaSchedule),
+``profile.py`` (build and time many models), ``rpc.py`` (run and time on a remote device)::
 
     from ofa_deploy.compile import build_module, run_local, time_local, run_emulated_aarch64
     from ofa_deploy.targets import get_target
@@ -12,11 +15,11 @@ cheap and a TVM crash cannot take the caller down::
 """
 
 from .aarch64_runtime import build_deploy_app_aarch64, build_rpc_server_aarch64, fetch_aarch64_runtime
-from .backend import build_module, run_local, time_local, validate_target_specs
 from .binfmt import FatbinEntry, elf_machine, embedded_fatbins
+from .build import build_module, run_local, time_local, validate_target_specs
 from .emulate import emulated_rpc_server, run_emulated_aarch64
 from .rpc import RpcSpec, check_reachable, run_rpc, time_rpc
-from .tuning import TuneReport, TuneSettings, tune_target
+from .tune import TuneReport, TuneSettings, tune_target
 from .types import BuildInfo, LatencyMeasurement
 
 __all__ = [

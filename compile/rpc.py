@@ -13,7 +13,7 @@ address. ``--rpc`` names either::
     y = run_rpc("subnet_a76.so", x, spec)                     # output computed on the board
     m = time_rpc("subnet_a76.so", x, spec)                    # LatencyMeasurement, "measured"
 
-The TVM client runs in a worker process (tvm_rpc.py). Before it starts, the address is checked
+The TVM client runs in a worker process (worker/rpc.py). Before it starts, the address is checked
 with plain sockets (bounded retries and timeouts), and a tracker is asked whether a device with
 the key is registered at all, so an unreachable tracker or board is a one-line OfaDeployError
 within seconds instead of a hang. A server under qemu (emulate.py: ``emulated_rpc_server``) runs

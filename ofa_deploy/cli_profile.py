@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .compile.profiling import ProfileSettings
+from .compile.profile import ProfileSettings
 from .errors import OfaDeployError
 
 

@@ -49,7 +49,7 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
         _pack(ctx, target, database)
         return
     from .cli_profile import parse_resolutions
-    from .compile.tuning import tune_target
+    from .compile.tune import tune_target
     from .search_space import DEFAULT_SPACE
     from .search_space.genes import resolution_indices
 

@@ -184,7 +184,7 @@ def with_passes(entry: dict, best_ms: float, field: str = "median_ms") -> dict:
 
 
 def test_fastest_pass_keeps_the_fastest_median_and_reports_the_spread():
-    from ofa_deploy.compile.profiling import fastest_pass
+    from ofa_deploy.compile.profile import fastest_pass
     from ofa_deploy.compile.types import LatencyMeasurement
 
     ms = [LatencyMeasurement(m, 0.01, 15, "measured", 40, "x86_64 (2 threads)") for m in (5.8, 4.6, 4.7)]
@@ -269,7 +269,7 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
     """12 real workloads (r128, untuned) built once and timed in passes, 2 subnets compiled and timed end to end."""
     import dataclasses
 
-    from ofa_deploy.compile.profiling import ProfileSettings
+    from ofa_deploy.compile.profile import ProfileSettings
     from ofa_deploy.latency.profile import ProfileConfig, profile_target
 
     monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))  # an empty module cache
@@ -283,9 +283,9 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
     # a second pass on top of the first (a resumed or extended run): timed again, nothing rebuilt;
     # modules leave the cache once their last pass is done
     cfg = dataclasses.replace(cfg, settings=dataclasses.replace(one_pass, passes=2, keep_modules=False))
-    caplog.set_level(logging.INFO, logger="ofa_deploy.compile.profiling")
+    caplog.set_level(logging.INFO, logger="ofa_deploy.compile.profile")
     report = profile_target(cfg, progress=False)
-    messages = [r.getMessage() for r in caplog.records if r.name == "ofa_deploy.compile.profiling"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "ofa_deploy.compile.profile"]
     assert not [m for m in messages if m.startswith("built ")] and len([m for m in messages if m.startswith("timed ")]) == 14
     assert not list(modules.glob("*/*.so")) and not list(modules.glob("*/*.json"))
     meta = report.model.meta

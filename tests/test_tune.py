@@ -119,7 +119,7 @@ def test_corrupted_database_is_refused(capsys, tmp_path):
 
 
 def test_one_tuning_run_per_database(capsys, tmp_path):
-    from ofa_deploy.compile.tuning import _locked
+    from ofa_deploy.compile.tune import _locked
 
     db = tmp_path / "db"
     with _locked(db):
@@ -159,7 +159,7 @@ def test_repair_refuses_a_record_of_a_missing_workload(tmp_path):
 
 
 def test_budget_fit_takes_tasks_in_order():
-    from ofa_deploy.compile.tuning import _fit, _Task
+    from ofa_deploy.compile.tune import _Task, _fit
 
     tasks = [_Task(i, f"t{i}", str(i), 1.0, 1, (), remaining=r) for i, r in enumerate([10, 10, 5])]
     # overhead 20 s + 10 trials x 2 s per task
@@ -174,7 +174,7 @@ def test_budget_fit_takes_tasks_in_order():
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """The head at 128 tuned with 2 trials per task, in chunks of 3 tasks (two worker processes)."""
-    from ofa_deploy.compile.tuning import tune_target
+    from ofa_deploy.compile.tune import tune_target
 
     db = tmp_path_factory.mktemp("tune") / "x86-host"
     report = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
@@ -219,7 +219,7 @@ def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
 
 @pytest.mark.tvm
 def test_rerun_tunes_nothing_new(tuned):
-    from ofa_deploy.compile.tuning import tune_target
+    from ofa_deploy.compile.tune import tune_target
     from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db, first = tuned
@@ -249,7 +249,7 @@ def test_tampered_workload_hash_is_refused(tuned, tmp_path, capsys):
 
 @pytest.mark.tvm
 def test_budget_too_small_for_one_chunk_tunes_nothing(tuned, tmp_path, capsys):
-    from ofa_deploy.compile.tuning import ASSUMED_CHUNK_OVERHEAD_S
+    from ofa_deploy.compile.tune import ASSUMED_CHUNK_OVERHEAD_S
     from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = tmp_path / "db"  # fresh: no measured rates, so the assumed chunk start-up applies
@@ -292,7 +292,7 @@ def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
     """
     from ofa_deploy.compile import emulated_rpc_server
     from ofa_deploy.compile.rpc import registered_keys, tracker_summary
-    from ofa_deploy.compile.tuning import tune_target
+    from ofa_deploy.compile.tune import tune_target
     from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.database import check_database_target, database_targets
     from ofa_deploy.tuning_logs.layout import RECORD_FILE
@@ -385,7 +385,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
-    from ofa_deploy.compile.tuning import TuneSettings, tune_target
+    from ofa_deploy.compile.tune import TuneSettings, tune_target
     from ofa_deploy.tuning_logs.layout import RECORD_FILE, STATE_FILE
 
     db = tmp_path / "db"

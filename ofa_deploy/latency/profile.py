@@ -4,7 +4,7 @@ Steps (each resumable; see :func:`profile_target`):
 
 1. Export every workload of the space at the chosen resolutions (:mod:`ofa_deploy.workloads`: stem,
    90 block variants, head per resolution), build each once with the target's MetaSchedule
-   database and time it in ``passes`` passes (``compile.profiling.time_workloads``; the fastest
+   database and time it in ``passes`` passes (``compile.profile.time_workloads``; the fastest
    pass counts, because this VM's speed drops ~25 % for tens of seconds at a time). Block
    timings fill ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]``
    (:func:`.measured.tables_from_workloads`).
@@ -59,7 +59,7 @@ class ProfileConfig:
     seed: int = 0  # calibration subnets are sampled from numpy's PCG64 with this seed
     keys: tuple[str, ...] | None = None  # only these workloads (tests): the model is then partial
     out_dir: str | None = None  # default: tuning_logs/<target>/
-    settings: Any = None  # compile.profiling.ProfileSettings; None: its defaults
+    settings: Any = None  # compile.profile.ProfileSettings; None: its defaults
 
     def __post_init__(self) -> None:
         if self.calibrate < 0:
@@ -154,12 +154,12 @@ def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Pat
                     on_result: Any = None, progress: bool | None = True) -> dict[str, list[Any]]:
     """Compile each subnet (seeded random weights) like ``ofa-deploy compile`` and time it here, in passes.
 
-    Builds go to the module cache and timings follow ``compile.profiling.time_workloads`` (the
+    Builds go to the module cache and timings follow ``compile.profile.time_workloads`` (the
     same worker, settings and passes as the per-block tables, so table and end-to-end numbers
     are taken the same way). Returns ``{subnet id: [LatencyMeasurement per pass timed now]}``;
     ``on_result(id, pass_index, measurement, record)`` fires as each finishes.
     """
-    from ofa_deploy.compile.profiling import ProfileSettings, WorkloadItem, time_workloads
+    from ofa_deploy.compile.profile import ProfileSettings, WorkloadItem, time_workloads
     from ofa_deploy.export import INPUT_NAME, export_onnx
     from ofa_deploy.search_space import random_subnet
 
@@ -182,9 +182,9 @@ def _add_pass(entry: dict[str, Any], pass_index: int, m: Any) -> dict[str, Any]:
     """``entry`` (a workload record or calibration point) with pass ``pass_index`` added and its timing updated.
 
     ``pass_ms`` lists the pass medians; ``median_ms``/``measured_ms`` is the fastest of them
-    (``compile.profiling.fastest_pass``), ``std_ms`` their spread.
+    (``compile.profile.fastest_pass``), ``std_ms`` their spread.
     """
-    from ofa_deploy.compile.profiling import fastest_pass
+    from ofa_deploy.compile.profile import fastest_pass
     from ofa_deploy.compile.types import LatencyMeasurement
 
     passes = [dict(p) for p in entry.get("passes", [])][:pass_index] + [m.to_dict()]
@@ -202,7 +202,7 @@ def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
     """Time the workloads, calibrate, and save ``latency_model.json`` (see the module docstring)."""
     from ofa_deploy.compile.isolate import tvm_threads
-    from ofa_deploy.compile.profiling import ProfileSettings, WorkloadItem, local_device, time_workloads
+    from ofa_deploy.compile.profile import ProfileSettings, WorkloadItem, local_device, time_workloads
     from ofa_deploy.search_space.genes import configs_to_genes
     from ofa_deploy.targets import get_target
     from ofa_deploy.workloads import export_workloads, space_workloads

@@ -3,9 +3,9 @@
 ``ofa-deploy profile`` times ~92 workloads per resolution (block variants, stem, head). One
 worker process per workload would pay TVM's import and LLVM start-up ~92 times; this op builds
 and times a whole list in one process instead. Each workload goes through exactly the code a
-subnet build goes through (:func:`.tvm_build.build`: ONNX -> prepare -> database -> compile ->
+subnet build goes through (:func:`.build.build`: ONNX -> prepare -> database -> compile ->
 ``export_library``) into the parent's module cache, then is loaded like a deployed module
-(:func:`.tvm_run._load`), so the timed kernels are the deployed ones. The parent calls this op
+(:func:`.run._load`), so the timed kernels are the deployed ones. The parent calls this op
 once to build (``time`` false) and once per timing pass.
 
 Every finished item is appended as one JSON line to ``results_path`` (flushed at once): the
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import tvm
 
-from .tvm_build import build
-from .tvm_run import _load, pool_threads
+from .build import build
+from .run import _load, pool_threads
 
 log = logging.getLogger(__name__)
 

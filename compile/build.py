@@ -1,4 +1,4 @@
-"""Parent-side API: build, run and time modules. Never imports TVM (the worker does)."""
+"""Parent-side API: build, run and time modules. Never imports TVM (worker/build.py and worker/run.py do)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MetaSchedule tuning of the search space's fused tasks (worker-only: imports TVM).
 
-Two worker ops, driven chunk by chunk by the parent (tuning.py):
+Two worker ops, driven chunk by chunk by the parent (compile/tune.py):
 
 ``tune_plan``
     Each workload ONNX (stem, block variants, head per resolution; see ofa_deploy/workloads.py)
@@ -27,7 +27,7 @@ Costs on a 2-core machine that shape the defaults here:
   keeps one pool for the whole chunk and builds without that import (:class:`_PoolBuilder`).
 * The evolutionary search's default population (512 x 4 generations of XGBoost scoring) costs
   tens of seconds per round: far more than measuring the 8 candidates it picks. Smaller
-  defaults (tuning.TuneSettings) make a trial cost about as much as building and timing it.
+  defaults (compile/tune.py: TuneSettings) make a trial cost about as much as building and timing it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _cpu_intrinsics_only() -> None:
 
 def _popen_init() -> None:
     """Initializer of the builder/runner processes: they die with this chunk's worker."""
-    from .worker import die_with_parent
+    from .lifetime import die_with_parent
 
     die_with_parent(None)
 
@@ -132,7 +132,7 @@ class _PoolBuilder(PyBuilder):
 
 
 def _load_models(request: dict[str, Any], target: tvm.target.Target) -> list[tuple[str, tvm.IRModule]]:
-    from .tvm_build import load_onnx, prepare
+    from .build import load_onnx, prepare
 
     return [(m["key"], prepare(load_onnx(m["onnx_path"], request["input_name"], m["input_shape"]), target))
             for m in request["models"]]
@@ -206,7 +206,7 @@ def _database_counts(database_dir: str) -> tuple[dict[str, int], list[int]]:
 
 def tune_plan(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``tune_plan``: the distinct tasks (saved to ``plan_path``) and their record counts."""
-    from .tvm_build import make_target
+    from .build import make_target
 
     target = make_target(request["tvm_target"], request["target_name"])
     start = time.perf_counter()
@@ -309,7 +309,8 @@ def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``tune_chunk``: tune the plan's tasks ``indices`` into ``database_dir``."""
     start = time.perf_counter()
     from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
-    from .tvm_build import make_target
+
+    from .build import make_target
 
     target = make_target(request["tvm_target"], request["target_name"])
     if target.kind.name == "llvm":

@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax, rpc
 
-from .binfmt import elf_machine
+from ofa_deploy.compile.binfmt import elf_machine
 
 log = logging.getLogger(__name__)
 

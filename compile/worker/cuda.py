@@ -16,7 +16,7 @@ import tvm
 import tvm_ffi
 from tvm.support import nvcc
 
-from .library_blob import blob_to_asm, parse_blob, recompile_cuda_payload, serialize_blob
+from ofa_deploy.compile.library_blob import blob_to_asm, parse_blob, recompile_cuda_payload, serialize_blob
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ Pipeline (TVM 0.27 Relax; Relay/tvmc are gone):
    dataflow-lowering and finalisation passes. No second fusion round (``tvm.compile``'s
    default GPU pipeline would re-fuse tuned functions).
 5. ``export_library`` with the target's linker (cross compiler for aarch64); CUDA kernels are
-   compiled with nvcc and embedded (tvm_cuda.py).
+   compiled with nvcc and embedded (:mod:`.cuda`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
         executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target))
     kwargs: dict[str, Any] = {"cc": request["linker"]}
     if target.kind.name == "cuda":
-        from .tvm_cuda import make_cuda_packer
+        from .cuda import make_cuda_packer
 
         kwargs["fpack_imports"] = make_cuda_packer(target)
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_export_") as workspace:

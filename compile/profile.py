@@ -2,7 +2,7 @@
 
 The per-block latency table of ``ofa-deploy profile`` needs ~92 small models built and timed per
 resolution, and its calibration (and the accuracy bench) whole subnets. All go to the worker op
-``profile`` (tvm_profile.py) in chunks: one process per chunk pays TVM's start-up once for many
+``profile`` (worker/profile.py) in chunks: one process per chunk pays TVM's start-up once for many
 models, while a crash (or a kill) loses at most the model in flight, because the worker appends
 each finished item to a results file that this side follows (which also drives the progress bar).
 
@@ -40,7 +40,7 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
 from ofa_deploy.tuning_logs.database import check_database_target, database_hash, file_sha256
 
-from .backend import local_measurement
+from .build import local_measurement
 from .isolate import run_worker_polling
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
 from .types import LatencyMeasurement

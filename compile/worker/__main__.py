@@ -1,8 +1,11 @@
-"""Child-process entry point: ``python -m ofa_deploy.compile.worker REQUEST.json``.
+"""Child-process entry point: ``python -m ofa_deploy.compile.worker REQUEST.json`` (started by isolate.py).
 
-The request names an ``op`` (``build``, ``run``, ``time``) and its arguments; the reply (JSON
+The request names an ``op`` and its arguments; :func:`handle` hands it to the module that does it
+(``build``, ``check_targets``: :mod:`.build`; ``run``, ``time``: :mod:`.run`; ``rpc_run``,
+``rpc_time``: :mod:`.rpc`; ``profile``: :mod:`.profile`; ``tune_plan``, ``tune_chunk``:
+:mod:`.tune`), importing it only then, so a job pays for the TVM parts it uses. The reply (JSON
 written to ``reply_path``) is ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A crash
-leaves no reply; the parent then reports the exit signal and stderr (see isolate.py).
+leaves no reply; the parent then reports the exit signal and stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+
+from .lifetime import die_with_parent
 
 MAX_ERROR_CHARS = 4000
 
@@ -29,49 +34,30 @@ def _summarise(exc: BaseException) -> str:
 def handle(request: dict[str, Any]) -> dict[str, Any]:
     op = request["op"]
     if op == "build":
-        from .tvm_build import build
+        from .build import build
 
         return build(request)
     if op in ("run", "time"):
-        from .tvm_run import run, time
+        from .run import run, time
 
         return run(request) if op == "run" else time(request)
     if op in ("rpc_run", "rpc_time"):
-        from . import tvm_rpc
+        from . import rpc
 
-        return tvm_rpc.run(request) if op == "rpc_run" else tvm_rpc.time(request)
+        return rpc.run(request) if op == "rpc_run" else rpc.time(request)
     if op == "profile":
-        from .tvm_profile import profile
+        from .profile import profile
 
         return profile(request)
     if op in ("tune_plan", "tune_chunk"):
-        from . import tvm_tune
+        from . import tune
 
-        return tvm_tune.tune_plan(request) if op == "tune_plan" else tvm_tune.tune_chunk(request)
+        return tune.tune_plan(request) if op == "tune_plan" else tune.tune_chunk(request)
     if op == "check_targets":
-        from .tvm_build import check_targets
+        from .build import check_targets
 
         return check_targets(request)
     raise ValueError(f"unknown worker op {op!r}")
-
-
-def die_with_parent(parent_pid: int | None) -> None:
-    """Have Linux SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
-
-    A worker that writes into shared state (a tuning database) must not outlive a parent killed
-    with SIGKILL: an orphan would keep appending while a restarted run repairs the same files.
-    ``parent_pid`` closes the race of a parent that died before the call. No-op off Linux.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import os
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def main(argv: list[str]) -> int:
