@@ -108,7 +108,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from ofa_deploy.cli_train import resolve_data
+    from ofa_deploy.cli.train import resolve_data
 
     data = resolve_data(args.data)
     phases = get_schedule(args.schedule)

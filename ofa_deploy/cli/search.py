@@ -1,4 +1,4 @@
-"""CLI commands of the search issue: ``search``, ``acc-dataset``, ``acc-predictor``.
+"""``ofa-deploy search``, ``acc-dataset``, ``acc-predictor``: a subnet for a target, and the predictor it ranks by.
 
 Plain click commands, registered on the ``ofa-deploy`` group in :mod:`ofa_deploy.cli`. User errors
 are :class:`OfaDeployError` (one line, exit code 2); files are written atomically (the dataset is
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .errors import OfaDeployError
+from ofa_deploy.errors import OfaDeployError
 
 log = logging.getLogger("ofa_deploy")
 
@@ -112,10 +112,10 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
       ofa-deploy search --target llvm -mcpu=cortex-a76 --latency-ms 20 --objective pareto
       ofa-deploy search --target cortex-a76 --latency-ms 20 --verify-top 5 --rpc 192.168.1.10:9190:pi5
     """
-    from .search.api import predictor_info, resolve_predictor, run_search
-    from .search.evaluator import Constraints
-    from .search.output import write_outputs
-    from .search.verify import find_measure
+    from ofa_deploy.search.api import predictor_info, resolve_predictor, run_search
+    from ofa_deploy.search.evaluator import Constraints
+    from ofa_deploy.search.output import write_outputs
+    from ofa_deploy.search.verify import find_measure
 
     if objective not in ("accuracy", "pareto"):
         raise OfaDeployError(f"--objective: unknown {objective!r}; allowed: accuracy, pareto")
@@ -176,9 +176,9 @@ def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_
     Example:
       ofa-deploy acc-dataset --supernet ofa.pth --data data/demo -n 500 -o acc.jsonl
     """
-    from .search.dataset import AccDatasetConfig, build_acc_dataset
-    from .search_space import DEFAULT_SPACE, load_supernet
-    from .search_space.checkpoint import read_state_dict
+    from ofa_deploy.search.dataset import AccDatasetConfig, build_acc_dataset
+    from ofa_deploy.search_space import DEFAULT_SPACE, load_supernet
+    from ofa_deploy.search_space.checkpoint import read_state_dict
 
     if not Path(data_root).is_dir():
         raise OfaDeployError(f"{data_root}: dataset folder not found")
@@ -207,8 +207,8 @@ def acc_predictor(dataset: str, output: str, epochs: int, holdout: float, seed: 
     Example:
       ofa-deploy acc-predictor acc.jsonl -o predictor.pt
     """
-    from .search.dataset import load_acc_dataset
-    from .search.predictor import TrainConfig, save_predictor, train_predictor
+    from ofa_deploy.search.dataset import load_acc_dataset
+    from ofa_deploy.search.predictor import TrainConfig, save_predictor, train_predictor
 
     header, genes, accs = load_acc_dataset(dataset)
     predictor = train_predictor(genes, accs, space=header["space"], n_classes=header["n_classes"],

@@ -48,10 +48,11 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
     if pack:
         _pack(ctx, target, database)
         return
-    from .cli_profile import parse_resolutions
-    from .compile.tune import tune_target
-    from .search_space import DEFAULT_SPACE
-    from .search_space.genes import resolution_indices
+    from ofa_deploy.compile.tune import tune_target
+    from ofa_deploy.search_space import DEFAULT_SPACE
+    from ofa_deploy.search_space.genes import resolution_indices
+
+    from .options import parse_resolutions
 
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
@@ -76,10 +77,10 @@ def _pack(ctx: click.Context, target: str, database: str | None) -> None:
     """``tune --pack``: gzip the target's database in place (its hash, and so its latency model, stay valid)."""
     from pathlib import Path
 
-    from .errors import OfaDeployError
-    from .targets import get_target
-    from .tuning_logs.database import pack_database
-    from .tuning_logs.layout import DATABASE_FILES, PACKED, target_dir
+    from ofa_deploy.errors import OfaDeployError
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.database import pack_database
+    from ofa_deploy.tuning_logs.layout import DATABASE_FILES, PACKED, target_dir
 
     other = [p for p in ("rpc", "trials", "budget_minutes", "resolutions", "space", "workloads", "chunk_tasks")
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .compile.profile import ProfileSettings
-from .errors import OfaDeployError
+from ofa_deploy.compile.profile import ProfileSettings
+from ofa_deploy.errors import OfaDeployError
 
-
-def parse_resolutions(text: str) -> tuple[int, ...]:
-    """``"160,192,224"`` -> (160, 192, 224); one clear line for anything else."""
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        values = ()
-    if not values:
-        raise OfaDeployError(f"--resolutions: expected comma-separated integers like 224 or 160,192,224; got {text!r}")
-    return values
+from .options import parse_resolutions
 
 
 @click.command("profile")
@@ -63,9 +54,9 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
     if estimate_from is not None:
         _estimate(ctx, target, estimate_from, space)
         return
-    from .latency.profile import ProfileConfig, profile_target
-    from .search_space import DEFAULT_SPACE
-    from .search_space.genes import resolution_indices
+    from ofa_deploy.latency.profile import ProfileConfig, profile_target
+    from ofa_deploy.search_space import DEFAULT_SPACE
+    from ofa_deploy.search_space.genes import resolution_indices
 
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
@@ -89,7 +80,7 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
 
 def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -> None:
     """``profile --estimate-from``: learn efficiencies on SOURCE, write the target's estimated model."""
-    from .latency.learned import estimate_target
+    from ofa_deploy.latency.learned import estimate_target
 
     timed_only = [p for p in ("resolutions", "calibrate", "database", "seed", "passes")
                   if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]

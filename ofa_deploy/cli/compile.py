@@ -1,30 +1,8 @@
-"""``ofa-deploy compile`` and ``ofa-deploy targets``."""
+"""``ofa-deploy compile``: a subnet as a verified deployable TVM module."""
 
 from __future__ import annotations
 
 import click
-
-
-@click.command("targets")
-@click.option("--kind", type=click.Choice(["cpu", "cuda", "vta"]), default=None)
-def targets_command(kind: str | None) -> None:
-    """List the known targets with their peak figures.
-
-    \b
-    Example:
-      ofa-deploy targets --kind cpu
-    """
-    from .targets import all_targets
-
-    rows = [t for t in all_targets().values() if kind is None or t.kind == kind]
-    click.echo(f"{'name':<14}{'kind':<6}{'arch':<9}{'cores':>6}{'GFLOP/s':>10}{'GB/s':>8}  description")
-    for t in rows:
-        gf = f"{t.peak_gflops_fp32:.0f}" if t.peak_gflops_fp32 else "-"
-        gb = f"{t.peak_gbps:.1f}" if t.peak_gbps else "-"
-        click.echo(f"{t.name:<14}{t.kind:<6}{t.arch:<9}{t.cores:>6}{gf:>10}{gb:>8}  {t.description}")
-    if any(t.kind == "vta" for t in rows):
-        click.echo("vta-*: arch, cores and GFLOP/s (fp32) are the board's ARM host's, GB/s its DRAM; the VTA fabric "
-                   "is an analytic model (TVM 0.27 has no VTA backend): compile builds for the ARM host")
 
 
 @click.command("compile")
@@ -53,9 +31,9 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
       ofa-deploy compile subnet.json --supernet ofa.pth --target cortex-a76 --measure --rpc 192.168.1.2:9190:pi5
       ofa-deploy compile subnet.json --supernet ofa.pth --target llvm -mcpu=cortex-a76 -o build/pi5
     """
-    from .deploy import CompileOptions, compile_subnet
-    from .search_space import SubnetConfig
-    from .targets import get_target
+    from ofa_deploy.deploy import CompileOptions, compile_subnet
+    from ofa_deploy.search_space import SubnetConfig
+    from ofa_deploy.targets import get_target
 
     cfg = SubnetConfig.from_json(subnet)
     spec = get_target(target)
@@ -64,7 +42,7 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
                                                 random_weights=random_weights, verify=not no_verify,
                                                 measure=measure, rpc=rpc, rpc_emulated=rpc_emulated,
                                                 database_dir=database))
-    from .deploy import read_metadata
+    from ofa_deploy.deploy import read_metadata
 
     meta = read_metadata(result)
     v = meta["verification"]
@@ -77,7 +55,7 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
             line += " - emulated: not a device speed"
     click.echo(line)
     if "vta" in meta:  # say plainly what runs where: the module is ARM-only, the VTA figures are a model's
-        from .latency.vta import describe_offload
+        from ofa_deploy.latency.vta import describe_offload
 
         for text in describe_offload(meta["vta"]):
             click.echo(text)

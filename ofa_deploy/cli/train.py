@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .cache import cache_root
-from .errors import OfaDeployError
+from ofa_deploy.cache import cache_root
+from ofa_deploy.errors import OfaDeployError
 
 DEMO_CACHE = cache_root() / "demo_dataset"
 
@@ -13,7 +13,7 @@ DEMO_CACHE = cache_root() / "demo_dataset"
 def resolve_data(data: str) -> str:
     """``demo`` means the built-in demo dataset (generated into the cache on first use)."""
     if data == "demo":
-        from .data import make_demo_dataset
+        from ofa_deploy.data import make_demo_dataset
 
         return str(make_demo_dataset(DEMO_CACHE))
     return data
@@ -29,7 +29,7 @@ def demo_data(output: str, seed: int) -> None:
     Example:
       ofa-deploy demo-data -o data/demo
     """
-    from .data import make_demo_dataset
+    from ofa_deploy.data import make_demo_dataset
 
     click.echo(make_demo_dataset(output, seed=seed))
 
@@ -60,9 +60,9 @@ def train(data: str, output: str, schedule: str, space: str, batch_size: int, re
       ofa-deploy train --data demo --schedule tiny -o runs/demo
       torchrun --nproc_per_node 2 -m ofa_deploy.cli train --data /data/imagenet --schedule paper -o runs/in1k
     """
-    from .search_space import get_space
-    from .train import TrainConfig
-    from .train import train as run_training
+    from ofa_deploy.search_space import get_space
+    from ofa_deploy.train import TrainConfig
+    from ofa_deploy.train import train as run_training
 
     sp = get_space(space)
     try:
