@@ -1,6 +1,7 @@
 """The analytic VTA model: tiling against the buffers, placement, totals, MobileNetV2, the FPGA finding."""
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -10,12 +11,15 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency import BOARDS, ConvShape, VtaConfig, get_board, latency_model, plan_conv, vta_report
 from ofa_deploy.latency.tables import layers_with_acts
 from ofa_deploy.latency.vta import HSWISH_ON_ARM, arm_reason, describe_offload, estimate_layer, offload_report, on_vta
-from ofa_deploy.search.compare import intensity_table, markdown
 from ofa_deploy.search.evolution import EvolutionConfig
-from ofa_deploy.search.mobilenetv2 import mobilenet_v2_layers
 from ofa_deploy.search_space.costs import LayerCost, count_costs
 from ofa_deploy.search_space.genes import configs_to_genes
 from ofa_deploy.targets import get_target, register_target
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))  # the FPGA-vs-CPU research script and its MobileNetV2 are benches
+from fpga_vs_cpu import intensity_table, markdown  # noqa: E402
+from mobilenetv2 import mobilenet_v2_layers  # noqa: E402
 
 ULTRA96 = get_board("vta-ultra96")
 
@@ -150,7 +154,7 @@ def test_fpga_subnet_has_higher_intensity_than_cpu_subnet():
 
 
 def test_accelerator_space_fpga_subnet_is_denser_than_mobilenetv2():
-    """The paper's second finding holds in the ReLU / no-SE space (see ofa_deploy.search.compare)."""
+    """The paper's second finding holds in the ReLU / no-SE space (see bench/fpga_vs_cpu.py)."""
     rows = intensity_table((30.0,), "vta-ultra96", space="ofa_mbv3_relu_nose_d234_e346_k357_w1.0",
                            config=EvolutionConfig(population=100, generations=200))  # ~1 s; 80 gens is too short
     fpga, cpu, mbv2 = rows

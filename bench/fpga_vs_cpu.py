@@ -4,7 +4,7 @@ The paper's qualitative finding, reproduced with our models: under the same late
 subnet found for the FPGA (VTA; 1x1 convs are cheap, depthwise layers fall back to slow ARM cores)
 has a higher arithmetic intensity than the one found for a CPU, and than MobileNetV2. The CPU is
 the same board's ARM cores running the whole network (fp32 roofline), so the comparison is "this
-board with vs without its FPGA". Accuracy comes from the synthetic proxy (:mod:`.proxy`) unless a
+board with vs without its FPGA". Accuracy comes from the synthetic proxy (``ofa_deploy.search.proxy``) unless a
 predictor is given: the table is about the cost models, not about real accuracy.
 
 In the MobileNetV3 space the FPGA subnet beats the CPU one but not MobileNetV2: SE blocks and
@@ -13,13 +13,15 @@ paper's FPGA results came from a toolchain (Xilinx's DPU) that could not run Mob
 ``--space ofa_mbv3_relu_nose_d234_e346_k357_w1.0`` searches the same macro-architecture with
 ReLU and no SE, where the FPGA subnet is denser than both.
 
-Run: ``python -m ofa_deploy.search.compare --board vta-ultra96 --budgets 15,25,40 [--space NAME]``
+Run: ``python bench/fpga_vs_cpu.py --board vta-ultra96 --budgets 15,25,40 [--space NAME]``
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,13 +30,11 @@ from ofa_deploy.latency.base import TableLatencyModel
 from ofa_deploy.latency.roofline import CPU_EFFICIENCY, roofline_layer_ms
 from ofa_deploy.latency.tables import layers_with_acts
 from ofa_deploy.latency.vta import get_board, vta_layer_ms, vta_report
+from ofa_deploy.search import AccuracyModel, Constraints, Evaluator, EvolutionConfig, ProxyAccuracy, evolution_search
 from ofa_deploy.search_space import DEFAULT_SPACE
 
-from .evaluator import Constraints, Evaluator
-from .evolution import EvolutionConfig, evolution_search
-from .mobilenetv2 import mobilenet_v2_layers
-from .predictor import AccuracyModel
-from .proxy import ProxyAccuracy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mobilenetv2 import mobilenet_v2_layers  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def main(board: str, budgets: str, seed: int, generations: int, space: str) -> N
 
     \b
     Example:
-      python -m ofa_deploy.search.compare --board vta-ultra96 --budgets 15,25,40
+      python bench/fpga_vs_cpu.py --board vta-ultra96 --budgets 15,25,40
     """
     logging.basicConfig(level=logging.WARNING)
     rows = intensity_table(tuple(float(b) for b in budgets.split(",")), board, space=space,

@@ -1,6 +1,6 @@
 """MobileNetV2 (Sandler et al., 2018) as a list of fused layers in ``count_costs``' LayerCost form.
 
-The hand-designed baseline for the FPGA-vs-CPU comparison: costed with exactly the conventions
+The hand-designed baseline for the FPGA-vs-CPU comparison (``fpga_vs_cpu.py``): costed with exactly the conventions
 of :mod:`ofa_deploy.search_space.costs` (BN folded, activation fused, residual add fused into the
 projection), so its intensity and modelled latency compare like for like with OFA subnets.
 Width 1.0 at 224 px: 300.8 M MACs and 3,504,872 parameters (torchvision's figures).
@@ -31,7 +31,7 @@ def _conv(name: str, shape: Shape, cout: int, kernel: int = 1, stride: int = 1, 
 
 def mobilenet_v2_layers(image_size: int = 224, width_mult: float = 1.0,
                         n_classes: int = 1000) -> list[tuple[LayerCost, str | None]]:
-    """(layer, fused activation) pairs, as :func:`..tables.layers_with_acts` returns for OFA subnets."""
+    """(layer, fused activation) pairs, as :func:`ofa_deploy.latency.tables.layers_with_acts` returns for OFA subnets."""
     layers: list[tuple[LayerCost, str | None]] = []
     cin = make_divisible(32 * width_mult)
     layers.append((_conv("features.0", (3, image_size, image_size), cin, 3, 2), "relu6"))
