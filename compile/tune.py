@@ -36,7 +36,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,6 +44,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from ofa_deploy.atomic import write_json
+from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.tuning_logs.database import (check_database_target, database_hash, file_sha256, repair_database,
                                              unpack_in_place)
@@ -303,156 +304,285 @@ def tune_target(target: str, *, database_dir: str | Path | None = None, resoluti
     if database_dir is None:
         database_dir = target_dir(spec.name)
     db = Path(database_dir).resolve()
+    budget_s = budget_minutes * 60 if budget_minutes is not None else None
+    job = _Job(spec, db, tuple(resolutions), trials_per_task, budget_s, rpc_spec, space, chunk_tasks, n_classes, keys,
+               settings, progress, linker, env, started)
     with _locked(db):
-        return _tune_locked(spec, db, tuple(resolutions), trials_per_task, budget_minutes, rpc_spec, space,
-                            chunk_tasks, n_classes, keys, settings, progress, linker, env, started)
+        return _tune_locked(job)
 
 
-def _tune_locked(spec: Any, db: Path, resolutions: tuple[int, ...], trials: int, budget_minutes: float | None,
-                 rpc: Any, space: str, chunk_tasks: int, n_classes: int | None, keys: tuple[str, ...] | None,
-                 settings: TuneSettings, progress: bool | None, linker: str, env: dict[str, str],
-                 started: float) -> TuneReport:
-    from ofa_deploy.cache import cache_root
+@dataclass(frozen=True)
+class _Job:
+    """What one ``tune_target`` run was asked to do, checked: the inputs every step below reads."""
 
-    state_path = db / STATE_FILE
-    state = _read_state(state_path)
+    spec: Any  # TargetSpec
+    db: Path  # the database folder (locked while the run lasts)
+    resolutions: tuple[int, ...]
+    trials: int  # per distinct task
+    budget_s: float | None
+    rpc: Any  # RpcSpec or None (tune here)
+    space: str
+    chunk_tasks: int
+    n_classes: int | None
+    keys: tuple[str, ...] | None
+    settings: TuneSettings
+    progress: bool | None
+    linker: str
+    env: dict[str, str]  # added to each worker's environment
+    started: float  # time.monotonic() when the run started: the budget counts from there
+
+    @property
+    def state_path(self) -> Path:
+        return self.db / STATE_FILE
+
+    @property
+    def runner_kind(self) -> str:
+        """Where candidates are measured: the measured rates in tune_state.json are kept per runner."""
+        return f"rpc:{self.rpc.key}" if self.rpc else "local"
+
+    @property
+    def log_dir(self) -> Path:
+        return cache_root() / "tune_logs" / self.spec.name
+
+
+@dataclass
+class _Rates:
+    """Seconds per trial and per chunk (worker start-up, imports, task setup) the estimate and budget use."""
+
+    spt: float
+    overhead: float
+    basis: str  # "measured here" (tune_state.json of an earlier run) or "assumed"
+
+
+@dataclass
+class _Run:
+    """What the chunks of this run did."""
+
+    # trials, tuning and start-up seconds of the chunks that worked: the rates this run measured
+    timing: dict[str, Any] = field(default_factory=lambda: {"trials": 0, "tune_seconds": 0.0, "overhead_seconds": 0.0,
+                                                             "chunks": 0})
+    trials_added: int = 0  # every record of this run (failed candidates too: they cost the same)
+    trials_failed: int = 0
+    tuned: int = 0  # tasks
+    failed: int = 0  # tasks
+    stopped: bool = False  # by the budget
+
+
+def _tune_locked(job: _Job) -> TuneReport:
+    """The run, with its database locked: open the database, plan, estimate, tune chunk by chunk, report."""
+    state = _open_database(job)
+    models, plan, plan_path = _plan(job)
+    tasks, pending = _pending_tasks(plan, state, job.trials)
+    skipped = len(tasks) - len(pending)
+    rates = _rates(state, job.runner_kind)
+    total_trials, estimate = _announce(job, len(models), plan, tasks, pending, rates)
+    state.update({"target": job.spec.name, "tvm_target": job.spec.tvm_target, "space": job.space,
+                  "settings": {"trials_per_task": job.trials, **dataclasses.asdict(job.settings)}})
+    run, pending = _run_chunks(job, state, tasks, pending, plan_path, rates, total_trials)
+    if run.stopped:
+        left_trials = sum(t.remaining for t in pending)
+        left_s = left_trials * rates.spt + -(-len(pending) // job.chunk_tasks) * rates.overhead
+        log.warning("budget reached: %d tasks (%d trials, about %s) left; rerun the same command to continue",
+                    len(pending), left_trials, _fmt_duration(left_s))
+    db = job.db
+    timing = run.timing
+    return TuneReport(
+        target=job.spec.name, database_dir=str(db), workloads=len(models), extracted_tasks=plan["extracted_tasks"],
+        tasks_total=len(tasks), tasks_skipped=skipped, tasks_tuned=run.tuned, tasks_failed=run.failed,
+        tasks_left=len(pending) if run.stopped else 0, trials=run.trials_added, trials_failed=run.trials_failed,
+        seconds=round(time.monotonic() - job.started, 1), estimate_s=round(estimate, 1),
+        seconds_per_trial=round(timing["tune_seconds"] / timing["trials"], 3) if timing["trials"] else None,
+        chunk_overhead_s=round(timing["overhead_seconds"] / timing["chunks"], 1) if timing["chunks"] else None,
+        database_sha256=database_hash(db) if (db / RECORD_FILE).is_file() else None, stopped_by_budget=run.stopped)
+
+
+def _open_database(job: _Job) -> dict[str, Any]:
+    """tune_state.json, once the database is safe to append to; refuses another target's database.
+
+    A shipped (gzipped) database is unpacked (tuning appends to plain files), a torn last line of a
+    killed run is dropped, and records or a state file of another target are refused: TVM would
+    apply them silently.
+    """
+    spec, db = job.spec, job.db
+    state = _read_state(job.state_path)
     if state.get("target") not in (None, spec.name):
         raise OfaDeployError(f"database {db} belongs to target {state['target']} (see {STATE_FILE}), not "
                              f"{spec.name}: use that target's own tuning_logs directory")
-    unpack_in_place(db)  # a shipped (gzipped) database: tuning appends to plain files
+    unpack_in_place(db)
     repair_database(db)
     if (db / RECORD_FILE).is_file():
         check_database_target(db, spec.tvm_target, spec.name)
+    return state
 
-    models = _workload_models(space, resolutions, keys, n_classes, progress)
+
+def _plan(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
+    """(workload models, plan, plan file): the ``tune_plan`` worker's distinct tasks and their records so far.
+
+    The plan file is cached by the exact ONNX files, target and TVM version; the worker also checks
+    the database's stored workload hashes (a corrupted line is refused here, naming it).
+    """
+    spec, db = job.spec, job.db
+    models = _workload_models(job.space, job.resolutions, job.keys, job.n_classes, job.progress)
     plan_key = _plan_key(models, spec)
     plan_path = cache_root() / "tune_plans" / f"{spec.name}-{plan_key[:20]}.json"
     plan = run_worker({"op": "tune_plan", "die_with_parent": True, "parent_pid": os.getpid(), "models": models,
                        "input_name": "input", "plan_key": plan_key,
                        "plan_path": str(plan_path), "tvm_target": spec.tvm_target_with_host(),
                        "target_name": spec.name, "database_dir": str(db)},
-                      what=f"extracting {spec.name} tuning tasks", timeout=PLAN_TIMEOUT_S, env=env)
+                      what=f"extracting {spec.name} tuning tasks", timeout=PLAN_TIMEOUT_S, env=job.env)
     if plan["bad_workload_lines"]:
         raise OfaDeployError(f"{db}: corrupted MetaSchedule database: the stored structural hash of workload "
                              f"line(s) {plan['bad_workload_lines'][:5]} does not match the module; restore the "
                              "files or delete the database directory")
+    return models, plan, plan_path
 
+
+def _done_entry(task: _Task, trials: int) -> dict[str, Any]:
+    """A task's record in tune_state.json once it needs no more trials at ``trials`` per task."""
+    return {"name": task.name, "flops": task.flops, "weight": task.weight, "trials": trials}
+
+
+def _pending_tasks(plan: dict[str, Any], state: dict[str, Any], trials: int) -> tuple[list[_Task], list[_Task]]:
+    """(every task of the plan, those still short of ``trials``), in the plan's order (largest first).
+
+    A task is done when tune_state.json says a finished chunk tuned it at this many trials, or when
+    the database already holds enough of its records (e.g. from a killed run, whose chunk never
+    finished: it is marked done in ``state`` now).
+    """
     done = state.get("tasks", {})
     tasks = [_Task(t["index"], t["name"], t["hash"], t["flops"], t["weight"], tuple(t["workloads"]),
                    0 if done.get(t["hash"], {}).get("trials", 0) >= trials else max(0, trials - t["records"]))
              for t in plan["tasks"]]
     pending = [t for t in tasks if t.remaining > 0]
-    skipped = len(tasks) - len(pending)
     state.setdefault("tasks", {})
-    for t in tasks:  # enough records already (e.g. from a killed run, whose chunk never finished)
+    for t in tasks:
         if t.remaining == 0 and t.hash not in done:
-            state["tasks"][t.hash] = {"name": t.name, "flops": t.flops, "weight": t.weight, "trials": trials}
-    runner_kind = f"rpc:{rpc.key}" if rpc else "local"
+            state["tasks"][t.hash] = _done_entry(t, trials)
+    return tasks, pending
+
+
+def _rates(state: dict[str, Any], runner_kind: str) -> _Rates:
+    """The rates measured by earlier runs with this runner (tune_state.json), else the assumed ones."""
     measured = state.get("measured", {}).get(runner_kind, {})
     spt = measured["tune_seconds"] / measured["trials"] if measured.get("trials") else ASSUMED_SECONDS_PER_TRIAL
     overhead = measured["overhead_seconds"] / measured["chunks"] if measured.get("chunks") else ASSUMED_CHUNK_OVERHEAD_S
-    basis = "measured here" if measured.get("trials") else "assumed"
-    total_trials = sum(t.remaining for t in pending)
-    n_chunks = -(-len(pending) // chunk_tasks)
-    estimate = total_trials * spt + n_chunks * overhead
-    budget_s = budget_minutes * 60 if budget_minutes is not None else None
-    log.info("tune %s: %d workloads -> %d tasks -> %d distinct; %d already tuned, %d to tune x up to %d trials = "
-             "%d trials x %.2f s/trial (%s) + %d chunks x %.0f s = about %s%s", spec.name, len(models),
-             plan["extracted_tasks"], len(tasks), skipped, len(pending), trials, total_trials, spt, basis, n_chunks,
-             overhead, _fmt_duration(estimate),
-             f"; budget {_fmt_duration(budget_s)}" if budget_s is not None else "")
+    return _Rates(spt, overhead, "measured here" if measured.get("trials") else "assumed")
 
-    state.update({"target": spec.name, "tvm_target": spec.tvm_target, "space": space,
-                  "settings": {"trials_per_task": trials, **dataclasses.asdict(settings)}})
-    run = {"trials": 0, "tune_seconds": 0.0, "overhead_seconds": 0.0, "chunks": 0}
-    trials_added = trials_failed = 0  # all records of this run (``run`` only counts chunks that worked)
-    tuned = failed = 0
-    stopped = False
-    bar = tqdm(total=total_trials, desc=f"tune {spec.name}", unit="trial", file=sys.stderr,
-               disable=None if progress is None else not progress)
+
+def _announce(job: _Job, n_models: int, plan: dict[str, Any], tasks: list[_Task], pending: list[_Task],
+              rates: _Rates) -> tuple[int, float]:
+    """Log what the run will tune and what it should cost, before it starts; (trials to run, estimate s)."""
+    total_trials = sum(t.remaining for t in pending)
+    n_chunks = -(-len(pending) // job.chunk_tasks)
+    estimate = total_trials * rates.spt + n_chunks * rates.overhead
+    log.info("tune %s: %d workloads -> %d tasks -> %d distinct; %d already tuned, %d to tune x up to %d trials = "
+             "%d trials x %.2f s/trial (%s) + %d chunks x %.0f s = about %s%s", job.spec.name, n_models,
+             plan["extracted_tasks"], len(tasks), len(tasks) - len(pending), len(pending), job.trials, total_trials,
+             rates.spt, rates.basis, n_chunks, rates.overhead, _fmt_duration(estimate),
+             f"; budget {_fmt_duration(job.budget_s)}" if job.budget_s is not None else "")
+    return total_trials, estimate
+
+
+def _run_chunks(job: _Job, state: dict[str, Any], tasks: list[_Task], pending: list[_Task], plan_path: Path,
+                rates: _Rates, total_trials: int) -> tuple[_Run, list[_Task]]:
+    """Tune ``pending`` a chunk at a time while the budget allows; (what ran, the tasks left).
+
+    Before each chunk the budget decides how many of its tasks fit (none: the run stops). A chunk
+    whose worker fails, or whose every candidate fails, leaves its tasks untuned for a rerun; a
+    chunk that works is recorded (:func:`_record_chunk`).
+    """
+    run = _Run()
+    bar = tqdm(total=total_trials, desc=f"tune {job.spec.name}", unit="trial", file=sys.stderr,
+               disable=None if job.progress is None else not job.progress)
     with bar:
         while pending:
-            chunk = pending[:chunk_tasks]
-            if budget_s is not None:
-                n = _fit(chunk, budget_s - (time.monotonic() - started), spt, overhead)
+            chunk = pending[:job.chunk_tasks]
+            if job.budget_s is not None:
+                n = _fit(chunk, job.budget_s - (time.monotonic() - job.started), rates.spt, rates.overhead)
                 if n == 0:
-                    stopped = True
+                    run.stopped = True
                     break
                 chunk = chunk[:n]
-            shown = 0
-            allotted = sum(t.remaining for t in chunk)
-
-            def on_records(n_new: int) -> None:
-                nonlocal shown
-                step = min(n_new, allotted - shown)
-                if step > 0:
-                    shown += step
-                    bar.update(step)
-
-            request = {
-                "op": "tune_chunk", "die_with_parent": True, "parent_pid": os.getpid(),
-                "plan_path": str(plan_path), "indices": [t.index for t in chunk],
-                "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name, "database_dir": str(db),
-                "log_dir": str(cache_root() / "tune_logs" / spec.name), "linker": linker,
-                "max_trials_per_task": max(t.remaining for t in chunk), "max_trials_global": allotted,
-                "settings": dataclasses.asdict(settings),
-                "rpc": {"host": rpc.host, "port": rpc.port, "key": rpc.key} if rpc else None,
-            }
-            chunk_start = time.monotonic()
-            try:
-                reply = _run_watched(request, f"tuning {len(chunk)} {spec.name} tasks", 3 * (overhead + allotted * spt)
-                                     + 600, env, _RecordCounter(db / RECORD_FILE), on_records)
-            except OfaDeployError as exc:
-                failed += len(chunk)
-                log.error("a tuning chunk failed (its %d tasks stay untuned; rerun to retry): %s", len(chunk), exc)
-                repair_database(db)  # the worker may have died mid-append
-                bar.update(allotted - shown)
-                pending = pending[len(chunk):]
+            pending = pending[len(chunk):]
+            reply, wall = _tune_chunk(job, chunk, plan_path, rates, bar)
+            if reply is None:
+                run.failed += len(chunk)
                 continue
-            wall = time.monotonic() - chunk_start
-            bar.update(allotted - shown)
-            trials_added += reply["records_added"]
-            trials_failed += reply["records_failed"]
+            run.trials_added += reply["records_added"]
+            run.trials_failed += reply["records_failed"]
             if reply["records_added"] and reply["records_failed"] == reply["records_added"]:
-                failed += len(chunk)
+                run.failed += len(chunk)
                 log.error("every candidate of a tuning chunk failed (%d of %d tasks; first build error: %s); "
                           "its tasks stay untuned; MetaSchedule's logs: %s", len(chunk), len(tasks),
-                          reply["first_build_error"] or "none: they failed to run", request["log_dir"])
-                pending = pending[len(chunk):]
+                          reply["first_build_error"] or "none: they failed to run", str(job.log_dir))
                 continue
-            run["trials"] += reply["records_added"]
-            run["tune_seconds"] += reply["tune_seconds"]
-            run["overhead_seconds"] += max(0.0, wall - reply["tune_seconds"])
-            run["chunks"] += 1
-            tuned += len(chunk)
-            pending = pending[len(chunk):]
-            for t in chunk:
-                state["tasks"][t.hash] = {"name": t.name, "flops": t.flops, "weight": t.weight, "trials": trials}
-            if run["trials"]:  # this run's measurements replace the assumption / older ones
-                spt = run["tune_seconds"] / run["trials"]
-                overhead = run["overhead_seconds"] / run["chunks"]
-                state.setdefault("measured", {})[runner_kind] = {
-                    **run, "host": platform.node(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            _save_state(state_path, state, tasks, db, whole_space=keys is None)
-            log.info("chunk: %d tasks, %d trials in %.0f s (%.2f s/trial, %.0f s start-up)", len(chunk),
-                     reply["records_added"], wall, reply["tune_seconds"] / max(1, reply["records_added"]),
-                     wall - reply["tune_seconds"])
-    if not run["chunks"]:
-        _save_state(state_path, state, tasks, db, whole_space=keys is None)
-    if stopped:
-        left_trials = sum(t.remaining for t in pending)
-        left_s = left_trials * spt + -(-len(pending) // chunk_tasks) * overhead
-        log.warning("budget reached: %d tasks (%d trials, about %s) left; rerun the same command to continue",
-                    len(pending), left_trials, _fmt_duration(left_s))
-    db_hash = database_hash(db) if (db / RECORD_FILE).is_file() else None
-    return TuneReport(
-        target=spec.name, database_dir=str(db), workloads=len(models), extracted_tasks=plan["extracted_tasks"],
-        tasks_total=len(tasks), tasks_skipped=skipped, tasks_tuned=tuned, tasks_failed=failed,
-        tasks_left=len(pending) if stopped else 0, trials=trials_added, trials_failed=trials_failed,
-        seconds=round(time.monotonic() - started, 1), estimate_s=round(estimate, 1),
-        seconds_per_trial=round(run["tune_seconds"] / run["trials"], 3) if run["trials"] else None,
-        chunk_overhead_s=round(run["overhead_seconds"] / run["chunks"], 1) if run["chunks"] else None,
-        database_sha256=db_hash, stopped_by_budget=stopped)
+            _record_chunk(job, state, tasks, chunk, reply, wall, run, rates)
+    if not run.timing["chunks"]:
+        _save_state(job.state_path, state, tasks, job.db, whole_space=job.keys is None)
+    return run, pending
+
+
+def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
+                bar: tqdm) -> tuple[dict[str, Any] | None, float]:
+    """One ``tune_chunk`` worker over ``chunk``, the bar following its records; (reply, or None if it failed; wall s).
+
+    A failed worker is logged and may have died mid-append: the database's last line is repaired.
+    """
+    spec = job.spec
+    shown = 0
+    allotted = sum(t.remaining for t in chunk)
+
+    def on_records(n_new: int) -> None:
+        nonlocal shown
+        step = min(n_new, allotted - shown)
+        if step > 0:
+            shown += step
+            bar.update(step)
+
+    request = {
+        "op": "tune_chunk", "die_with_parent": True, "parent_pid": os.getpid(),
+        "plan_path": str(plan_path), "indices": [t.index for t in chunk],
+        "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name, "database_dir": str(job.db),
+        "log_dir": str(job.log_dir), "linker": job.linker,
+        "max_trials_per_task": max(t.remaining for t in chunk), "max_trials_global": allotted,
+        "settings": dataclasses.asdict(job.settings),
+        "rpc": {"host": job.rpc.host, "port": job.rpc.port, "key": job.rpc.key} if job.rpc else None,
+    }
+    chunk_start = time.monotonic()
+    try:
+        reply = _run_watched(request, f"tuning {len(chunk)} {spec.name} tasks",
+                             3 * (rates.overhead + allotted * rates.spt) + 600, job.env,
+                             _RecordCounter(job.db / RECORD_FILE), on_records)
+    except OfaDeployError as exc:
+        log.error("a tuning chunk failed (its %d tasks stay untuned; rerun to retry): %s", len(chunk), exc)
+        repair_database(job.db)  # the worker may have died mid-append
+        bar.update(allotted - shown)
+        return None, time.monotonic() - chunk_start
+    wall = time.monotonic() - chunk_start
+    bar.update(allotted - shown)
+    return reply, wall
+
+
+def _record_chunk(job: _Job, state: dict[str, Any], tasks: list[_Task], chunk: list[_Task], reply: dict[str, Any],
+                  wall: float, run: _Run, rates: _Rates) -> None:
+    """A chunk that worked: its tasks are done, its cost replaces the rates; tune_state.json is saved."""
+    timing = run.timing
+    timing["trials"] += reply["records_added"]
+    timing["tune_seconds"] += reply["tune_seconds"]
+    timing["overhead_seconds"] += max(0.0, wall - reply["tune_seconds"])
+    timing["chunks"] += 1
+    run.tuned += len(chunk)
+    for t in chunk:
+        state["tasks"][t.hash] = _done_entry(t, job.trials)
+    if timing["trials"]:  # this run's measurements replace the assumption / older ones
+        rates.spt = timing["tune_seconds"] / timing["trials"]
+        rates.overhead = timing["overhead_seconds"] / timing["chunks"]
+        state.setdefault("measured", {})[job.runner_kind] = {
+            **timing, "host": platform.node(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _save_state(job.state_path, state, tasks, job.db, whole_space=job.keys is None)
+    log.info("chunk: %d tasks, %d trials in %.0f s (%.2f s/trial, %.0f s start-up)", len(chunk),
+             reply["records_added"], wall, reply["tune_seconds"] / max(1, reply["records_added"]),
+             wall - reply["tune_seconds"])
 
 
 def _save_state(path: Path, state: dict[str, Any], tasks: list[_Task], db: Path, *, whole_space: bool) -> None:

@@ -37,9 +37,12 @@ from tqdm import tqdm
 
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.search_space import DEFAULT_SPACE, SubnetConfig, get_space
+from ofa_deploy.search_space import DEFAULT_SPACE, SearchSpace, SubnetConfig, get_space
 from ofa_deploy.tuning_logs.database import database_hash, default_database
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE, target_dir
+
+from .measured import FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads
+from .tables import lookup
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +203,44 @@ def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
-    """Time the workloads, calibrate, and save ``latency_model.json`` (see the module docstring)."""
-    from ofa_deploy.compile.isolate import tvm_threads
-    from ofa_deploy.compile.profile import ProfileSettings, WorkloadItem, local_device, time_workloads
-    from ofa_deploy.search_space.genes import configs_to_genes
-    from ofa_deploy.targets import get_target
-    from ofa_deploy.workloads import export_workloads, space_workloads
+    """Time the workloads, calibrate, and save ``latency_model.json`` (the module docstring's three steps)."""
+    run = _start(cfg)
+    timed, reused = _time_workloads(run, cfg.resolutions, progress)
+    used, cal = _calibrate(run, cfg, progress)
+    return _save(run, cfg, used, cal, timed, reused)
 
-    from .measured import FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads
-    from .tables import lookup
+
+@dataclass
+class _Run:
+    """One profile run: what it times and with what, and its results so far.
+
+    ``workloads`` (timing record per workload key) and ``points`` (calibration point per subnet id)
+    start from what an earlier run with the same ``identity`` left; every new timing is added to
+    them and saved to the partial file at once (:meth:`save_partial`), so a killed run resumes.
+    """
+
+    spec: Any  # TargetSpec
+    space: SearchSpace
+    n_classes: int
+    settings: Any  # compile.profile.ProfileSettings
+    database: Path | None  # None: untuned
+    identity: dict[str, Any]  # what the timings depend on (_identity)
+    out_dir: Path
+    wanted: list[Any]  # the workloads this run covers (ofa_deploy.workloads.Workload): the space's, or cfg.keys
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    points: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def save_partial(self) -> None:
+        write_json(self.out_dir / PARTIAL_FILE,
+                   {**self.identity, "workloads": self.workloads, "calibration": list(self.points.values())})
+
+
+def _start(cfg: ProfileConfig) -> _Run:
+    """Check the target runs here, find its database, list the workloads and what earlier runs timed of them."""
+    from ofa_deploy.compile.isolate import tvm_threads
+    from ofa_deploy.compile.profile import ProfileSettings, local_device
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.workloads import space_workloads
 
     spec = get_target(cfg.target)
     try:
@@ -233,80 +265,101 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
             raise OfaDeployError(f"keys: {unknown[0]} is not a workload at resolutions {list(cfg.resolutions)} "
                                  f"(e.g. {workloads[1].key})")
         workloads = [w for w in workloads if w.key in set(cfg.keys)]
-
     done, points = _reusable(out_dir, identity)
     done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
-    partial_path = out_dir / PARTIAL_FILE
-    passes = settings.passes
+    return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, done, points)
 
-    def save_partial() -> None:
-        write_json(partial_path, {**identity, "workloads": done, "calibration": list(points.values())})
 
-    have = _passes_done(done)
-    todo = [w for w in workloads if have.get(w.key, 0) < passes]
-    reused = len(workloads) - len(todo)
-    log.info("profile %s: %d workloads at %s px, %d already timed (%d passes), %d to time (%s)", spec.name,
-             len(workloads), ",".join(map(str, cfg.resolutions)), reused, passes, len(todo),
+def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | None) -> tuple[int, int]:
+    """Step 1: export, build and time the workloads still short of ``passes`` timings; (timed now, reused)."""
+    from ofa_deploy.compile.profile import WorkloadItem, time_workloads
+    from ofa_deploy.workloads import export_workloads
+
+    passes = run.settings.passes
+    db_hash = run.identity["database_sha256"]
+    have = _passes_done(run.workloads)
+    todo = [w for w in run.wanted if have.get(w.key, 0) < passes]
+    reused = len(run.wanted) - len(todo)
+    log.info("profile %s: %d workloads at %s px, %d already timed (%d passes), %d to time (%s)", run.spec.name,
+             len(run.wanted), ",".join(map(str, resolutions)), reused, passes, len(todo),
              f"database {db_hash[:8]}" if db_hash else "untuned")
     if todo:
         paths: dict[str, Path] = {}
         for w in tqdm(todo, desc="export workloads", unit="model", file=sys.stderr, leave=False,
                       disable=None if progress is None else not progress):
-            paths.update(export_workloads([w], sp, n_classes))  # cached: only new workloads are exported
+            paths.update(export_workloads([w], run.space, run.n_classes))  # cached: only new workloads are exported
 
         def keep(key: str, pass_index: int, m: Any, record: dict[str, Any]) -> None:
-            done[key] = _add_pass({**done.get(key, {}), "tuned_funcs": record["tuned_funcs"],
-                                   "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"]},
-                                  pass_index, m)
-            save_partial()
+            run.workloads[key] = _add_pass({**run.workloads.get(key, {}), "tuned_funcs": record["tuned_funcs"],
+                                            "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"]},
+                                           pass_index, m)
+            run.save_partial()
 
-        time_workloads([WorkloadItem(w.key, paths[w.key], w.input_shape) for w in todo], spec, database,
-                       settings=settings, on_result=keep, progress=progress, passes_done=have)
+        time_workloads([WorkloadItem(w.key, paths[w.key], w.input_shape) for w in todo], run.spec, run.database,
+                       settings=run.settings, on_result=keep, progress=progress, passes_done=have)
+    return len(todo), reused
 
-    ms = {k: v["median_ms"] for k, v in done.items()}
+
+def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None) -> tuple[list[dict[str, Any]], Calibration]:
+    """Step 2: time ``cfg.calibrate`` seeded random subnets end to end and fit them to the tables' sums.
+
+    Returns the calibration points used (each with its table sum, measured and predicted time and
+    residual) and the fitted correction.
+    """
+    from ofa_deploy.search_space.genes import configs_to_genes
+
+    sp, passes = run.space, run.settings.passes
+    ms = {k: v["median_ms"] for k, v in run.workloads.items()}
     table, fixed = tables_from_workloads(sp, cfg.resolutions, ms)
     calib = sample_subnets(sp.name, cfg.resolutions, cfg.calibrate, cfg.seed, table) if cfg.calibrate else []
     sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
-    have_cal = _passes_done(points)
+    have_cal = _passes_done(run.points)
     cal_todo = [c for c in calib if have_cal.get(c.id, 0) < passes]
     if cal_todo:
-        log.info("calibrate %s: %d subnets end to end (%d reused)", spec.name, len(cal_todo),
+        log.info("calibrate %s: %d subnets end to end (%d reused)", run.spec.name, len(cal_todo),
                  len(calib) - len(cal_todo))
 
         def keep_point(sid: str, pass_index: int, m: Any, record: dict[str, Any]) -> None:
             sub = next(c for c in cal_todo if c.id == sid)
-            point = _add_pass({**points.get(sid, {}), "id": sid, "config": sub.to_dict()}, pass_index, m)
-            points[sid] = {**point, "measured_ms": point["median_ms"]}
-            save_partial()
+            point = _add_pass({**run.points.get(sid, {}), "id": sid, "config": sub.to_dict()}, pass_index, m)
+            run.points[sid] = {**point, "measured_ms": point["median_ms"]}
+            run.save_partial()
 
-        measure_subnets(cal_todo, spec, database, n_classes, settings=settings, seed=cfg.seed,
+        measure_subnets(cal_todo, run.spec, run.database, run.n_classes, settings=run.settings, seed=cfg.seed,
                         passes_done=have_cal, on_result=keep_point, progress=progress)
     for sub, table_ms in zip(calib, sums):
-        points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
-    used = [points[s.id] for s in calib]
+        run.points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
+    used = [run.points[s.id] for s in calib]
     x = np.array([p["table_ms"] for p in used])
     y = np.array([p["measured_ms"] for p in used])
     cal = Calibration.fit(x, y)
     for p in used:
         p["predicted_ms"] = cal.a * p["table_ms"] + cal.b
         p["residual_pct"] = (p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"] * 100
+    return used, cal
+
+
+def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibration, timed: int,
+          reused: int) -> ProfileReport:
+    """Step 3: write ``latency_model.json`` (checked, atomic) and drop the partial file."""
+    done = run.workloads
     tuned = sum(v["tuned_funcs"] for v in done.values())
     total = sum(v["total_funcs"] for v in done.values())
     data = {
-        "format": FORMAT_VERSION, **identity,
+        "format": FORMAT_VERSION, **run.identity,
         "tvm_target_built": next((v["tvm_target"] for v in done.values()), None),
-        "database_dir": str(database) if database is not None else None,
+        "database_dir": str(run.database) if run.database is not None else None,
         "resolutions": list(cfg.resolutions),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "profile_settings": dataclasses.asdict(settings),
+        "profile_settings": dataclasses.asdict(run.settings),
         "tuned_funcs": tuned, "total_funcs": total,
         "workloads": done,
         "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
                         "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "points": used},
     }
-    path = out_dir / MODEL_FILE
+    path = run.out_dir / MODEL_FILE
     save_model(path, data)
-    partial_path.unlink(missing_ok=True)
+    (run.out_dir / PARTIAL_FILE).unlink(missing_ok=True)
     model = MeasuredLatencyModel.from_dict(data)
-    log.info("profile %s: wrote %s (%s)", spec.name, path, model.basis)
-    return ProfileReport(path, model, len(todo), reused, used)
+    log.info("profile %s: wrote %s (%s)", run.spec.name, path, model.basis)
+    return ProfileReport(path, model, timed, reused, used)
