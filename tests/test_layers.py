@@ -40,28 +40,33 @@ TVM_OWNER = "ofa_deploy.compile.worker"
 
 @dataclass(frozen=True)
 class Contract:
-    """Modules under ``source`` import only ``allowed`` (None: anything) and nothing under ``forbidden``."""
+    """Modules under ``sources`` import only ``allowed`` (None: anything) and nothing under ``forbidden``."""
 
     name: str
-    source: str
+    sources: tuple[str, ...]
     allowed: tuple[str, ...] | None = None
     forbidden: tuple[str, ...] = ()
 
 
+ABOVE_COMPILE = ("ofa_deploy.latency", "ofa_deploy.deploy", "ofa_deploy.search", "ofa_deploy.train", "ofa_deploy.cli")
 CONTRACTS = (
     Contract("the search space is the bottom of the domain: it imports only the leaf utilities",
-             "ofa_deploy.search_space", allowed=LEAVES),
+             ("ofa_deploy.search_space",), allowed=LEAVES),
     Contract("the target registry is the bottom of the domain: it imports only the leaf utilities",
-             "ofa_deploy.targets", allowed=LEAVES),
-    Contract("tuning_logs (layout, databases) sits low: targets and the leaf utilities only",
-             "ofa_deploy.tuning_logs", allowed=("ofa_deploy.targets",) + LEAVES),
-    Contract("compile is below search, latency, deploy and the CLI",
-             "ofa_deploy.compile",
-             forbidden=("ofa_deploy.search", "ofa_deploy.latency", "ofa_deploy.deploy", "ofa_deploy.cli")),
-    Contract("latency models and their builder are below search, deploy and the CLI",
-             "ofa_deploy.latency", forbidden=("ofa_deploy.search", "ofa_deploy.deploy", "ofa_deploy.cli")),
-    Contract("deploy is below search and the CLI", "ofa_deploy.deploy", forbidden=("ofa_deploy.search", "ofa_deploy.cli")),
-    Contract("the CLI is the top: nothing else imports it", ROOT, forbidden=("ofa_deploy.cli",)),
+             ("ofa_deploy.targets",), allowed=LEAVES),
+    Contract("the helpers (workloads, export, data, torch device) import only each other, the space, the registry "
+             "and the leaf utilities",
+             ("ofa_deploy.workloads", "ofa_deploy.export", "ofa_deploy.data", "ofa_deploy.torch_device"),
+             allowed=("ofa_deploy.workloads", "ofa_deploy.export", "ofa_deploy.data", "ofa_deploy.torch_device",
+                      "ofa_deploy.search_space", "ofa_deploy.targets") + LEAVES),
+    Contract("tuning_logs (layout, databases) sits low: the registry and the leaf utilities only",
+             ("ofa_deploy.tuning_logs",), allowed=("ofa_deploy.targets",) + LEAVES),
+    Contract("compile is below the latency models, deploy, search, training and the CLI",
+             ("ofa_deploy.compile",), forbidden=ABOVE_COMPILE),
+    Contract("the latency models and their builder are below deploy, search, training and the CLI",
+             ("ofa_deploy.latency",), forbidden=ABOVE_COMPILE[1:]),
+    Contract("deploy is below search, training and the CLI", ("ofa_deploy.deploy",), forbidden=ABOVE_COMPILE[2:]),
+    Contract("the CLI is the top: nothing else imports it", (ROOT,), forbidden=("ofa_deploy.cli",)),
 )
 
 
@@ -79,13 +84,17 @@ def _under(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+def setup_keyword(name: str) -> object:
+    """The literal value of one ``setup()`` keyword in setup.py."""
+    for node in ast.walk(ast.parse((REPO / "setup.py").read_text())):
+        if isinstance(node, ast.keyword) and node.arg == name:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"setup.py has no {name}")
+
+
 def package_dirs() -> dict[str, Path]:
     """setup.py's ``package_dir``: installed package name -> folder in the repository."""
-    tree = ast.parse((REPO / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.keyword) and node.arg == "package_dir":
-            return {k: REPO / v for k, v in ast.literal_eval(node.value).items()}
-    raise AssertionError("setup.py has no package_dir")
+    return {k: REPO / v for k, v in setup_keyword("package_dir").items()}
 
 
 def modules() -> dict[str, Path]:
@@ -132,7 +141,8 @@ def violations(graph: list[Import]) -> list[str]:
     lines = []
     for c in CONTRACTS:
         for imp in graph:
-            if not _under(imp.importer, c.source) or not _under(imp.imported, ROOT) or _under(imp.imported, c.source):
+            source = next((src for src in c.sources if _under(imp.importer, src)), None)
+            if source is None or not _under(imp.imported, ROOT) or _under(imp.imported, source):
                 continue
             allowed = c.allowed is None or imp.imported == ROOT or any(_under(imp.imported, a) for a in c.allowed)
             if not allowed or any(_under(imp.imported, f) for f in c.forbidden):
@@ -212,11 +222,14 @@ def describe_cycle(component: list[str], graph: list[Import]) -> str:
 
 
 def test_package_is_read_whole():
-    """The graph sees the folders setup.py maps (a missing folder would make every check vacuous)."""
+    """The graph sees the folders setup.py maps (a missing folder would make every check vacuous), and
+    setup.py installs every package there is (a forgotten one works in the editable install only)."""
     mods = modules()
     for package in package_dirs():
         assert package in mods, f"{package} not found"
     assert "ofa_deploy.compile.worker" in mods and len(mods) > 80
+    packages = {name for name, path in mods.items() if path.name == "__init__.py"}
+    assert set(setup_keyword("packages")) == packages, "setup.py packages= differs from the package folders"
 
 
 def test_import_contracts():
