@@ -128,7 +128,7 @@ def _cross_build(src: Path, cache_dir: str | Path | None) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise OfaDeployError(f"cross-compiling {src.name} failed:\n{proc.stderr.strip()[-2000:]}")
+        raise OfaDeployError(f"cross-compiling {src.name} failed", details=proc.stderr.strip()[-2000:])
     os.replace(tmp, out)
     return out
 

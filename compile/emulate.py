@@ -26,6 +26,7 @@ from ofa_deploy.errors import OfaDeployError
 from .aarch64_runtime import build_deploy_app_aarch64, build_rpc_server_aarch64
 from .binfmt import elf_machine
 from .toolchain import AARCH64_SYSROOT, require_qemu_aarch64
+from .worker.lifetime import dies_with_parent
 
 from .rpc import RpcSpec
 
@@ -59,15 +60,16 @@ def run_emulated_aarch64(so_path: str | Path, input: np.ndarray, *, timeout: flo
                "--repeat", "1", "--warmup", "0", "--topk", "0"]
         env = {**os.environ, "TVM_NUM_THREADS": "1"}  # emulated threads only add overhead
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                                  preexec_fn=dies_with_parent())
         except subprocess.TimeoutExpired:
             raise OfaDeployError(f"emulated run of {path.name} timed out after {timeout:.0f} s") from None
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-15:])
-            raise OfaDeployError(f"emulated run of {path.name} failed (exit {proc.returncode}):\n{tail}")
+            raise OfaDeployError(f"emulated run of {path.name} failed (exit {proc.returncode})", details=tail)
         match = _SHAPE_LINE.search(proc.stdout)
         if match is None:
-            raise OfaDeployError(f"deploy app printed no output shape:\n{proc.stdout[-1000:]}")
+            raise OfaDeployError("deploy app printed no output shape", details=proc.stdout[-1000:])
         shape = tuple(int(d) for d in match.group(1).split("x"))
         return np.fromfile(out_path, dtype="<f4").reshape(shape)
 
@@ -94,7 +96,8 @@ def emulated_rpc_server(port: int | None = None, *, tracker: RpcSpec | str | Non
         env = {**os.environ, "TVM_NUM_THREADS": "1"}  # emulated threads only add overhead
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, env=env, start_new_session=True,
+                                    preexec_fn=dies_with_parent())
         try:
             bound = _wait_for_port(proc, start_timeout, log_path)
             log.info("emulated aarch64 RPC server on 127.0.0.1:%d (pid %d)", bound, proc.pid)
@@ -118,7 +121,7 @@ def _wait_for_port(proc: subprocess.Popen, timeout: float, log_path: Path) -> in
         if not chunk:
             tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-10:])
             state = "exited" if proc.poll() is not None else f"printed no port within {timeout:.0f} s"
-            raise OfaDeployError(f"the emulated RPC server {state}:\n{tail}")
+            raise OfaDeployError(f"the emulated RPC server {state}", details=tail)
         line += chunk
     match = _LISTENING.match(line.decode(errors="replace").splitlines()[0].strip())
     if match is None:

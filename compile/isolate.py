@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
+from ofa_deploy.atomic import make_temp_dir, sweep_stale
 from ofa_deploy.errors import OfaDeployError
 
 log = logging.getLogger(__name__)
@@ -77,33 +78,65 @@ def tvm_threads(requested: int | None = None) -> int:
 
 
 def run_worker(request: dict[str, Any], *, what: str, timeout: float | None,
-               env: dict[str, str] | None = None) -> dict[str, Any]:
+               env: dict[str, str] | None = None,
+               started: Callable[[subprocess.Popen], None] | None = None) -> dict[str, Any]:
     """Run one worker job and return its JSON reply; any failure -> OfaDeployError.
 
     ``what`` names the job in error messages ("building cortex-a76 module"). ``env`` adds to
     (does not replace) this process's environment; TVM_NUM_THREADS defaults to ``tvm_threads()``.
+    ``started`` is called with the worker's process as soon as it exists.
+
+    No worker outlives its caller: it dies with the thread that started it (``die_with_parent``,
+    so even a SIGKILL of this process ends it), and whatever interrupts the wait here (Ctrl-C,
+    SIGTERM unwinding through the CLI, a timeout) kills it before this call returns. Its
+    temporaries, TVM's and MetaSchedule's included, live in the call's own folder (the worker's
+    $TMPDIR), which goes with the call; one left by a SIGKILL is swept by a later call.
     """
-    with tempfile.TemporaryDirectory(prefix="ofa_deploy_worker_") as tmp:
-        req_path, reply_path = Path(tmp) / "request.json", Path(tmp) / "reply.json"
-        req_path.write_text(json.dumps({**request, "reply_path": str(reply_path)}))
-        child_env = {**os.environ, "TVM_NUM_THREADS": str(tvm_threads()), **(env or {})}
+    sweep_stale(tempfile.gettempdir())
+    call_dir = make_temp_dir(tempfile.gettempdir(), "ofa_deploy_worker_")
+    try:
+        req_path, reply_path = call_dir / "request.json", call_dir / "reply.json"
+        req_path.write_text(json.dumps({"die_with_parent": True, "parent_pid": os.getpid(), **request,
+                                        "reply_path": str(reply_path)}))
+        child_env = {**os.environ, "TVM_NUM_THREADS": str(tvm_threads()), **(env or {}), "TMPDIR": str(call_dir)}
         cmd = [sys.executable, "-m", _WORKER_MODULE, str(req_path)]
         log.debug("worker: %s", " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env)
-        except subprocess.TimeoutExpired as exc:
-            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-            raise OfaDeployError(f"{what}: TVM worker timed out after {timeout:.0f} s; last output:\n"
-                                 f"{_tail(stderr)}") from None
-        for line in proc.stderr.splitlines():
+        # A session (process group) of its own: ending it ends everything the worker started.
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
+                              start_new_session=True) as proc:
+            if started is not None:
+                started(proc)
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_worker(proc)
+                stdout, stderr = proc.communicate()
+                raise OfaDeployError(f"{what}: TVM worker timed out after {timeout:.0f} s",
+                                     details=f"last output:\n{_tail(stderr)}") from None
+            except BaseException:
+                kill_worker(proc)
+                proc.wait()  # Popen's own exit would not wait after a KeyboardInterrupt
+                raise
+        for line in stderr.splitlines():
             log.debug("worker| %s", line)
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
+    finally:
+        shutil.rmtree(call_dir, ignore_errors=True)
     if reply is not None and reply.get("ok"):
         return reply
     if reply is not None:  # a Python exception inside the worker, already summarised
-        raise OfaDeployError(f"{what}: {reply['error']}")
-    raise OfaDeployError(f"{what}: TVM worker crashed ({_describe_exit(proc.returncode)}); "
-                         f"last output:\n{_tail(proc.stderr + proc.stdout)}")
+        first, _, rest = str(reply["error"]).strip().partition("\n")
+        raise OfaDeployError(f"{what}: {first}", details=rest or None)
+    raise OfaDeployError(f"{what}: TVM worker crashed ({_describe_exit(proc.returncode)})",
+                         details=f"last output:\n{_tail(stderr + stdout)}")
+
+
+def kill_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker and every process it started (its process group: isolate starts it in a new session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 def run_worker_polling(request: dict[str, Any], *, what: str, timeout: float | None, poll: Callable[[], None],
@@ -113,22 +146,38 @@ def run_worker_polling(request: dict[str, Any], *, what: str, timeout: float | N
     ``poll`` reads the worker's progress (new lines of a file it appends to); it runs once more
     after the worker has exited, so nothing written at the end is missed. The wait is bounded by
     the worker's ``timeout``. The thread outlives the worker, so a worker that dies with the thread
-    that started it (PR_SET_PDEATHSIG) lives exactly as long as this call.
+    that started it (PR_SET_PDEATHSIG) lives exactly as long as this call; an exception here (a
+    signal, a failing ``poll``) kills the worker and waits for the thread before it propagates.
     """
     outcome: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def started(proc: subprocess.Popen) -> None:
+        with lock:
+            outcome["proc"] = proc
+            if outcome.get("cancelled"):
+                kill_worker(proc)
 
     def work() -> None:
         try:
-            outcome["reply"] = run_worker(request, what=what, timeout=timeout, env=env)
+            outcome["reply"] = run_worker(request, what=what, timeout=timeout, env=env, started=started)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=work, name="ofa-deploy-worker", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(every_s)
+    try:
+        while thread.is_alive():
+            thread.join(every_s)
+            poll()
         poll()
-    poll()
+    except BaseException:  # Ctrl-C, SIGTERM (through the CLI) or a failing poll: the worker goes first
+        with lock:
+            outcome["cancelled"] = True
+            if "proc" in outcome:
+                kill_worker(outcome["proc"])
+        thread.join()  # returns once the killed worker is reaped and its folder removed
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["reply"]

@@ -12,6 +12,7 @@ subnet scores visibly higher than a small one after a short training run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from .atomic import write_json
 from .errors import OfaDeployError
+from .outputs import OutputFolder
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +211,12 @@ def make_demo_dataset(root: str | os.PathLike[str], seed: int = 0, train_per_cla
     if stamp.is_file():
         import json
 
-        if json.loads(stamp.read_text()) == spec:
-            return out
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(stamp.read_text()) == spec:
+                return out
+    # The output rule (ofa_deploy/outputs.py): a new or empty folder, or a demo dataset (its stamp).
+    OutputFolder(out, "demo-data", ("train", "val", stamp.name),
+                 recognise=lambda folder: (folder / stamp.name).is_file()).claim()
     rng = np.random.default_rng(seed)
     for split, n in (("train", train_per_class), ("val", val_per_class)):
         for label, name in enumerate(DEMO_CLASSES):

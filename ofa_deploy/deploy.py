@@ -4,8 +4,9 @@ Data flows one way: SubnetConfig -> static torch module -> ONNX (verified with O
 TVM Relax -> [target's tuning database] -> build -> ``.so`` (cross-compiled where needed) ->
 numeric verification on the target (or its emulator) -> ``metadata.json``.
 
-Everything is written into a temporary directory beside the output and renamed into place at the
-end, so a crash or a failed verification never leaves an output directory that looks complete.
+Everything is written into a staging folder and moved into place at the end (ofa_deploy.outputs:
+the output rule), so a crash or a failed verification never leaves an output folder that looks
+complete, and a folder of someone else's files is refused before any work.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from .atomic import write_json
 from .data import MEAN, STD
 from .errors import OfaDeployError
 from .export import INPUT_NAME, export_onnx, seeded_input
+from .outputs import OutputFolder
 from .search_space import SubnetConfig, load_supernet, random_subnet
 from .search_space.costs import count_costs
 from .shipped import default_supernet
@@ -35,6 +36,7 @@ from .tuning_logs.database import default_database
 log = logging.getLogger(__name__)
 
 VERIFY_RTOL = 1e-3  # max |compiled - torch| relative to max |torch|
+COMPILE_FILES = ("metadata.json", "subnet.json", "subnet.onnx", "subnet.so")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class CompileOptions:
     rpc: str | None = None  # HOST:PORT:KEY (tracker + device key) or HOST:PORT (server): verify and measure there
     rpc_emulated: bool = False  # the RPC server runs under qemu: its latency is labelled "emulated"
     database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database
+    config_path: str | None = None  # the subnet.json cfg was read from: the output never replaces it
     batch: int = 1
     seed: int = 0
 
@@ -117,11 +120,11 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
     linker_for(build_spec.cross_compiler)  # a missing cross compiler fails now, naming its package
     rpc = _rpc_spec(opts)  # checked before minutes of building
     database = Path(opts.database_dir) if opts.database_dir else default_database(spec.name)
+    folder = OutputFolder(opts.out_dir, "compile", COMPILE_FILES)
+    inputs = (opts.config_path, opts.checkpoint)
+    folder.check(inputs)  # a folder of someone else's files is refused before minutes of building
     model, classes = _model(cfg, opts)
-    out = Path(opts.out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with folder.staged(inputs) as work:
         shape = (opts.batch, 3, cfg.image_size, cfg.image_size)
         export = export_onnx(model, cfg.image_size, work / "subnet.onnx", batch=opts.batch, seed=opts.seed)
         info = build_module(work / "subnet.onnx", build_spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
@@ -171,12 +174,8 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             metadata["vta"] = offload_report(layers_with_acts(cfg, model.n_classes), spec.name)
         write_json(work / "metadata.json", metadata)
         cfg.to_json(work / "subnet.json")
-        _replace_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log.info("wrote %s (verification: %s)", out, verification["status"])
-    return out
+    log.info("wrote %s (verification: %s)", folder, verification["status"])
+    return Path(opts.out_dir)
 
 
 def _rpc_spec(opts: CompileOptions) -> Any:
@@ -192,17 +191,6 @@ def _rpc_spec(opts: CompileOptions) -> Any:
         raise OfaDeployError(f"--rpc {spec}: the remote device is where --measure times the module; add --measure")
     check_reachable(spec)
     return spec
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Move a finished directory into place; an older output is replaced only after success."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metadata(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

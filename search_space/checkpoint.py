@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from ofa_deploy.atomic import atomic_path
-from ofa_deploy.errors import CheckpointError
+from ofa_deploy.errors import CheckpointError, NotACheckpointError
 
 from .space import DEFAULT_SPACE, SearchSpace, get_space, list_spaces
 from .supernet import OFAMobileNetV3
@@ -23,22 +23,67 @@ from .supernet import OFAMobileNetV3
 log = logging.getLogger(__name__)
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Return (state_dict, metadata) from a checkpoint file; accepts a bare state dict too."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle (protocol 2+)
+
+
+def _not_a_checkpoint(p: Path, err: BaseException) -> NotACheckpointError:
+    """Why ``torch.load`` failed, in the user's terms: the file's kind, not torch's internal error."""
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        head = p.read_bytes()[:4096]
+    except OSError as read_err:
+        return NotACheckpointError(f"{p}: cannot read the checkpoint ({read_err.strerror or read_err})")
+    if not head:
+        return NotACheckpointError(f"{p}: empty file, not a PyTorch checkpoint")
+    if head.startswith(ZIP_MAGIC):
+        return NotACheckpointError(f"{p}: damaged or truncated PyTorch checkpoint (its zip archive is incomplete)")
+    if head.startswith(PICKLE_MAGIC):
+        if "weights_only" in str(err).lower() or "unsupported global" in str(err).lower():
+            return NotACheckpointError(f"{p}: not a weights-only checkpoint (it pickles Python objects, "
+                                             "which are never executed here); save the state_dict")
+        return NotACheckpointError(f"{p}: damaged or truncated PyTorch checkpoint (legacy format)")
+    try:
+        head.decode("utf-8")
+        kind = "a text file"
+    except UnicodeDecodeError:
+        kind = "not a PyTorch file"
+    return NotACheckpointError(f"{p}: not a PyTorch checkpoint ({kind})")
+
+
+def load_torch_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` (weights only, on the CPU) of a file the user named or a run wrote.
+
+    Anything that is not a PyTorch file (missing, a folder, text, truncated, pickled objects) is
+    a :class:`NotACheckpointError` naming what the file is; torch's own exception, whose text is
+    about its internals, is only in the traceback (``--debug``).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise NotACheckpointError(f"{p}: is a folder, not a checkpoint file")
+    if not p.is_file():
+        raise NotACheckpointError(f"{p}: checkpoint file not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean "not a checkpoint"
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})".splitlines()[0]) from None
+        raise _not_a_checkpoint(p, err) from err
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (state_dict, metadata) from a checkpoint file; accepts a bare state dict too.
+
+    A file that is no supernet checkpoint is a :class:`NotACheckpointError` (:func:`load_torch_file`).
+    """
+    p = Path(path)
+    obj = load_torch_file(p)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
         obj = obj["state_dict"]
     else:
         meta = {}
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{p}: expected {{'state_dict': {{name: tensor}}}} (official once-for-all format)")
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in obj.items()):
+        raise NotACheckpointError(f"{p}: not a supernet checkpoint: expected {{'state_dict': {{name: tensor}}}} "
+                                        "(official once-for-all format)")
     # Checkpoints saved from DataParallel/DDP prefix every name with "module.".
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     return state, meta
@@ -49,6 +94,9 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
     expected = model.state_dict()
     space = getattr(model, "space", None)
     hint = f" (supernet space {space.name}; known spaces: {', '.join(list_spaces())})" if space else ""
+    if not set(state) & set(expected):
+        raise NotACheckpointError(f"{where}: not a supernet checkpoint: none of its {len(state)} parameters is one of "
+                              f"the network's ({next(iter(state), 'none')!r} ...)")
     for name, t in expected.items():
         if name not in state:
             raise CheckpointError(f"{where}: parameter '{name}' is missing{hint}")

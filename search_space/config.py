@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ofa_deploy.atomic import write_json
-from ofa_deploy.errors import ConfigError
+from ofa_deploy.atomic import read_json, write_json
+from ofa_deploy.errors import ConfigError, shown
 
 from .space import DEFAULT_SPACE, SearchSpace, get_space
 
@@ -75,13 +76,7 @@ class SubnetConfig:
     def from_json(cls, path: str | os.PathLike[str], *, space: str | None = None) -> "SubnetConfig":
         """Read a subnet.json (the OFA arch dict, possibly with extra result keys)."""
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: subnet config file not found")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{p}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-        return cls.from_dict(data, space=space, where=str(p))
+        return cls.from_dict(read_json(p, "subnet config", ConfigError), space=space, where=str(p))
 
     @classmethod
     def max(cls, space: str = DEFAULT_SPACE, image_size: int | None = None) -> "SubnetConfig":
@@ -137,12 +132,12 @@ class SubnetConfig:
             for i, v in enumerate(values):
                 if v not in allowed:
                     raise ConfigError(
-                        f"{where}: field '{name}[{i}]' = {v} is not allowed; allowed values: {_fmt(allowed)}"
+                        f"{where}: field '{name}[{i}]' = {shown(v)} is not allowed; allowed values: {_fmt(allowed)}"
                     )
         if self.image_size not in sp.resolution_choices:
             r = sp.resolution_choices
             raise ConfigError(
-                f"{where}: field 'image_size' = {self.image_size} is not allowed; allowed values: "
+                f"{where}: field 'image_size' = {shown(self.image_size)} is not allowed; allowed values: "
                 f"{r[0]}..{r[-1]} in steps of {r[1] - r[0]}"
             )
         return self
@@ -204,9 +199,11 @@ def _fmt(values: Sequence[int]) -> str:
 
 
 def _int(value: Any, field: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ConfigError(f"{where}: field '{field}' = {value!r} is not an integer")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))):
+        raise ConfigError(f"{where}: field '{field}' = {shown(value)} is not an integer")
     return int(value)
+
 
 
 def _int_tuple(value: Any, field: str, where: str) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ofa_deploy.errors import ConfigError
+from ofa_deploy.errors import ConfigError, shown
 
 DEFAULT_SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
 
@@ -160,8 +160,8 @@ def get_space(name: str | SearchSpace = DEFAULT_SPACE) -> SearchSpace:
     """Return the space called ``name`` (a :class:`SearchSpace` passes through)."""
     if isinstance(name, SearchSpace):
         return name
-    if name not in _SPACES:
-        raise ConfigError(f"space: unknown search space {name!r}; allowed: {', '.join(list_spaces())}")
+    if not isinstance(name, str) or name not in _SPACES:
+        raise ConfigError(f"space: unknown search space {shown(name)}; allowed: {', '.join(list_spaces())}")
     return _SPACES[name]()
 
 

@@ -7,6 +7,7 @@ import pytest
 from ofa_deploy import SubnetConfig
 from ofa_deploy.cli import main, merge_target_words
 from ofa_deploy.deploy import CompileOptions, compile_subnet, read_metadata
+from ofa_deploy.outputs import MANIFEST, OutputFolder
 from ofa_deploy.search_space.costs import count_costs
 from tests.conftest import reference_input
 
@@ -33,7 +34,8 @@ def test_x86_module_reproduces_reference_and_writes_metadata(reference, tmp_path
     cfg, out = _compile_reference(reference, 2, "x86-host", tmp_path / "x86", measure=True)
     _check_reference_logits(reference, 2, out)
     meta = read_metadata(out)
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "subnet.json", "subnet.onnx", "subnet.so"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "metadata.json", "subnet.json", "subnet.onnx",
+                                                     "subnet.so"]
     assert meta["verification"]["status"] == "passed" and meta["verification"]["ran_on"] == "local"
     assert meta["verification"]["max_rel_err"] < 1e-3
     assert meta["latency"]["source"] == "measured" and meta["latency_ms"] > 0
@@ -65,12 +67,14 @@ def test_failed_verification_leaves_no_output(reference, tmp_path, monkeypatch):
     import ofa_deploy.deploy as deploy
 
     monkeypatch.setattr(deploy, "VERIFY_RTOL", 0.0)  # every real module now "fails"
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("previous result")
+    with OutputFolder(tmp_path / "out", "compile", deploy.COMPILE_FILES).staged() as stage:  # an earlier output
+        (stage / "metadata.json").write_text("previous result")
+    (tmp_path / "out" / "notes.txt").write_text("the user's")
     with pytest.raises(deploy.OfaDeployError, match="verification failed on local"):
         _compile_reference(reference, 1, "x86-host", tmp_path / "out", batch=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # old output kept, no temp dir
-    assert (tmp_path / "out" / "old.txt").read_text() == "previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # old output kept, no staging folder
+    assert (tmp_path / "out" / "metadata.json").read_text() == "previous result"
+    assert (tmp_path / "out" / "notes.txt").read_text() == "the user's"
 
 
 def test_classic_target_words_are_joined():

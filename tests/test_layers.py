@@ -10,7 +10,7 @@ The package is built in layers, top to bottom (README, *Layout*)::
     ofa_deploy.tuning_logs                          the tuning_logs/<target>/ layout and databases
     ofa_deploy.workloads, .export, .data, ...       the space's workloads, ONNX export, data
     ofa_deploy.search_space, ofa_deploy.targets     the space and the target registry
-    ofa_deploy.errors, .atomic, .cache              leaf utilities (standard library only)
+    ofa_deploy.errors, .atomic, .outputs, .cache    leaf utilities (standard library only)
 
 Checked here on every module of the installed package, counting every import statement, those
 inside function bodies too (the lazy imports that keep ``import ofa_deploy`` cheap are where
@@ -33,7 +33,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 ROOT = "ofa_deploy"
-LEAVES = ("ofa_deploy.errors", "ofa_deploy.atomic", "ofa_deploy.cache")  # stdlib only: anyone may use them
+LEAVES = ("ofa_deploy.errors", "ofa_deploy.atomic", "ofa_deploy.outputs", "ofa_deploy.cache")  # stdlib only: anyone may use them
 TVM = ("tvm", "tvm_ffi")
 TVM_OWNER = "ofa_deploy.compile.worker"
 

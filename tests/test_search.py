@@ -9,6 +9,7 @@ import pytest
 
 from ofa_deploy import SubnetConfig
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.outputs import MANIFEST
 from ofa_deploy.latency import CPU_EFFICIENCY, TableLatencyModel, hardware_from_spec, latency_model, roofline_layer_ms
 from ofa_deploy.latency.roofline import Hardware, spec_to_hardware
 from ofa_deploy.latency.tables import cost_tables
@@ -151,7 +152,7 @@ def test_verify_hook_and_outputs(vta, tmp_path):
     rows = list(csv.DictReader(paths["front"].open()))
     assert len(rows) == len(res.front) and rows[0]["latency_source"] == "measured"
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["front.csv", "pareto.png", "subnet.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST, "front.csv", "pareto.png", "subnet.json"]
 
 
 def test_table_model_protocol_for_a_future_learned_model():

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from ofa_deploy import OFAMobileNetV3, SubnetConfig, save_supernet
+from ofa_deploy.outputs import MANIFEST
 from ofa_deploy.search import ProxyAccuracy
 from ofa_deploy.search.dataset import FORMAT, read_records
 from ofa_deploy.search.encoding import n_features
@@ -48,7 +49,7 @@ def test_search_writes_outputs(run, predictor_file, tmp_path):
     assert data["latency_source"] == "estimated" and data["latency_ms"] <= 25 and data["macs"] <= 200e6
     assert data["search"]["accuracy_predictor"]["path"] == predictor_file
     assert "ops/B (int8)" in out and "GOP/s" in out
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["front.csv", "pareto.png", "subnet.json"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [MANIFEST, "front.csv", "pareto.png", "subnet.json"]
 
 
 @pytest.mark.parametrize("acc_max, warned", [(0.5, True), (0.99, False)])

@@ -61,7 +61,7 @@ def test_bad_checkpoint_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         od.load_supernet(tmp_path / "none.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(a text file\)"):
         od.load_supernet(tmp_path / "junk.pth")
     torch.save({"state_dict": {"first_conv.conv.weight": torch.zeros(16, 3, 3, 3)}}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="parameter 'first_conv.bn.weight' is missing"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ofa_deploy.errors import OfaDeployError
-from tests.conftest import run_cli
+from tests.conftest import alive, descendants, run_cli
 
 HEAD = "r128/head"
 SMALL = ["--target", "x86-host", "--resolutions", "128", "--workloads", HEAD, "--trials", "2", "--no-progress"]
@@ -319,28 +319,6 @@ def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
     assert (db / RECORD_FILE).read_bytes() == before
 
 
-def _descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume(tmp_path):
@@ -357,14 +335,14 @@ def test_kill_9_mid_run_then_resume(tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()
-        workers = _descendants(proc.pid)
+        workers = descendants(proc.pid)
         assert workers  # the tuning worker (and its builder/runner processes)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(alive(p) for p in workers):
         time.sleep(0.2)
-    assert not any(_alive(p) for p in workers), "the tuning worker outlived its killed parent"
+    assert not any(alive(p) for p in workers), "the tuning worker outlived its killed parent"
 
     kept = (db / RECORD_FILE).read_bytes()
     kept = kept[:kept.rfind(b"\n") + 1]  # complete lines written before the kill

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .lifetime import die_with_parent
+from .lifetime import die_with_parent, guard_group
 
 MAX_ERROR_CHARS = 4000
 
@@ -66,6 +66,8 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[1]).read_text())
     if request.get("die_with_parent"):
         die_with_parent(request.get("parent_pid"))
+        if request.get("parent_pid"):
+            guard_group(request["parent_pid"])  # and what this worker starts, even mid-start
     reply_path = Path(request["reply_path"])
     try:
         reply = {"ok": True, **handle(request)}

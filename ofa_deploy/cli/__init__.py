@@ -4,18 +4,24 @@
 acc-predictor), ``tune``, ``profile`` and ``train`` (train, demo-data); :mod:`.options` holds what
 several share. This package is the top of the house: nothing else in ofa_deploy imports it.
 
-Every user error is an :class:`OfaDeployError`: one line on stderr, exit code 2, no traceback
-unless ``--debug``. Files are written atomically, so a failed command leaves nothing half-written.
+Every user error is an :class:`OfaDeployError` or a usage error: one line on stderr, exit code 2, no
+traceback unless ``--debug``. Outputs follow the output rule (ofa_deploy/outputs.py) and are written
+atomically, so a failed or interrupted command leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import signal
 import sys
+import threading
+from typing import Any, Iterator
 
 import click
 
+from ofa_deploy.atomic import process_scratch
 from ofa_deploy.errors import OfaDeployError
 
 log = logging.getLogger("ofa_deploy")
@@ -85,23 +91,94 @@ def merge_target_words(args: list[str]) -> list[str]:
     return out
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds the command like Ctrl-C does, so every cleanup on the way runs.
+
+    Python's default for SIGTERM ends the process at once: no ``finally``, so worker processes and
+    staging folders were left behind. Raised in the main thread, it passes through the same
+    ``finally`` blocks and context managers as KeyboardInterrupt (isolate.py kills the worker).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+UNWINDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+NO_ARGS_IS_HELP: tuple[type, ...] = tuple(filter(None, [getattr(click.exceptions, "NoArgsIsHelpError", None)]))
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While the command runs: SIGINT, SIGTERM and SIGHUP raise in the main thread; a second one is ignored.
+
+    Ignoring the signals that follow the first keeps a burst of them (a supervisor's repeated
+    SIGTERM, a held Ctrl-C) from interrupting the cleanup the first one started.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: Any) -> None:
+        for sig in UNWINDING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
+    saved = {sig: signal.getsignal(sig) for sig in UNWINDING_SIGNALS}
+    for sig in UNWINDING_SIGNALS:
+        signal.signal(sig, unwind)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable escaped: a path with a newline stays one line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode()
+                   for c in text.strip())
+
+
+def _error_line(message: str, details: str | None = None) -> None:
+    """One line on stderr; ``details`` (a worker's last output) go to the debug log (-v)."""
+    if details:
+        log.debug("%s", details)
+    click.echo(f"error: {one_line(message)}" + (" (details: rerun with -v)" if details else ""), err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: map user errors to one line and exit code 2."""
+    """Console-script entry point: map user errors to one line and exit code 2.
+
+    A command runs with its own scratch folder for temporaries (removed at the end, and by the
+    next command if this one is killed with SIGKILL) and with SIGTERM/SIGHUP unwinding like
+    Ctrl-C, so no signal short of SIGKILL leaves a worker process or a temporary behind.
+    """
     args = merge_target_words(list(argv if argv is not None else sys.argv[1:]))
     debug = "--debug" in args
-    try:
-        cli.main(args=args, prog_name="ofa-deploy", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:  # usage errors: click's own message, exit 2
-        err.show()
-        sys.exit(err.exit_code)
-    except OfaDeployError as err:
-        if debug:
-            raise
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-
+    with _signals_unwind(), process_scratch():
+        try:
+            cli.main(args=args, prog_name="ofa-deploy", standalone_mode=False)
+        except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except Terminated as sig:
+            click.echo(f"terminated by {signal.Signals(sig.signum).name}", err=True)
+            sys.exit(128 + sig.signum)
+        except click.ClickException as err:  # usage errors: click's own message, one line, exit 2
+            if isinstance(err, NO_ARGS_IS_HELP):  # plain "ofa-deploy": the help, as click 8.1 gave it (exit 0)
+                click.echo(err.ctx.get_help() if err.ctx else err.format_message())
+                sys.exit(0)
+            if debug:
+                raise
+            _error_line(err.format_message())
+            sys.exit(2)
+        except OfaDeployError as err:
+            if debug:
+                raise
+            _error_line(str(err), err.details)
+            sys.exit(2)
+        except click.exceptions.Exit as err:
+            sys.exit(err.exit_code)

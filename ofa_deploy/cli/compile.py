@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .options import FOLDER_RULE
+
 
 @click.command("compile")
 @click.argument("subnet", type=click.Path())
@@ -11,7 +13,8 @@ import click
               help="Registry name, TVM tag or classic TVM string (e.g. llvm -mcpu=cortex-a76).")
 @click.option("--supernet", "checkpoint", type=click.Path(), default=None, help="Supernet checkpoint (official format).")
 @click.option("--random-weights", is_flag=True, help="No checkpoint: seeded random weights (latency work only).")
-@click.option("-o", "--output", default=None, type=click.Path(file_okay=False), help="Output directory (default: build/<id>-<target>).")
+@click.option("-o", "--output", default=None, type=click.Path(),
+              help="Output folder (default: build/<id>-<target>). " + FOLDER_RULE)
 @click.option("--no-verify", is_flag=True, help="Skip the numeric check on the target or its emulator.")
 @click.option("--measure", is_flag=True, help="Time the module on the target where one is reachable.")
 @click.option("--rpc", default=None, metavar="HOST:PORT[:KEY]",
@@ -41,7 +44,7 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
     result = compile_subnet(cfg, CompileOptions(target=target, out_dir=out, checkpoint=checkpoint,
                                                 random_weights=random_weights, verify=not no_verify,
                                                 measure=measure, rpc=rpc, rpc_emulated=rpc_emulated,
-                                                database_dir=database))
+                                                database_dir=database, config_path=subnet))
     from ofa_deploy.deploy import read_metadata
 
     meta = read_metadata(result)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.outputs import check_output_file
 
-from .options import SPACE_OPTION, load_config
+from .options import SPACE_OPTION, file_rule, load_config, read_onnx_model
 
 
 @click.command()
@@ -14,8 +15,8 @@ from .options import SPACE_OPTION, load_config
 @click.option("--supernet", "checkpoint", type=click.Path(), default=None,
               help="Supernet checkpoint in the official once-for-all format.")
 @click.option("--random-weights", is_flag=True, help="No checkpoint: export with random weights (latency work only).")
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="ONNX file to write (default: <subnet id>.onnx).")
+@click.option("-o", "--output", default=None, type=click.Path(),
+              help="ONNX file to write (default: <subnet id>.onnx). " + file_rule("an ONNX model"))
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
 @SPACE_OPTION
 def export(subnet: str, checkpoint: str | None, random_weights: bool, output: str | None, batch: int,
@@ -32,10 +33,13 @@ def export(subnet: str, checkpoint: str | None, random_weights: bool, output: st
     cfg = load_config(subnet, space)
     if checkpoint is None and not random_weights:
         raise OfaDeployError("export: --supernet CHECKPOINT is required (or --random-weights for latency work)")
+    if checkpoint is not None and random_weights:
+        raise OfaDeployError("export: give either --supernet or --random-weights, not both")
+    out = str(check_output_file(output or f"{cfg.id}.onnx", "an ONNX model", read_onnx_model,
+                                inputs=(subnet, checkpoint)))
     if checkpoint is None:
         model = random_subnet(cfg, seed=0)
     else:
         model = load_supernet(checkpoint, cfg.space).extract(cfg)
-    out = output or f"{cfg.id}.onnx"
     report = export_onnx(model, cfg.image_size, out, batch=batch)
     click.echo(f"{out}: {report.nodes} nodes, opset {report.opset}, ORT vs PyTorch max abs err {report.max_abs_err:.2e}")

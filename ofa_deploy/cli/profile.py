@@ -7,7 +7,7 @@ import click
 from ofa_deploy.compile.profile import ProfileSettings
 from ofa_deploy.errors import OfaDeployError
 
-from .options import parse_resolutions
+from .options import SEED, parse_resolutions
 
 
 @click.command("profile")
@@ -22,7 +22,7 @@ from .options import parse_resolutions
               help="MetaSchedule database (default: tuning_logs/<target>/ if it holds one; else untuned). Search "
                    "uses the model only while tuning_logs/<target>/ holds this same database.")
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration subnets.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the calibration subnets.")
 @click.option("--passes", type=click.IntRange(min=1), default=ProfileSettings().passes, show_default=True,
               help="Timing passes over all models (each built once); the fastest pass counts. A shared "
                    "machine's speed drifts for tens of seconds at a time: one pass is noisy.")

@@ -15,6 +15,8 @@ import click
 
 from ofa_deploy.errors import OfaDeployError
 
+from .options import FOLDER_RULE, SEED, file_rule
+
 log = logging.getLogger("ofa_deploy")
 
 # One word of a classic TVM target string: -mcpu=cortex-a76, -mattr=+neon, -model=rpi5, -libs=cblas.
@@ -83,13 +85,13 @@ class HumanNumber(click.ParamType):
                    "accuracy / latency / intensity.")
 @click.option("--population", type=int, default=100, show_default=True)
 @click.option("--generations", type=int, default=500, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--supernet", type=click.Path(), default=None,
               help="Supernet checkpoint: checked against the predictor (space, classes).")
 @click.option("--acc-predictor", type=click.Path(), default=None,
               help="Accuracy predictor from 'ofa-deploy acc-predictor' (default: the installed one).")
-@click.option("-o", "--output", default="search_out", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for subnet.json, front.csv and pareto.png.")
+@click.option("-o", "--output", default="search_out", show_default=True, type=click.Path(),
+              help="Folder for subnet.json, front.csv and pareto.png. " + FOLDER_RULE)
 @click.option("--verify-top", type=click.IntRange(min=0), default=0, show_default=True,
               help="Compile and measure the K best subnets on the device; keep the best that meets the budget.")
 @click.option("--rpc", default=None, metavar="HOST:PORT[:KEY]",
@@ -114,7 +116,7 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     """
     from ofa_deploy.search.api import predictor_info, resolve_predictor, run_search
     from ofa_deploy.search.evaluator import Constraints
-    from ofa_deploy.search.output import write_outputs
+    from ofa_deploy.search.output import output_folder, write_outputs
     from ofa_deploy.search.verify import find_measure
 
     if objective not in ("accuracy", "pareto"):
@@ -123,6 +125,8 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     for name, value in constraints.as_dict().items():
         if not value > 0:
             raise OfaDeployError(f"--{name.replace('_', '-')}: must be positive, got {value:g}")
+    inputs = (supernet, acc_predictor)
+    output_folder(output).check(inputs)  # before the search, not after it
     predictor = resolve_predictor(acc_predictor, supernet)
     measure = None
     if rpc is not None and not verify_top:
@@ -134,7 +138,8 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
                                  f"(compile+measure backend not available for it)")
     result = run_search(target, predictor, constraints=constraints, objective=objective, population=population,
                         generations=generations, seed=seed, progress=None, verify_k=verify_top, measure=measure)
-    paths = write_outputs(result, output, target=target, predictor_info=predictor_info(predictor, acc_predictor))
+    paths = write_outputs(result, output, target=target, predictor_info=predictor_info(predictor, acc_predictor),
+                          inputs=inputs)
     row = result.row(result.best, 0)
     gops = 2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9
     click.echo(f"{paths['subnet']}: {row['id']}  predicted acc {100 * row['predicted_accuracy']:.2f}%  "
@@ -159,12 +164,13 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
 @click.option("--data", "data_root", required=True, type=click.Path(),
               help="ImageFolder dataset root with train/ and val/.")
 @click.option("-n", "--n-subnets", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Subnet sampling seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Subnet sampling seed.")
 @click.option("--val-limit", type=click.IntRange(min=1), default=None, help="Validation images per subnet (default: all).")
 @click.option("--calib-images", type=click.IntRange(min=1), default=256, show_default=True,
               help="Training images for BN recalibration.")
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: the checkpoint's, else w1.0).")
-@click.option("-o", "--output", default="acc_dataset.jsonl", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="acc_dataset.jsonl", show_default=True, type=click.Path(),
+              help="Dataset file (JSON lines), extended when rerun. " + file_rule("an accuracy dataset"))
 def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_limit: int | None,
                 calib_images: int, space: str | None, output: str) -> None:
     """Measure the accuracy of sampled subnets (BN recalibrated) for predictor training.
@@ -176,12 +182,14 @@ def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_
     Example:
       ofa-deploy acc-dataset --supernet ofa.pth --data data/demo -n 500 -o acc.jsonl
     """
-    from ofa_deploy.search.dataset import AccDatasetConfig, build_acc_dataset
+    from ofa_deploy.outputs import check_output_file
+    from ofa_deploy.search.dataset import AccDatasetConfig, build_acc_dataset, read_records
     from ofa_deploy.search_space import DEFAULT_SPACE, load_supernet
     from ofa_deploy.search_space.checkpoint import read_state_dict
 
     if not Path(data_root).is_dir():
         raise OfaDeployError(f"{data_root}: dataset folder not found")
+    check_output_file(output, "an accuracy dataset", read_records, inputs=(checkpoint,))
     space = space or read_state_dict(checkpoint)[1].get("space") or DEFAULT_SPACE
     net = load_supernet(checkpoint, space)
     cfg = AccDatasetConfig(n_subnets=n_subnets, seed=seed, val_limit=val_limit, calib_images=calib_images)
@@ -193,11 +201,12 @@ def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_
 
 @click.command("acc-predictor")
 @click.argument("dataset", type=click.Path())
-@click.option("-o", "--output", default="acc_predictor.pt", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="acc_predictor.pt", show_default=True, type=click.Path(),
+              help="Predictor file to write. " + file_rule("an accuracy predictor"))
 @click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Fraction of subnets held out for RMSE / Kendall tau.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def acc_predictor(dataset: str, output: str, epochs: int, holdout: float, seed: int) -> None:
     """Train OFA's accuracy predictor (3 x 400 MLP) on an acc-dataset file.
 
@@ -207,10 +216,12 @@ def acc_predictor(dataset: str, output: str, epochs: int, holdout: float, seed: 
     Example:
       ofa-deploy acc-predictor acc.jsonl -o predictor.pt
     """
+    from ofa_deploy.outputs import check_output_file
     from ofa_deploy.search.dataset import load_acc_dataset
-    from ofa_deploy.search.predictor import TrainConfig, save_predictor, train_predictor
+    from ofa_deploy.search.predictor import TrainConfig, load_predictor, save_predictor, train_predictor
 
     header, genes, accs = load_acc_dataset(dataset)
+    check_output_file(output, "an accuracy predictor", load_predictor, inputs=(dataset,))
     predictor = train_predictor(genes, accs, space=header["space"], n_classes=header["n_classes"],
                                 dataset=header["dataset"], config=TrainConfig(epochs=epochs, holdout=holdout, seed=seed))
     save_predictor(predictor, output)

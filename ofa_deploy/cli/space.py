@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import SPACE_OPTION, load_config
+from .options import SEED, SPACE_OPTION, file_rule, load_config
 
 
 @click.command()
@@ -25,8 +25,9 @@ def space(space_name: str | None) -> None:
 
 
 @click.command()
-@click.option("--seed", type=int, required=True, help="Seed of the random generator (numpy PCG64).")
-@click.option("-o", "--output", default="subnet.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--seed", type=SEED, required=True, help="Seed of the random generator (numpy PCG64).")
+@click.option("-o", "--output", default="subnet.json", show_default=True, type=click.Path(),
+              help="Config file to write. " + file_rule("a subnet config"))
 @SPACE_OPTION
 def sample(seed: int, output: str, space: str | None) -> None:
     """Write a uniformly sampled valid subnet config.
@@ -37,8 +38,10 @@ def sample(seed: int, output: str, space: str | None) -> None:
     """
     import numpy as np
 
+    from ofa_deploy.outputs import check_output_file
     from ofa_deploy.search_space import DEFAULT_SPACE, SubnetConfig
 
+    check_output_file(output, "a subnet config", lambda path: load_config(str(path), None))
     cfg = SubnetConfig.sample(np.random.default_rng(seed), space or DEFAULT_SPACE)
     cfg.to_json(output)
     click.echo(f"{output}: {cfg.id}")

@@ -7,6 +7,8 @@ import click
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
+from .options import FOLDER_RULE, SEED
+
 DEMO_CACHE = cache_root() / "demo_dataset"
 
 
@@ -20,8 +22,9 @@ def resolve_data(data: str) -> str:
 
 
 @click.command("demo-data")
-@click.option("-o", "--output", default=str(DEMO_CACHE), show_default=True, type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", default=str(DEMO_CACHE), show_default=True, type=click.Path(),
+              help="Dataset folder. " + FOLDER_RULE)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 def demo_data(output: str, seed: int) -> None:
     """Generate the built-in demo dataset (10 synthetic shape classes, ImageFolder layout).
 
@@ -36,8 +39,8 @@ def demo_data(output: str, seed: int) -> None:
 
 @click.command()
 @click.option("--data", required=True, help="ImageFolder root with train/ and val/, or 'demo'.")
-@click.option("-o", "--output", default="runs/supernet", show_default=True, type=click.Path(file_okay=False),
-              help="Run directory: last.pth (resume), teacher.pth, supernet.pth, curves.csv/png.")
+@click.option("-o", "--output", default="runs/supernet", show_default=True, type=click.Path(),
+              help="Run folder: last.pth (resume), teacher.pth, supernet.pth, curves.csv/png. " + FOLDER_RULE)
 @click.option("--schedule", type=click.Choice(["paper", "short", "tiny"]), default="tiny", show_default=True)
 @click.option("--space", default="ofa_mbv3_d234_e346_k357_w1.0", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Per process.")
@@ -45,7 +48,7 @@ def demo_data(output: str, seed: int) -> None:
 @click.option("--val-resolution", default=160, show_default=True, type=int)
 @click.option("--limit-train", default=None, type=click.IntRange(min=1),
               help="Train on a seeded subset of this many train/ images (default: all).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: this process's GPU (cuda:LOCAL_RANK) when torch sees one, else the CPU.")
 def train(data: str, output: str, schedule: str, space: str, batch_size: int, resolutions: str, val_resolution: int,
@@ -60,10 +63,13 @@ def train(data: str, output: str, schedule: str, space: str, batch_size: int, re
       ofa-deploy train --data demo --schedule tiny -o runs/demo
       torchrun --nproc_per_node 2 -m ofa_deploy.cli train --data /data/imagenet --schedule paper -o runs/in1k
     """
+    from ofa_deploy.outputs import OutputFolder
     from ofa_deploy.search_space import get_space
     from ofa_deploy.train import TrainConfig
     from ofa_deploy.train import train as run_training
+    from ofa_deploy.train.trainer import TRAIN_FILES, is_run_folder
 
+    OutputFolder(output, "train", TRAIN_FILES, recognise=is_run_folder).check()  # before any data is read
     sp = get_space(space)
     try:
         res = tuple(int(r) for r in resolutions.split(",") if r.strip())

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from .options import check_database_folder
+
 
 @click.command("tune")
 @click.option("--target", required=True, help="Registry name, TVM tag or classic TVM string (e.g. x86-host).")
@@ -18,7 +20,8 @@ import click
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
               help="Resolutions whose workloads are tuned; each one adds its own tasks (cost is linear).")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
-              help="MetaSchedule database directory (default: tuning_logs/<target>/, which compile uses).")
+              help="MetaSchedule database directory (default: tuning_logs/<target>/, which compile uses): new, "
+                   "empty or a database; tune adds only its own files there, and refuses any other folder (exit 2).")
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
 @click.option("--workloads", default=None, metavar="KEY[,KEY...]",
               help="Only these workloads of the resolutions, e.g. r224/head,r224/s2-first/k5-e4 (default: all).")
@@ -45,6 +48,8 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
       ofa-deploy tune --target cortex-a76 --rpc 192.168.1.10:9190:pi5 --resolutions 160,224
       ofa-deploy tune --target x86-host --pack
     """
+    if database is not None:
+        check_database_folder(database)  # a new or empty folder, or a database: tune writes only its own files
     if pack:
         _pack(ctx, target, database)
         return

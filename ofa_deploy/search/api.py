@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from ofa_deploy.errors import CheckpointError, OfaDeployError
+from ofa_deploy.errors import CheckpointError, OfaDeployError, NotACheckpointError
 from ofa_deploy.latency.base import LatencyModel
 from ofa_deploy.latency.choose import latency_model
 
@@ -38,6 +38,8 @@ def resolve_predictor(path: str | os.PathLike[str] | None = None,
 
         try:
             net = load_supernet(supernet, predictor.space)
+        except NotACheckpointError:
+            raise  # not a checkpoint at all: its own message says so
         except CheckpointError as err:
             raise OfaDeployError(f"--supernet does not match the predictor's space {predictor.space}: {err}") from None
         if net.n_classes != predictor.meta.n_classes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -83,24 +84,40 @@ def read_records(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, l
     if not p.is_file():
         return None, []
     header, records = None, []
-    lines = p.read_text().split("\n")
+    try:
+        lines = p.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise OfaDeployError(f"{p}: not an ofa-deploy accuracy dataset (a binary file)") from None
     for n, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:  # the unterminated last line of a killed run
+        except (json.JSONDecodeError, RecursionError):
+            if header is not None and n == len(lines) - 1:  # the unterminated last line of a killed run
                 log.warning("%s: dropping a half-written last line", p)
                 continue
+            if header is None:
+                raise OfaDeployError(f"{p}: not an ofa-deploy accuracy dataset (first line must be its header)") \
+                    from None
             raise OfaDeployError(f"{p}: line {n + 1} is not valid JSON") from None
         if header is None:
-            if obj.get("format") != FORMAT:
+            if not isinstance(obj, dict) or obj.get("format") != FORMAT:
                 raise OfaDeployError(f"{p}: not an ofa-deploy accuracy dataset (first line must be its header)")
             header = obj
+        elif not isinstance(obj, dict) or not _is_record(obj):
+            raise OfaDeployError(f"{p}: line {n + 1} is not a subnet record ({{index, arch, acc}})")
         else:
             records.append(obj)
     return header, records
+
+
+def _is_record(obj: dict[str, Any]) -> bool:
+    acc = obj.get("acc")
+    return (isinstance(obj.get("index"), int) and not isinstance(obj.get("index"), bool)
+            and isinstance(obj.get("arch"), dict) and isinstance(acc, (int, float)) and not isinstance(acc, bool)
+            and math.isfinite(acc))
+
 
 
 def _truncate_partial_line(p: Path) -> None:
@@ -182,6 +199,9 @@ def load_acc_dataset(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.n
     header, records = read_records(path)
     if header is None:
         raise OfaDeployError(f"{path}: accuracy dataset file not found or empty")
+    for key, kind in (("space", str), ("n_classes", int), ("dataset", str)):
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise OfaDeployError(f"{path}: the header's {key!r} is missing or not a {kind.__name__}")
     configs = [SubnetConfig.from_dict(r["arch"], where=f"{path}: record {r.get('index')}") for r in records]
     if not configs:
         raise OfaDeployError(f"{path}: holds no evaluated subnets yet")

@@ -1,4 +1,7 @@
-"""Search outputs: subnet.json (OFA arch dict + results), front.csv and a Pareto plot, all atomic."""
+"""Search outputs: subnet.json (OFA arch dict + results), front.csv and a Pareto plot, written together.
+
+The folder follows the output rule (ofa_deploy/outputs.py): new, empty, or an earlier search's.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from ofa_deploy.atomic import atomic_path, write_text
+from ofa_deploy.outputs import OutputFolder
 
 from .result import SearchResult
 
 log = logging.getLogger(__name__)
 
+SEARCH_FILES = ("subnet.json", "front.csv", "pareto.png")
 CSV_FIELDS = ("rank", "id", "predicted_accuracy", "latency_ms", "latency_source", "latency_basis", "macs", "params",
               "intensity", "intensity_dtype", "gops", "image_size", "ks", "e", "d")
 
@@ -79,13 +84,21 @@ def pareto_png(result: SearchResult, path: str | os.PathLike[str], budget_ms: fl
         fig.savefig(tmp, format="png")
 
 
+def output_folder(out_dir: str | os.PathLike[str]) -> OutputFolder:
+    """The search's output folder under the output rule (checked by the CLI before the search runs)."""
+    return OutputFolder(out_dir, "search", SEARCH_FILES)
+
+
 def write_outputs(result: SearchResult, out_dir: str | os.PathLike[str], *, target: str,
-                  predictor_info: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write subnet.json, front.csv and pareto.png into ``out_dir`` (each atomically)."""
+                  predictor_info: dict[str, Any] | None = None,
+                  inputs: tuple[str | None, ...] = ()) -> dict[str, Path]:
+    """Write subnet.json, front.csv and pareto.png into ``out_dir``, all three or none.
+
+    ``inputs`` (the supernet, the predictor) are never replaced (ofa_deploy/outputs.py).
+    """
     out = Path(out_dir)
-    paths = {"subnet": out / "subnet.json", "front": out / "front.csv", "plot": out / "pareto.png"}
-    csv_text = front_csv(result)
-    result.best_config.to_json(paths["subnet"], extra=subnet_extra(result, target, predictor_info))
-    write_text(paths["front"], csv_text)
-    pareto_png(result, paths["plot"], result.settings.get("constraints", {}).get("latency_ms"))
-    return paths
+    with output_folder(out).staged(inputs) as stage:
+        result.best_config.to_json(stage / "subnet.json", extra=subnet_extra(result, target, predictor_info))
+        write_text(stage / "front.csv", front_csv(result))
+        pareto_png(result, stage / "pareto.png", result.settings.get("constraints", {}).get("latency_ms"))
+    return {"subnet": out / "subnet.json", "front": out / "front.csv", "plot": out / "pareto.png"}

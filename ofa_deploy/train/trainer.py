@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from ofa_deploy.atomic import atomic_path, write_text
 from ofa_deploy.data import MEAN, STD, check_dataset, evaluate, calibration_batches, load_tensors, load_uint8, resize_batch
 from ofa_deploy.errors import CheckpointError, OfaDeployError
+from ofa_deploy.outputs import OutputFolder
 from ofa_deploy.search_space import DEFAULT_SPACE, OFAMobileNetV3, SubnetConfig, get_space, recalibrate_bn, save_supernet
-from ofa_deploy.search_space.checkpoint import check_state_dict
+from ofa_deploy.search_space.checkpoint import check_state_dict, load_torch_file
 from ofa_deploy.search_space.static import MobileNetV3
 from ofa_deploy.torch_device import resolve_device
 
@@ -45,10 +46,13 @@ from .schedule import Phase, get_schedule
 log = logging.getLogger(__name__)
 
 
+TRAIN_FILES = ("last.pth", "teacher.pth", "supernet.pth", "curves.csv", "curves.png")  # what a run folder holds
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str  # ImageFolder root with train/ and val/
-    out_dir: str  # last.pth, teacher.pth, supernet.pth, curves.csv, curves.png
+    out_dir: str  # TRAIN_FILES
     space: str = DEFAULT_SPACE
     schedule: str = "tiny"  # paper | short | tiny
     phases: tuple[Phase, ...] = ()  # explicit phases (overrides ``schedule``)
@@ -163,11 +167,28 @@ def settings_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any
     return None
 
 
+def _is_run_checkpoint(obj: Any) -> bool:
+    trainer = obj.get("trainer") if isinstance(obj, dict) else None
+    return (isinstance(trainer, dict) and isinstance(trainer.get("config"), dict)
+            and isinstance(obj.get("state_dict"), dict)
+            and all(k in trainer for k in ("phase", "epochs_done", "optimizer", "history", "phases")))
+
+
+def is_run_folder(folder: Path) -> bool:
+    """True for a run folder of train from before output manifests: its last.pth is a run's checkpoint."""
+    try:
+        return (folder / "last.pth").is_file() and _is_run_checkpoint(load_torch_file(folder / "last.pth"))
+    except OfaDeployError:
+        return False
+
+
 def _resume(path: Path, net: OFAMobileNetV3, cfg: TrainConfig, classes: tuple[str, ...]) -> tuple[Progress, dict | None]:
     """Load ``last.pth`` if present; refuse one written with other settings or data."""
     if not path.is_file():
         return Progress(), None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path)
+    if not _is_run_checkpoint(obj):
+        raise CheckpointError(f"{path}: not the checkpoint of a training run (no trainer state); use another -o")
     if obj.get("space") != cfg.space or tuple(obj.get("classes", ())) != classes:
         raise CheckpointError(f"{path}: run in this directory is for space {obj.get('space')!r} with "
                               f"{len(obj.get('classes', ()))} classes, not {cfg.space!r} with {len(classes)}; use another -o")
@@ -223,7 +244,10 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> TrainResult
     phases = cfg.schedule_phases()
     resolutions = cfg.resolutions or space.resolution_choices
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # the output rule (ofa_deploy/outputs.py): a new or empty folder, or an earlier run of train
+        OutputFolder(out, "train", TRAIN_FILES, recognise=is_run_folder).claim()
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = OFAMobileNetV3(space, n_classes=len(classes)).train()
     progress, opt_state = _resume(out / "last.pth", net, cfg, classes)
