@@ -106,6 +106,28 @@ def detect_host_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> HostCpu:
                    ghz=ghz, flags=flags)
 
 
+def usable_cores() -> int:
+    """Physical CPU cores this process may run on (affinity masks such as ``taskset`` respected).
+
+    Hyper-threads of one core share its FMA units, so compute-bound kernels gain nothing from
+    them: with two-way SMT the logical CPUs allowed are halved. Where psutil cannot tell, every
+    allowed logical CPU counts.
+    """
+    try:
+        logical_allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        logical_allowed = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical, logical = psutil.cpu_count(logical=False), psutil.cpu_count(logical=True)
+    except ImportError:
+        physical = logical = None
+    if physical and logical and logical > physical:
+        return max(1, logical_allowed * physical // logical)
+    return logical_allowed
+
+
 def host_copy_bandwidth_gbps(model_name: str, cache_dir: str | None = None) -> float:
     """DRAM bandwidth of this machine from a timed 256 MiB numpy copy (read + write), cached per CPU model.
 

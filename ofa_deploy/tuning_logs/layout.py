@@ -1,4 +1,4 @@
-"""Where the ``tuning_logs/<target>/`` folders are and what the files in them are called.
+"""Where ``tuning_logs/`` is and what the files in its device folders are called.
 
 The one place these names are spelt: the tuner, the profiler, the latency models, compile and the
 benches take them from here (tuning_logs/README.md says which command writes which file).
@@ -22,13 +22,12 @@ LOCK_FILE = ".tune.lock"  # one tuning run per database (git-ignored)
 MODEL_FILE = "latency_model.json"  # ofa-deploy profile: the measured latency model
 PARTIAL_FILE = "latency_model.partial.json"  # a profile run's finished timings, for resuming
 ESTIMATE_FILE = "estimated_model.json"  # profile --estimate-from: learned roofline efficiencies
+IDENTITY_FILE = "identity.json"  # the device everything in the folder describes (identity.py)
+COST_MODEL_FILE = "cost_model.tar"  # tune: MetaSchedule's XGBoost cost model, kept across chunks and runs
+
+HOST_TARGET = "x86-host"  # the registry name that means "this machine": its folder is found by identity
 
 
 def tuning_logs_dir() -> Path:
     """Where per-target folders live (``OFA_DEPLOY_TUNING_LOGS`` overrides the repository's ``tuning_logs/``)."""
     return Path(os.environ.get("OFA_DEPLOY_TUNING_LOGS", REPO_TUNING_LOGS))
-
-
-def target_dir(target_name: str) -> Path:
-    """``tuning_logs/<target>/``: the folder of everything tuned or profiled for one registry target."""
-    return tuning_logs_dir() / target_name

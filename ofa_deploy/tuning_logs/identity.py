@@ -1,0 +1,154 @@
+"""Which device a tuning database, latency table or measurement describes, and which folder is its.
+
+Tuned schedules and timings belong to the CPU (or GPU, or board) that made them: a database tuned
+on an AVX-512 ``znver5`` applied on an AVX2 ``znver3``, or a latency model measured on one and
+used on the other, silently describes a machine the user does not have. So every folder of
+``tuning_logs/`` holds an ``identity.json`` naming its device, ``x86-host`` resolves to the folder
+whose identity is *this* machine's, and nothing is appended to or read from a folder as if it were
+another device's.
+
+What identifies a device (:class:`DeviceIdentity`): the CPU model name, LLVM ``-mcpu``, the ISA
+flags that change generated code (vector widths, FMA, dot products), the physical cores; for an
+RPC board its tracker key and what it reports about itself; for a GPU its name and compute
+capability. Two identities are the *same device* when everything but the model name and the
+free-form report matches (the model name is informative: VMs print "AMD EPYC" for several
+generations).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ofa_deploy.atomic import write_json
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.targets.hostcpu import detect_host_cpu, usable_cores
+
+from .layout import IDENTITY_FILE
+
+FORMAT = 1
+
+# ISA flags (as /proc/cpuinfo spells them) that change what LLVM emits for our kernels; the
+# rest (security mitigations, virtualisation, ...) differ between hosts of one CPU and are ignored.
+CODEGEN_FLAGS = frozenset({
+    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c",
+    "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi", "avx512_vbmi2",
+    "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    # aarch64 (/proc/cpuinfo "Features")
+    "asimd", "asimdhp", "asimddp", "fphp", "sve", "sve2", "i8mm", "bf16",
+})
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """One device's identity (see the module docstring for what makes two the same)."""
+
+    kind: str  # "cpu" (this machine), "rpc" (a board over TVM RPC), "cuda" (a GPU), "named" (no device: a registry target)
+    arch: str  # x86_64, aarch64, cuda
+    mcpu: str  # LLVM -mcpu (CPUs), sm_XX (GPUs), the registry's -mcpu for named targets
+    isa: tuple[str, ...] = ()  # sorted CODEGEN_FLAGS present
+    cores: int = 0  # physical cores (0: unknown)
+    model_name: str = ""  # informative: not compared
+    rpc_key: str = ""  # tracker key of an RPC board
+    report: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # what the device says of itself
+    note: str = ""  # provenance remark, e.g. "reconstructed from the shipped database's records"
+
+    def same_device(self, other: "DeviceIdentity") -> bool:
+        return (self.kind, self.arch, self.mcpu, self.isa, self.cores, self.rpc_key) == \
+               (other.kind, other.arch, other.mcpu, other.isa, other.cores, other.rpc_key)
+
+    def differences(self, other: "DeviceIdentity") -> list[str]:
+        """What differs, in words (for refusal messages)."""
+        out = []
+        for name in ("kind", "arch", "mcpu", "cores", "rpc_key"):
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                out.append(f"{name} {a or '-'} vs {b or '-'}")
+        if self.isa != other.isa:
+            only_a = sorted(set(self.isa) - set(other.isa))
+            only_b = sorted(set(other.isa) - set(self.isa))
+            out.append("ISA " + ", ".join([f"+{f}" for f in only_a] + [f"-{f}" for f in only_b]))
+        return out
+
+    def describe(self) -> str:
+        """One line a user recognises: 'AMD EPYC (x86_64, -mcpu=znver4, avx512f, 2 cores)'."""
+        widest = next((f for f in ("avx512f", "avx2", "avx", "sve2", "sve", "asimd") if f in self.isa), "")
+        parts = [self.arch, f"-mcpu={self.mcpu}"] + ([widest] if widest else []) + \
+                ([f"{self.cores} cores"] if self.cores else []) + ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
+        return f"{self.model_name or self.mcpu} ({', '.join(parts)})"
+
+    def folder_name(self) -> str:
+        """The ``tuning_logs/`` folder a measured device gets: ``x86_64-znver4-2c``, ``rpc-pi5``."""
+        if self.kind == "rpc":
+            return f"rpc-{self.rpc_key}"
+        return f"{self.arch}-{self.mcpu}-{self.cores}c"
+
+    def distance(self, other: "DeviceIdentity") -> float:
+        """How far apart two devices are for transferring schedules (0: same device)."""
+        if self.same_device(other):
+            return 0.0
+        d = 0.0 if self.arch == other.arch else 100.0
+        d += 0.0 if self.mcpu == other.mcpu else 1.0
+        d += len(set(self.isa) ^ set(other.isa)) * 0.5
+        d += 0.0 if self.cores == other.cores else 0.25
+        return d
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self), "isa": list(self.isa)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "DeviceIdentity":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise OfaDeployError(f"{where}: not an ofa-deploy device identity (format {FORMAT}); restore or delete it")
+        try:
+            return cls(kind=str(data["kind"]), arch=str(data["arch"]), mcpu=str(data["mcpu"]),
+                       isa=tuple(sorted(str(f) for f in data.get("isa", []))), cores=int(data.get("cores", 0)),
+                       model_name=str(data.get("model_name", "")), rpc_key=str(data.get("rpc_key", "")),
+                       report=dict(data.get("report", {})), note=str(data.get("note", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OfaDeployError(f"{where}: device identity lacks or mistypes a field ({exc}); restore or delete it") \
+                from None
+
+
+def host_identity(mcpu: str | None = None) -> DeviceIdentity:
+    """This machine's CPU. ``mcpu``: LLVM's own name when the caller has it (the worker asks LLVM)."""
+    cpu = detect_host_cpu()
+    return DeviceIdentity(kind="cpu", arch=platform.machine(), mcpu=mcpu or cpu.mcpu,
+                          isa=tuple(sorted(cpu.flags & CODEGEN_FLAGS)), cores=usable_cores(),
+                          model_name=cpu.model_name)
+
+
+def read_identity(folder: Path) -> DeviceIdentity | None:
+    path = Path(folder) / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise OfaDeployError(f"{path}: not JSON; restore it (git checkout) or delete the folder") from None
+    return DeviceIdentity.from_json(data, str(path))
+
+
+def write_identity(folder: Path, identity: DeviceIdentity) -> None:
+    write_json(Path(folder) / IDENTITY_FILE, identity.to_json())
+
+
+def claim_folder(folder: Path, identity: DeviceIdentity, what: str) -> None:
+    """Make ``folder`` this device's, or refuse: a run never appends to another device's files.
+
+    Writes identity.json when the folder has none (a new folder, or one from before identities),
+    and when it only names a registry target (estimates, no device yet) and a real device arrives.
+    """
+    existing = read_identity(folder)
+    if existing is None or (existing.kind == "named" and identity.kind != "named"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_identity(folder, identity)  # a new folder, or a registry target's first real device
+        return
+    if not existing.same_device(identity):
+        raise OfaDeployError(
+            f"{folder} holds {what} of {existing.describe()}, and this run is on {identity.describe()} "
+            f"({'; '.join(existing.differences(identity))}): refusing to mix two devices in one folder; "
+            f"use --target x86-host (this machine's own folder) or another --database")

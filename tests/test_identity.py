@@ -1,0 +1,182 @@
+"""Device identity: every tuning_logs/ folder names its device, x86-host finds this CPU's, nothing mixes two.
+
+No TVM here: the refusals happen before any worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.tuning_logs import folders
+from ofa_deploy.tuning_logs.identity import (CODEGEN_FLAGS, DeviceIdentity, claim_folder, host_identity, read_identity,
+                                             write_identity)
+from ofa_deploy.tuning_logs.layout import IDENTITY_FILE, MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
+from tests.conftest import run_cli
+
+AVX512 = ("avx", "avx2", "avx512f", "fma")
+ZNVER5 = DeviceIdentity(kind="cpu", arch="x86_64", mcpu="znver5", isa=AVX512, cores=2, model_name="AMD EPYC")
+ZNVER3 = DeviceIdentity(kind="cpu", arch="x86_64", mcpu="znver3", isa=("avx", "avx2", "fma"), cores=2,
+                        model_name="AMD EPYC")
+
+
+@pytest.fixture
+def logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))
+    monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tl").mkdir()
+    return tmp_path / "tl"
+
+
+def _device_folder(root: Path, identity: DeviceIdentity, name: str | None = None) -> Path:
+    folder = root / (name or identity.folder_name())
+    folder.mkdir(parents=True)
+    write_identity(folder, identity)
+    return folder
+
+
+def test_same_device_compares_what_changes_the_code_not_the_marketing_name():
+    renamed = replace(ZNVER5, model_name="AMD EPYC 9R45")
+    assert ZNVER5.same_device(DeviceIdentity.from_json(ZNVER5.to_json(), "here"))
+    assert renamed.same_device(ZNVER5)  # VMs print "AMD EPYC" for several generations: informative only
+    assert not ZNVER5.same_device(ZNVER3)
+    diff = "; ".join(ZNVER5.differences(ZNVER3))
+    assert "mcpu znver5 vs znver3" in diff and "+avx512f" in diff
+    assert ZNVER5.folder_name() == "x86_64-znver5-2c"
+    assert not replace(ZNVER5, cores=8).same_device(ZNVER5)  # tuned for 2 threads is not tuned for 8
+
+
+def test_host_identity_reads_this_machine():
+    me = host_identity()
+    assert me.kind == "cpu" and me.cores >= 1 and me.mcpu
+    assert list(me.isa) == sorted(me.isa) and set(me.isa) <= CODEGEN_FLAGS
+
+
+def test_x86_host_resolves_to_the_folder_of_this_cpu(logs, monkeypatch):
+    monkeypatch.setattr(folders, "host_identity", lambda: ZNVER3)
+    other = _device_folder(logs, ZNVER5)
+    assert folders.target_dir("x86-host") == logs / "x86_64-znver3-2c"  # none yet: a new folder named after it
+    mine = _device_folder(logs, ZNVER3, name="my-workstation")  # a folder may have any name: identity decides
+    assert folders.target_dir("x86-host") == mine
+    assert folders.target_dir("cortex-a76") == logs / "cortex-a76"  # named targets keep their registry name
+    assert [f for f, _ in folders.nearest_devices(ZNVER3) if f.parent == logs] == [other]
+
+
+def test_nearest_devices_puts_the_same_architecture_first(logs):
+    a76 = _device_folder(logs, DeviceIdentity(kind="named", arch="aarch64", mcpu="cortex-a76", cores=4), "cortex-a76")
+    z5 = _device_folder(logs, ZNVER5)
+    assert [f for f, _ in folders.nearest_devices(ZNVER3) if f.parent == logs] == [z5, a76]
+
+
+def test_a_fresh_tuning_logs_folder_still_sees_the_shipped_devices(logs):
+    shipped = {f.name for f, _ in folders.device_folders(shipped=True)}
+    assert "x86_64-znver5-2c" in shipped  # the repository's, though OFA_DEPLOY_TUNING_LOGS points elsewhere
+    assert not folders.device_folders()
+
+
+def test_claim_refuses_another_devices_folder_and_leaves_it_untouched(logs):
+    folder = _device_folder(logs, ZNVER5)
+    before = (folder / IDENTITY_FILE).read_bytes()
+    with pytest.raises(OfaDeployError, match=r"mcpu znver5 vs znver3.*refusing to mix two devices"):
+        claim_folder(folder, ZNVER3, "a tuning database")
+    assert (folder / IDENTITY_FILE).read_bytes() == before
+    claim_folder(folder, ZNVER5, "a tuning database")  # its own device: fine
+    new = logs / "new"
+    claim_folder(new, ZNVER3, "a latency model")
+    assert read_identity(new) == ZNVER3
+
+
+def test_a_named_targets_folder_is_claimed_by_its_first_real_device(logs):
+    named = _device_folder(logs, DeviceIdentity(kind="named", arch="aarch64", mcpu="cortex-a76", cores=4), "cortex-a76")
+    board = DeviceIdentity(kind="rpc", arch="aarch64", mcpu="cortex-a76", cores=4, rpc_key="pi5")
+    claim_folder(named, board, "a tuning database")
+    assert read_identity(named) == board
+    with pytest.raises(OfaDeployError, match="rpc_key pi5 vs pi5b"):
+        claim_folder(named, replace(board, rpc_key="pi5b"), "a tuning database")
+
+
+def test_damaged_identity_is_one_line_and_skipped_when_listing(logs):
+    bad = logs / "broken"
+    bad.mkdir()
+    (bad / IDENTITY_FILE).write_text("{not json")
+    with pytest.raises(OfaDeployError, match="not JSON"):
+        read_identity(bad)
+    (bad / IDENTITY_FILE).write_text(json.dumps({"format": 1, "kind": "cpu"}))
+    with pytest.raises(OfaDeployError, match="lacks or mistypes a field"):
+        read_identity(bad)
+    assert all(f != bad for f, _ in folders.device_folders())
+
+
+def test_tune_refuses_to_resume_in_another_devices_folder(logs, capsys):
+    """A run resumed on another CPU (or pointed at another device's folder) never appends to it."""
+    foreign = ZNVER5 if not host_identity().same_device(ZNVER5) else ZNVER3
+    folder = _device_folder(logs, foreign)
+    (folder / WORKLOAD_FILE).write_text("")
+    (folder / RECORD_FILE).write_text("")
+    code, _, err = run_cli(["tune", "--target", "x86-host", "--database", str(folder), "--resolutions", "128",
+                            "--workloads", "r128/head", "--trials", "2", "--no-progress"], capsys)
+    assert code == 2 and "refusing to mix two devices" in err and foreign.mcpu in err
+    assert (folder / RECORD_FILE).read_text() == "" and read_identity(folder) == foreign
+
+
+def test_search_without_a_model_for_this_device_says_so_and_names_the_estimate(logs, capsys, caplog, tmp_path):
+    """No latency model for this CPU: one warning naming the nearest device and the fix; the basis names it too."""
+    from ofa_deploy.latency.measured import nearest_model
+    from ofa_deploy.tuning_logs.layout import REPO_TUNING_LOGS
+
+    source = REPO_TUNING_LOGS / "x86_64-znver5-2c"
+    if host_identity().same_device(read_identity(source)):
+        pytest.skip("this machine is the shipped model's own device")
+    assert nearest_model("x86-host")[0].name == "x86_64-znver5-2c"  # found in the repository's folders
+    code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s"),
+                              "--verify-top", "0"], capsys)
+    assert code == 0, err
+    warning = [r.getMessage() for r in caplog.records if "no latency model for this device" in r.getMessage()]
+    assert len(warning) == 1 and "x86_64-znver5-2c" in warning[0] and "ofa-deploy profile --target x86-host" in warning[0]
+    saved = json.loads((tmp_path / "s" / "subnet.json").read_text())
+    assert "ANOTHER DEVICE" in json.dumps(saved) and "x86_64-znver5-2c" in json.dumps(saved)
+
+
+def test_profile_refuses_another_devices_folder(logs, capsys):
+    foreign = ZNVER5 if not host_identity().same_device(ZNVER5) else ZNVER3
+    folder = _device_folder(logs, foreign, name="elsewhere")
+    (folder / MODEL_FILE).write_text("{}")
+    from ofa_deploy.latency.profile import ProfileConfig, profile_target
+
+    with pytest.raises(OfaDeployError, match="refusing to mix two devices"):
+        profile_target(ProfileConfig(target="x86-host", out_dir=str(folder), calibrate=0, keys=("r128/head",),
+                                     resolutions=(128,)))
+    assert (folder / MODEL_FILE).read_text() == "{}"
+
+
+def test_search_measures_its_picks_when_the_model_is_another_devices(logs, capsys, monkeypatch, tmp_path):
+    """The budget holds: with only another device's model, search measures its top candidates here and keeps
+    one that meets the budget when measured, or says why not (exit 2) before anything is compiled by the user."""
+    from ofa_deploy.search import verify
+
+    from ofa_deploy.tuning_logs.layout import REPO_TUNING_LOGS
+
+    if host_identity().same_device(read_identity(REPO_TUNING_LOGS / "x86_64-znver5-2c")):
+        pytest.skip("this machine is the shipped model's own device")
+    measured = []
+
+    def slow_device(cfg):  # this device runs everything 1.5x slower than the other device's model said
+        measured.append(cfg.id)
+        return 14.0 if len(measured) == 3 else 40.0, "measured"
+
+    monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: slow_device)
+    code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s")],
+                             capsys)
+    assert code == 0, err
+    assert len(measured) == 3 and "measured here" in err
+    saved = json.loads((tmp_path / "s" / "subnet.json").read_text())
+    assert saved["latency_source"] == "measured" and saved["latency_ms"] == 14.0
+    measured.clear()
+    monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: lambda cfg: (40.0, "measured"))
+    code, _, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "t")],
+                           capsys)
+    assert code == 2 and "none of the top 3 subnets meets the 15 ms budget when measured" in err
