@@ -2,8 +2,10 @@
 
 For the max, a middle and the min subnet (batch 1, medians), prints a table with ratios to ONNX
 Runtime and each runtime's fraction of the machine's fp32 peak, and rewrites the matching section
-of BENCHMARKS.md. TVM numbers come untuned, and tuned when ``tuning_logs/x86-host/`` holds a
-database.
+of BENCHMARKS.md. Two TVM builds: "no database" (no tuning anywhere: rule-based schedules) and
+"tuned" (what ``ofa-deploy compile`` emits here: this CPU's database from tuning_logs/, the
+nearest other devices' schedules for what it lacks); the table says where the tuned build's
+schedules came from.
 
     python bench/compare_runtimes.py --threads 2
 """
@@ -25,7 +27,8 @@ from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input
 from ofa_deploy.search_space import SubnetConfig, random_subnet
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.targets import get_target
-from ofa_deploy.tuning_logs.database import default_database
+from ofa_deploy.tuning_logs.database import default_database, transfer_databases
+from ofa_deploy.tuning_logs.identity import host_identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import update_benchmarks_md  # noqa: E402
@@ -49,47 +52,70 @@ def median_ms(fn, warmup: int, repeat: int) -> float:
     return statistics.median(samples)
 
 
-def bench_one(cfg: SubnetConfig, threads: int, repeat: int, work: Path) -> dict[str, float]:
+def bench_one(cfg: SubnetConfig, threads: int, repeat: int, work: Path, *, database: Path | None = None,
+              transfer: list[tuple[str, Path]] | None = None,
+              runtimes: tuple[str, ...] = ("pytorch", "onnxruntime", "tvm_untuned", "tvm_tuned")) -> dict:
+    """Medians (ms) of ``runtimes`` for one subnet, timed in this process one after the other.
+
+    ``tvm_tuned`` is built as ``ofa-deploy compile`` builds: this device's ``database`` (default:
+    its tuning_logs folder) and, for what it lacks, the other devices' ``transfer`` databases
+    (default: the nearest shipped ones); ``tvm_untuned`` is a build with no database anywhere: every
+    function takes the rule-based default schedule (compile/worker/schedules.py).
+    """
     import onnxruntime as ort
 
     model = random_subnet(cfg, seed=0)  # latency does not depend on weight values
     onnx_path = work / f"{cfg.id}.onnx"
     export_onnx(model, cfg.image_size, onnx_path)
     x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
-    row: dict[str, float] = {}
-    torch.set_num_threads(threads)
-    with torch.no_grad():
-        xt = torch.from_numpy(x)
-        row["pytorch"] = median_ms(lambda: model(xt), 10, repeat)
+    row: dict = {}
+    if "pytorch" in runtimes:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            xt = torch.from_numpy(x)
+            row["pytorch"] = median_ms(lambda: model(xt), 10, repeat)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     row["onnxruntime"] = median_ms(lambda: session.run(None, {INPUT_NAME: x}), 10, repeat)
     spec = get_target("x86-host")
     shape = (1, 3, cfg.image_size, cfg.image_size)
-    untuned = build_module(onnx_path, spec, work / f"{cfg.id}.so", input_name=INPUT_NAME, input_shape=shape)
-    row["tvm_untuned"] = time_local(untuned.so_path, x, repeat=max(3, repeat // 5), number=3, num_threads=threads).median_ms
-    database = default_database(spec.name)
-    if database is not None:
+    if "tvm_untuned" in runtimes:
+        untuned = build_module(onnx_path, spec, work / f"{cfg.id}.so", input_name=INPUT_NAME, input_shape=shape,
+                               transfer_databases=())
+        row["tvm_untuned"] = time_local(untuned.so_path, x, repeat=max(3, repeat // 5), number=3,
+                                        num_threads=threads).median_ms
+    if "tvm_tuned" in runtimes:
+        database = default_database(spec.name) if database is None else database
+        transfer = transfer_databases(spec.name) if transfer is None else transfer
         tuned = build_module(onnx_path, spec, work / f"{cfg.id}.tuned.so", input_name=INPUT_NAME, input_shape=shape,
-                             database_dir=database)
-        row["tvm_tuned"] = time_local(tuned.so_path, x, repeat=max(3, repeat // 5), number=3, num_threads=threads).median_ms
-        row["tuned_funcs"] = f"{tuned.tuned_funcs}/{tuned.total_funcs}"
+                             database_dir=database, transfer_databases=transfer)
+        row["tvm_tuned"] = time_local(tuned.so_path, x, repeat=max(3, repeat // 5), number=3,
+                                      num_threads=threads).median_ms
+        row["sources"] = {k: v for k, v in tuned.schedule_sources.items() if v}
     return row
 
 
 def table(results: dict[str, dict], threads: int, peak_gflops: float | None) -> str:
     cols = ["pytorch", "onnxruntime", "tvm_untuned", "tvm_tuned"]
-    lines = [f"| subnet | MMACs | {' | '.join(c + ' ms' for c in cols)} | TVM untuned / ORT | TVM tuned / ORT | best TVM % of fp32 peak |",
-             "|" + "---|" * (len(cols) + 5)]
+    heads = ["pytorch ms", "onnxruntime ms", "TVM no database ms", "TVM tuned ms"]
+    lines = [f"| subnet | MMACs | {' | '.join(heads)} | TVM no database / ORT | TVM tuned / ORT | best TVM % of fp32 peak "
+             "| tuned build's schedules |",
+             "|" + "---|" * (len(cols) + 6)]
     for name, row in results.items():
         macs = row["macs"]
         cells = [f"{row[c]:.2f}" if c in row else "-" for c in cols]
         best = min(row["tvm_untuned"], row.get("tvm_tuned", float("inf")))
         peak = f"{100 * 2 * macs / (best * 1e-3) / (peak_gflops * 1e9):.2f} %" if peak_gflops else "-"
         tuned_ratio = f"{row['tvm_tuned'] / row['onnxruntime']:.2f}x" if "tvm_tuned" in row else "no database"
-        lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['tvm_untuned'] / row['onnxruntime']:.1f}x | "
-                     f"{tuned_ratio} | {peak} |")
+        sources = ", ".join(f"{n} {k}" for k, n in row.get("sources", {}).items())
+        lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['tvm_untuned'] / row['onnxruntime']:.2f}x | "
+                     f"{tuned_ratio} | {peak} | {sources} |")
+    ratios = [row["tvm_tuned"] / row["onnxruntime"] for row in results.values() if "tvm_tuned" in row]
+    if ratios:
+        geo = statistics.geometric_mean(ratios)
+        lines.append(f"\nGeomean TVM tuned / ORT: **{geo:.2f}x** (no database: "
+                     f"{statistics.geometric_mean([r['tvm_untuned'] / r['onnxruntime'] for r in results.values()]):.2f}x)")
     return "\n".join(lines)
 
 
@@ -110,7 +136,7 @@ def main() -> int:
     print(text)
     if not args.no_write:
         body = (f"Command: `python bench/compare_runtimes.py --threads {args.threads} --repeat {args.repeat}`  \n"
-                f"Machine: {spec.description}; {args.threads} threads for every runtime; batch 1; medians; "
+                f"Machine: {host_identity().describe()}; {args.threads} threads for every runtime; batch 1; medians; "
                 f"fp32 peak {spec.peak_gflops_fp32} GFLOP/s ({spec.peak_source.split(';')[0]}).\n\n{text}\n")
         update_benchmarks_md("Runtime comparison (x86 host)", body)
     return 0

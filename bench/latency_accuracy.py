@@ -39,7 +39,8 @@ from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.search_space.genes import configs_to_genes, random_genes, resolution_indices
 from ofa_deploy.targets import get_target
 from ofa_deploy.tuning_logs.database import current_database_hash, default_database
-from ofa_deploy.tuning_logs.layout import MODEL_FILE, target_dir
+from ofa_deploy.tuning_logs.folders import target_dir
+from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ("id", "image_size", "ks", "e", "d", "predicted_ms", "measured_ms", "pass_ms", "rel_err_pct",

@@ -8,7 +8,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -38,13 +38,17 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
 def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: str | Path, *,
                  input_name: str, input_shape: tuple[int, ...] | list[int],
                  database_dir: str | Path | None = None,
+                 transfer_databases: Sequence[tuple[str, str | Path]] = (),
                  timeout: float | None = DEFAULT_BUILD_TIMEOUT_S) -> BuildInfo:
     """Compile an ONNX model into a deployable ``.so`` for ``target``.
 
     The work runs in a child process (isolate.py), so a TVM crash is an OfaDeployError here.
     The ``.so`` is written atomically (temp file + rename). With ``database_dir`` (a
-    MetaSchedule JSON database tuned for this target) tuned schedules are applied where they
-    match; BuildInfo says how many did.
+    MetaSchedule JSON database tuned for this target's device) tuned schedules are applied where
+    they match; for CPU targets every other function takes a schedule from
+    ``transfer_databases`` ((label, folder) of other devices' databases, nearest first: the same
+    workload, or a structural sibling), else a rule (compile/worker/schedules.py). BuildInfo
+    counts the functions by where their schedule came from.
 
     Raises:
         OfaDeployError: analytic-only target, missing ONNX file or tool (with the package to
@@ -75,6 +79,7 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
         "tvm_target": spec.tvm_target_with_host(), "linker": linker, "out_path": str(tmp),
         "input_name": input_name, "input_shape": list(shape),
         "database_dir": str(Path(database_dir).resolve()) if database_dir is not None else None,
+        "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer_databases],
     }
     start = time.perf_counter()
     try:
@@ -88,6 +93,8 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
         tvm_version=reply["tvm_version"], database_hash=db_hash,
         tuned_records_applied=db_hash is not None and reply["tuned_funcs"] > 0,
         tuned_funcs=reply["tuned_funcs"], total_funcs=reply["total_funcs"],
+        schedule_sources=reply["schedule_sources"],
+        transferred_from=tuple(label for label, _ in transfer_databases),
         build_seconds=round(time.perf_counter() - start, 3), input_name=input_name,
         input_shape=shape, onnx_sha256=file_sha256(onnx_path))
 

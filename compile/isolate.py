@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ofa_deploy.atomic import make_temp_dir, sweep_stale
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.targets.hostcpu import usable_cores
 
 log = logging.getLogger(__name__)
 _WORKER_MODULE = f"{__package__}.worker"
@@ -41,35 +42,13 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def usable_cores() -> int:
-    """Physical CPU cores this process may run on (affinity masks such as ``taskset`` respected).
-
-    Hyper-threads of one core share its FMA units, so compute-bound kernels gain nothing from
-    them: with two-way SMT the logical CPUs allowed are halved. Where psutil cannot tell, every
-    allowed logical CPU counts.
-    """
-    try:
-        logical_allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        logical_allowed = os.cpu_count() or 1
-    try:
-        import psutil
-
-        physical, logical = psutil.cpu_count(logical=False), psutil.cpu_count(logical=True)
-    except ImportError:
-        physical = logical = None
-    if physical and logical and logical > physical:
-        return max(1, logical_allowed * physical // logical)
-    return logical_allowed
-
-
 def tvm_threads(requested: int | None = None) -> int:
     """The thread count TVM's pool uses in our workers: ``requested``, else $TVM_NUM_THREADS, else all cores.
 
     Left alone, TVM's runtime takes *half* the logical CPUs on x86 whether or not the machine
     has hyper-threading, which is one thread on a 2-core VM: every timing would then be a
     single-core number while ONNX Runtime and PyTorch use both cores. We pin it explicitly to
-    the physical cores (``usable_cores``).
+    the physical cores (``targets.hostcpu.usable_cores``).
     """
     if requested:
         return int(requested)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
-from ofa_deploy.tuning_logs.database import check_database_target, database_hash, file_sha256
+from ofa_deploy.tuning_logs.database import check_database_target, database_hash, file_sha256, transfer_databases
 
 from .build import local_measurement
 from .isolate import run_worker_polling
@@ -108,24 +108,30 @@ def fastest_pass(passes: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
                                n=sum(m.n for m in passes))
 
 
-def module_cache_dir(spec: TargetSpec, database_sha256: str | None) -> Path:
+def module_cache_dir(spec: TargetSpec, database_sha256: str | None,
+                     transfer_sha256: Sequence[str] = ()) -> Path:
     """Content-hashed folder of built modules: everything a build depends on except the ONNX file.
 
     Files inside are ``<sha256 of the ONNX file>.so`` plus a ``.json`` with what the build
-    reported; the same model, target, linker, database (``database_sha256``, None: untuned) and
-    TVM always map to the same file.
+    reported; the same model, target, linker, database (``database_sha256``, None: untuned), the
+    other devices' databases it borrowed from (``transfer_sha256``) and TVM always map to the
+    same file.
     """
     key = json.dumps({"tvm_target": spec.tvm_target_with_host(), "linker": linker_for(spec.cross_compiler),
-                      "database_sha256": database_sha256, "tvm_version": installed_tvm_version()}, sort_keys=True)
+                      "database_sha256": database_sha256, "tvm_version": installed_tvm_version(),
+                      **({"transfer": list(transfer_sha256)} if transfer_sha256 else {})}, sort_keys=True)
     return cache_root() / "modules" / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequence[int]]], target: TargetSpec | str,
                    database_dir: str | Path | None = None, *, input_name: str = "input",
                    settings: ProfileSettings = ProfileSettings(), on_result: OnResult | None = None,
-                   progress: bool | None = True,
-                   passes_done: dict[str, int] | None = None) -> dict[str, list[LatencyMeasurement]]:
+                   progress: bool | None = True, passes_done: dict[str, int] | None = None,
+                   transfer: Sequence[tuple[str, str | Path]] | None = None) -> dict[str, list[LatencyMeasurement]]:
     """Build each ONNX model for ``target`` (with ``database_dir`` if given) once, then time it here in passes.
+
+    Builds are ``ofa-deploy compile``'s: functions the database lacks borrow from ``transfer``
+    (other devices' databases; None: the target's default, ``transfer_databases``).
 
     Returns ``{key: [LatencyMeasurement per pass timed in this call]}`` (``source="measured"``;
     combine with :func:`fastest_pass`). ``passes_done`` says how many passes each key already
@@ -150,12 +156,15 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                "TVM_CUDA_COMPILE_MODE": "nvcc"}
     if settings.num_threads:  # else run_worker's tvm_threads()
         env["TVM_NUM_THREADS"] = str(settings.num_threads)
-    cache = module_cache_dir(spec, db_hash)
+    if transfer is None:
+        transfer = transfer_databases(spec.name)
+    cache = module_cache_dir(spec, db_hash, [database_hash(d) for _, d in transfer])
     cache.mkdir(parents=True, exist_ok=True)
     so_paths = {it.key: cache / f"{file_sha256(it.onnx_path)}.so" for it in work}
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
             "linker": linker_for(spec.cross_compiler), "input_name": input_name, "device": device,
             "database_dir": str(Path(database_dir).resolve()) if database_dir is not None else None,
+            "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer],
             "repeat": settings.repeat, "min_repeat_ms": settings.min_repeat_ms}
     done = dict(passes_done or {})
     out: dict[str, list[LatencyMeasurement]] = {it.key: [] for it in work}

@@ -47,8 +47,10 @@ from ofa_deploy.atomic import write_json
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.tuning_logs.database import (check_database_target, database_hash, file_sha256, repair_database,
-                                             unpack_in_place)
-from ofa_deploy.tuning_logs.layout import LOCK_FILE, RECORD_FILE, STATE_FILE, target_dir
+                                           transfer_databases, unpack_in_place)
+from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
+from ofa_deploy.tuning_logs.identity import claim_folder
+from ofa_deploy.tuning_logs.layout import LOCK_FILE, RECORD_FILE, STATE_FILE
 
 from .isolate import run_worker, run_worker_polling
 from .toolchain import installed_tvm_version
@@ -77,6 +79,9 @@ class TuneSettings:
     min_repeat_ms: int = 40  # ... each at least this long (short kernels repeat more)
     seed: int = 0  # seeds the search (forked per task)
     search_threads: int | None = None  # XGBoost / search threads; None: all cores
+    warm_start: int = 4  # seed schedules measured first for a new task (other devices' records, siblings)
+    first_round: int = 8  # trials every task gets before any task gets more (rounds then double)
+    converged_gain: float = 0.01  # a round that improves a task's best by less than this stops the task
 
     def __post_init__(self) -> None:
         for name in ("num_trials_per_iter", "population_size", "genetic_num_iters", "number", "repeat"):
@@ -118,7 +123,17 @@ class _Task:
     flops: float
     weight: int
     workloads: tuple[str, ...]
-    remaining: int  # trials still to run for this run's trials_per_task
+    remaining: int  # trials to run for this task in the current round (or in the run, before rounds)
+    records: int = 0  # this device's records of the task so far
+    best_s: float | None = None  # its best measured seconds so far (None: never measured)
+
+    @property
+    def priority(self) -> float:
+        """Its share of the space's latency: how often it occurs times how long it takes.
+
+        Untimed tasks are guessed at 50 GFLOP/s, so they rank by weighted FLOPs among themselves.
+        """
+        return self.weight * (self.best_s if self.best_s is not None else self.flops / 50e9)
 
 
 @contextlib.contextmanager
@@ -305,8 +320,11 @@ def tune_target(target: str, *, database_dir: str | Path | None = None, resoluti
         database_dir = target_dir(spec.name)
     db = Path(database_dir).resolve()
     budget_s = budget_minutes * 60 if budget_minutes is not None else None
+    identity = measuring_identity(spec.name, rpc_spec.key if rpc_spec else None)
+    transfer = [(label, str(path)) for label, path in transfer_databases(spec.name)
+                if Path(path).resolve() != db] if settings.warm_start else []
     job = _Job(spec, db, tuple(resolutions), trials_per_task, budget_s, rpc_spec, space, chunk_tasks, n_classes, keys,
-               settings, progress, linker, env, started)
+               settings, progress, linker, env, started, identity, transfer)
     with _locked(db):
         return _tune_locked(job)
 
@@ -330,6 +348,8 @@ class _Job:
     linker: str
     env: dict[str, str]  # added to each worker's environment
     started: float  # time.monotonic() when the run started: the budget counts from there
+    identity: Any  # DeviceIdentity of the device measured on: the folder must be (or become) its
+    transfer: list[tuple[str, str]]  # (label, folder) of other devices' databases: warm-start seeds
 
     @property
     def state_path(self) -> Path:
@@ -364,6 +384,7 @@ class _Run:
     trials_added: int = 0  # every record of this run (failed candidates too: they cost the same)
     trials_failed: int = 0
     tuned: int = 0  # tasks
+    tuned_tasks: set[str] = field(default_factory=set)  # their hashes (a task can be in several rounds)
     failed: int = 0  # tasks
     stopped: bool = False  # by the budget
 
@@ -404,6 +425,7 @@ def _open_database(job: _Job) -> dict[str, Any]:
     apply them silently.
     """
     spec, db = job.spec, job.db
+    claim_folder(db, job.identity, "a tuning database")
     state = _read_state(job.state_path)
     if state.get("target") not in (None, spec.name):
         raise OfaDeployError(f"database {db} belongs to target {state['target']} (see {STATE_FILE}), not "
@@ -437,28 +459,52 @@ def _plan(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
     return models, plan, plan_path
 
 
-def _done_entry(task: _Task, trials: int) -> dict[str, Any]:
-    """A task's record in tune_state.json once it needs no more trials at ``trials`` per task."""
-    return {"name": task.name, "flops": task.flops, "weight": task.weight, "trials": trials}
+def _done_entry(task: _Task, trials: int, *, converged: bool = False) -> dict[str, Any]:
+    """A task's record in tune_state.json: done at ``trials`` per task, or stopped early as converged."""
+    return {"name": task.name, "flops": task.flops, "weight": task.weight, "trials": trials,
+            "records": task.records, "best_s": task.best_s, "converged": converged}
+
+
+def _progress_entry(task: _Task) -> dict[str, Any]:
+    """A task still being tuned: how far it got (records, best time), for the next round or run."""
+    return {"name": task.name, "flops": task.flops, "weight": task.weight, "trials": 0,
+            "records": task.records, "best_s": task.best_s, "converged": False}
+
+
+def _is_done(entry: dict[str, Any], trials: int) -> bool:
+    return bool(entry.get("converged")) or entry.get("trials", 0) >= trials
 
 
 def _pending_tasks(plan: dict[str, Any], state: dict[str, Any], trials: int) -> tuple[list[_Task], list[_Task]]:
-    """(every task of the plan, those still short of ``trials``), in the plan's order (largest first).
+    """(every task of the plan, those still short of ``trials`` and not converged), in the plan's order.
 
-    A task is done when tune_state.json says a finished chunk tuned it at this many trials, or when
+    A task is done when tune_state.json says so (tuned at this many trials, or converged), or when
     the database already holds enough of its records (e.g. from a killed run, whose chunk never
-    finished: it is marked done in ``state`` now).
+    finished: it is marked done in ``state`` now). Records and best times from earlier runs come
+    from tune_state.json; the database's own count wins (it is the truth after a kill).
     """
     done = state.get("tasks", {})
-    tasks = [_Task(t["index"], t["name"], t["hash"], t["flops"], t["weight"], tuple(t["workloads"]),
-                   0 if done.get(t["hash"], {}).get("trials", 0) >= trials else max(0, trials - t["records"]))
-             for t in plan["tasks"]]
+    tasks = []
+    for t in plan["tasks"]:
+        entry = done.get(t["hash"], {})
+        remaining = 0 if _is_done(entry, trials) else max(0, trials - t["records"])
+        tasks.append(_Task(t["index"], t["name"], t["hash"], t["flops"], t["weight"], tuple(t["workloads"]),
+                           remaining, records=t["records"], best_s=entry.get("best_s")))
     pending = [t for t in tasks if t.remaining > 0]
     state.setdefault("tasks", {})
     for t in tasks:
-        if t.remaining == 0 and t.hash not in done:
+        if t.remaining == 0 and not _is_done(done.get(t.hash, {}), trials):
             state["tasks"][t.hash] = _done_entry(t, trials)
     return tasks, pending
+
+
+def _round_targets(first: int, trials: int) -> list[int]:
+    """Trials per task after each round: ``first``, then doubling, up to ``trials`` (e.g. 8, 16, 32, 64)."""
+    targets, n = [], max(1, first)
+    while n < trials:
+        targets.append(n)
+        n *= 2
+    return targets + [trials]
 
 
 def _rates(state: dict[str, Any], runner_kind: str) -> _Rates:
@@ -485,41 +531,56 @@ def _announce(job: _Job, n_models: int, plan: dict[str, Any], tasks: list[_Task]
 
 def _run_chunks(job: _Job, state: dict[str, Any], tasks: list[_Task], pending: list[_Task], plan_path: Path,
                 rates: _Rates, total_trials: int) -> tuple[_Run, list[_Task]]:
-    """Tune ``pending`` a chunk at a time while the budget allows; (what ran, the tasks left).
+    """Tune ``pending`` in rounds, a chunk at a time, while the budget allows; (what ran, the tasks left).
 
-    Before each chunk the budget decides how many of its tasks fit (none: the run stops). A chunk
-    whose worker fails, or whose every candidate fails, leaves its tasks untuned for a rerun; a
-    chunk that works is recorded (:func:`_record_chunk`).
+    Trials go where the latency is and stop where they no longer help: round 1 brings every task
+    to ``first_round`` trials (largest weighted FLOPs first), each later round doubles that for the
+    tasks still improving, highest share of the space's latency (weight x best time) first, and a
+    task whose round gained less than ``converged_gain`` is done. So a budget that ends mid-run
+    has spent it on the tasks that matter. Before each chunk the budget decides how many of its
+    tasks fit (none: the run stops). A chunk whose worker fails, or whose every candidate fails,
+    leaves its tasks untuned for a rerun; a chunk that works is recorded (:func:`_record_chunk`).
     """
     run = _Run()
+    current = {t.hash: t for t in pending}
     bar = tqdm(total=total_trials, desc=f"tune {job.spec.name}", unit="trial", file=sys.stderr,
                disable=None if job.progress is None else not job.progress)
     with bar:
-        while pending:
-            chunk = pending[:job.chunk_tasks]
-            if job.budget_s is not None:
-                n = _fit(chunk, job.budget_s - (time.monotonic() - job.started), rates.spt, rates.overhead)
-                if n == 0:
-                    run.stopped = True
-                    break
-                chunk = chunk[:n]
-            pending = pending[len(chunk):]
-            reply, wall = _tune_chunk(job, chunk, plan_path, rates, bar)
-            if reply is None:
-                run.failed += len(chunk)
-                continue
-            run.trials_added += reply["records_added"]
-            run.trials_failed += reply["records_failed"]
-            if reply["records_added"] and reply["records_failed"] == reply["records_added"]:
-                run.failed += len(chunk)
-                log.error("every candidate of a tuning chunk failed (%d of %d tasks; first build error: %s); "
-                          "its tasks stay untuned; MetaSchedule's logs: %s", len(chunk), len(tasks),
-                          reply["first_build_error"] or "none: they failed to run", str(job.log_dir))
-                continue
-            _record_chunk(job, state, tasks, chunk, reply, wall, run, rates)
+        for target_trials in _round_targets(job.settings.first_round, job.trials):
+            queue = [dataclasses.replace(t, remaining=min(t.remaining, target_trials - t.records))
+                     for t in current.values() if t.records < target_trials]
+            queue.sort(key=lambda t: -t.priority)
+            while queue and not run.stopped:
+                chunk = queue[:job.chunk_tasks]
+                if job.budget_s is not None:
+                    n = _fit(chunk, job.budget_s - (time.monotonic() - job.started), rates.spt, rates.overhead)
+                    if n == 0:
+                        run.stopped = True
+                        break
+                    chunk = chunk[:n]
+                queue = queue[len(chunk):]
+                reply, wall = _tune_chunk(job, chunk, plan_path, rates, bar)
+                if reply is None:
+                    run.failed += len(chunk)
+                    for t in chunk:
+                        current.pop(t.hash, None)
+                    continue
+                run.trials_added += reply["records_added"]
+                run.trials_failed += reply["records_failed"]
+                if reply["records_added"] and reply["records_failed"] == reply["records_added"]:
+                    run.failed += len(chunk)
+                    log.error("every candidate of a tuning chunk failed (%d of %d tasks; first build error: %s); "
+                              "its tasks stay untuned; MetaSchedule's logs: %s", len(chunk), len(tasks),
+                              reply["first_build_error"] or "none: they failed to run", str(job.log_dir))
+                    for t in chunk:
+                        current.pop(t.hash, None)
+                    continue
+                _record_chunk(job, state, tasks, chunk, reply, wall, run, rates, current, bar)
+            if run.stopped:
+                break
     if not run.timing["chunks"]:
         _save_state(job.state_path, state, tasks, job.db, whole_space=job.keys is None)
-    return run, pending
+    return run, list(current.values())
 
 
 def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
@@ -541,11 +602,11 @@ def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
 
     request = {
         "op": "tune_chunk", "die_with_parent": True, "parent_pid": os.getpid(),
-        "plan_path": str(plan_path), "indices": [t.index for t in chunk],
+        "plan_path": str(plan_path), "indices": [t.index for t in chunk], "remaining": [t.remaining for t in chunk],
         "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name, "database_dir": str(job.db),
         "log_dir": str(job.log_dir), "linker": job.linker,
         "max_trials_per_task": max(t.remaining for t in chunk), "max_trials_global": allotted,
-        "settings": dataclasses.asdict(job.settings),
+        "settings": dataclasses.asdict(job.settings), "transfer_databases": job.transfer,
         "rpc": {"host": job.rpc.host, "port": job.rpc.port, "key": job.rpc.key} if job.rpc else None,
     }
     chunk_start = time.monotonic()
@@ -564,25 +625,43 @@ def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
 
 
 def _record_chunk(job: _Job, state: dict[str, Any], tasks: list[_Task], chunk: list[_Task], reply: dict[str, Any],
-                  wall: float, run: _Run, rates: _Rates) -> None:
-    """A chunk that worked: its tasks are done, its cost replaces the rates; tune_state.json is saved."""
+                  wall: float, run: _Run, rates: _Rates, current: dict[str, _Task], bar: tqdm) -> None:
+    """A chunk that worked: each task's records and best time move on; a task that reached ``trials``
+    or gained less than ``converged_gain`` this round is done (its unspent trials leave the bar);
+    its cost replaces the rates; tune_state.json is saved."""
     timing = run.timing
     timing["trials"] += reply["records_added"]
     timing["tune_seconds"] += reply["tune_seconds"]
     timing["overhead_seconds"] += max(0.0, wall - reply["tune_seconds"])
     timing["chunks"] += 1
-    run.tuned += len(chunk)
     for t in chunk:
-        state["tasks"][t.hash] = _done_entry(t, job.trials)
+        before = current[t.hash]
+        best = reply["best_seconds"].get(t.hash)
+        records = int(reply["records"].get(t.hash, before.records + t.remaining))
+        after = dataclasses.replace(before, records=records, best_s=best, remaining=max(0, job.trials - records))
+        gained = (before.best_s - best) / before.best_s if before.best_s and best else None
+        converged = (gained is not None and gained < job.settings.converged_gain
+                     and after.records >= 2 * job.settings.first_round)
+        if after.remaining <= 0 or converged:
+            state["tasks"][t.hash] = _done_entry(after, job.trials, converged=converged)
+            current.pop(t.hash)
+            if after.remaining > 0:
+                bar.total = max(bar.n, bar.total - after.remaining)
+                bar.refresh()
+        else:
+            state["tasks"][t.hash] = _progress_entry(after)
+            current[t.hash] = after
+    run.tuned_tasks.update(t.hash for t in chunk)
+    run.tuned = len(run.tuned_tasks)
     if timing["trials"]:  # this run's measurements replace the assumption / older ones
         rates.spt = timing["tune_seconds"] / timing["trials"]
         rates.overhead = timing["overhead_seconds"] / timing["chunks"]
         state.setdefault("measured", {})[job.runner_kind] = {
             **timing, "host": platform.node(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     _save_state(job.state_path, state, tasks, job.db, whole_space=job.keys is None)
-    log.info("chunk: %d tasks, %d trials in %.0f s (%.2f s/trial, %.0f s start-up)", len(chunk),
-             reply["records_added"], wall, reply["tune_seconds"] / max(1, reply["records_added"]),
-             wall - reply["tune_seconds"])
+    log.info("chunk: %d tasks, %d trials (%d seeds) in %.0f s (%.2f s/trial, %.0f s start-up)", len(chunk),
+             reply["records_added"], reply.get("seed_records", 0), wall,
+             reply["tune_seconds"] / max(1, reply["records_added"]), wall - reply["tune_seconds"])
 
 
 def _save_state(path: Path, state: dict[str, Any], tasks: list[_Task], db: Path, *, whole_space: bool) -> None:

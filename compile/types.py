@@ -15,6 +15,11 @@ class BuildInfo:
 
     ``tuned_records_applied`` is true only if the MetaSchedule database scheduled at least one
     function (``tuned_funcs`` of ``total_funcs``); a database that matches nothing is not "tuned".
+    ``schedule_sources`` counts every fused function by where its schedule came from: ``tuned``
+    (this device's database), ``transferred`` (the same workload in another device's database),
+    ``sibling`` (a structurally equal workload of another shape, re-fitted), ``default`` (a rule,
+    or DLight on GPUs) and ``unscheduled`` (naive loops); ``transferred_from`` names the other
+    databases offered, nearest device first.
     ``tvm_target`` is the exact target used (for ``x86-host`` LLVM's own CPU name may replace
     the registry guess).
     """
@@ -27,6 +32,8 @@ class BuildInfo:
     tuned_records_applied: bool
     tuned_funcs: int
     total_funcs: int
+    schedule_sources: dict[str, int] = field(hash=False)
+    transferred_from: tuple[str, ...]
     build_seconds: float
     input_name: str
     input_shape: tuple[int, ...]
@@ -35,7 +42,13 @@ class BuildInfo:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["input_shape"] = list(self.input_shape)
+        d["transferred_from"] = list(self.transferred_from)
         return d
+
+    @property
+    def untuned_share(self) -> float:
+        """The share of fused functions this device's database did not schedule."""
+        return 1.0 - self.tuned_funcs / self.total_funcs if self.total_funcs else 0.0
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .outputs import OutputFolder
 from .search_space import SubnetConfig, load_supernet, random_subnet
 from .search_space.costs import count_costs
 from .shipped import default_supernet
-from .tuning_logs.database import default_database
+from .tuning_logs.database import default_database, transfer_databases
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
     linker_for(build_spec.cross_compiler)  # a missing cross compiler fails now, naming its package
     rpc = _rpc_spec(opts)  # checked before minutes of building
     database = Path(opts.database_dir) if opts.database_dir else default_database(spec.name)
+    transfer = transfer_databases(spec.name)
     folder = OutputFolder(opts.out_dir, "compile", COMPILE_FILES)
     inputs = (opts.config_path, opts.checkpoint)
     folder.check(inputs)  # a folder of someone else's files is refused before minutes of building
@@ -128,7 +129,8 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
         shape = (opts.batch, 3, cfg.image_size, cfg.image_size)
         export = export_onnx(model, cfg.image_size, work / "subnet.onnx", batch=opts.batch, seed=opts.seed)
         info = build_module(work / "subnet.onnx", build_spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
-                            database_dir=database)
+                            database_dir=database, transfer_databases=transfer)
+        _warn_if_untuned(info, spec.name)
         x = seeded_input(shape, opts.seed)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
@@ -147,13 +149,16 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             else:
                 log.warning("--measure: no %s device reachable from here; no latency recorded "
                             "(emulation is never a speed)", spec.name)
+        prediction = _check_prediction(cfg, spec, model.n_classes, latency) if latency else None
         costs = count_costs(cfg, n_classes=model.n_classes)
         metadata = {
             "ofa_deploy_version": __version__,
             "subnet": cfg.to_dict(), "subnet_id": cfg.id,
             "target": spec.to_dict(), "tvm_target": info.tvm_target, "tvm_version": info.tvm_version,
             "tuning_database": {"path": str(database) if database else None, "sha256": info.database_hash,
-                                "tuned_functions": info.tuned_funcs, "total_functions": info.total_funcs},
+                                "tuned_functions": info.tuned_funcs, "total_functions": info.total_funcs,
+                                "schedule_sources": info.schedule_sources,
+                                "transferred_from": list(info.transferred_from)},
             "input": {"name": INPUT_NAME, "shape": list(shape), "layout": "NCHW", "dtype": "float32"},
             "output": {"name": "logits", "shape": [opts.batch, model.n_classes], "dtype": "float32", "classes": classes},
             "preprocessing": {"resize": [cfg.image_size, cfg.image_size], "color": "RGB", "scale": 1 / 255,
@@ -162,6 +167,7 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             "arithmetic_intensity": {"fp32": costs.intensity(4), "int8": costs.intensity(1)},
             "latency_ms": latency["median_ms"] if latency else None,
             "latency": latency,  # carries its source: measured | emulated | estimated
+            "latency_prediction": prediction,  # what search's latency model predicted for this subnet
             "verification": verification,
             "onnx": {"file": "subnet.onnx", "sha256": info.onnx_sha256, "max_abs_err_vs_torch": export.max_abs_err},
             "build_seconds": info.build_seconds,
@@ -176,6 +182,52 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
         cfg.to_json(work / "subnet.json")
     log.info("wrote %s (verification: %s)", folder, verification["status"])
     return Path(opts.out_dir)
+
+
+PREDICTION_WARN = 0.10  # compile --measure warns when the latency model was further off than this
+
+
+def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dict[str, Any]) -> dict[str, Any] | None:
+    """The latency model's prediction for ``cfg`` beside the measured latency; a warning above 10 %.
+
+    Search picked the subnet on that prediction, so a large error means the budget may not hold on
+    this device: the warning names the model, the device it describes and the command that fixes it.
+    """
+    if latency.get("source") != "measured":
+        return None
+    from .latency.choose import latency_model
+    from .search_space.genes import configs_to_genes
+
+    try:
+        model = latency_model(spec, cfg.space, n_classes)
+        predicted = float(model.predict(configs_to_genes([cfg]))[0])
+    except (OfaDeployError, ValueError, IndexError) as exc:
+        log.info("no latency prediction to compare with (%s)", exc)
+        return None
+    if not np.isfinite(predicted):  # e.g. a resolution the measured model does not cover
+        return None
+    measured = float(latency["median_ms"])
+    error = (predicted - measured) / measured
+    basis = getattr(model, "basis", "")
+    if abs(error) > PREDICTION_WARN:
+        log.warning("measured %.2f ms, the latency model predicted %.2f ms (%+.0f %%): %s; search's budget may not "
+                    "hold on this device; fix: 'ofa-deploy profile --target %s' (or '--adapt' for a quick one)",
+                    measured, predicted, 100 * error, basis, spec.name)
+    return {"predicted_ms": round(predicted, 3), "measured_ms": round(measured, 3), "error_pct": round(100 * error, 1),
+            "basis": basis}
+
+
+UNTUNED_WARN_SHARE = 0.5  # compile warns when this device's database scheduled less than half the functions
+
+
+def _warn_if_untuned(info: Any, target_name: str) -> None:
+    """Say so when most of the module is not this device's tuned code (it is then slower than it could be)."""
+    if info.untuned_share <= UNTUNED_WARN_SHARE:
+        return
+    borrowed = {k: v for k, v in info.schedule_sources.items() if k != "tuned" and v}
+    log.warning("%s: only %d of %d fused functions are tuned for this device (%s); the module works but is "
+                "slower than tuned code: 'ofa-deploy tune --target %s' tunes this device", target_name,
+                info.tuned_funcs, info.total_funcs, ", ".join(f"{n} {k}" for k, n in borrowed.items()), target_name)
 
 
 def _rpc_spec(opts: CompileOptions) -> Any:

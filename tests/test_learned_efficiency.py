@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pytest
 
+from ofa_deploy.tuning_logs.folders import host_dir
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency import latency_model, learned
@@ -154,8 +155,8 @@ def test_learn_from_profile_uses_only_measured_workloads():
 # -------------------------------------------------------------------- estimated model file and use
 def write_source(tuning_logs, hw: Hardware, eff: RooflineEfficiency = TRUE, **kw) -> dict:
     data = fake_profile(hw, eff, **kw)
-    (tuning_logs / "x86-host").mkdir(parents=True, exist_ok=True)
-    (tuning_logs / "x86-host" / MODEL_FILE).write_text(json.dumps(data))
+    host_dir().mkdir(parents=True, exist_ok=True)
+    (host_dir() / MODEL_FILE).write_text(json.dumps(data))
     return data
 
 
@@ -217,7 +218,7 @@ def test_estimate_refuses_stale_or_wrong_kind_sources(tuning_logs):
         estimate_target("cortex-a76", "x86-host")
     data = write_source(tuning_logs, x86_hardware())
     data["database_sha256"] = "cd" * 32  # profiled with a database that tuning_logs/x86-host/ no longer holds
-    (tuning_logs / "x86-host" / MODEL_FILE).write_text(json.dumps(data))
+    (host_dir() / MODEL_FILE).write_text(json.dumps(data))
     with pytest.raises(OfaDeployError, match="stale"):
         estimate_target("cortex-a76", "x86-host")
     with pytest.raises(OfaDeployError, match="cannot stand in for cuda-sm80"):

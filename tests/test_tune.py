@@ -295,6 +295,7 @@ def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
     from ofa_deploy.compile.tune import tune_target
     from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.database import check_database_target, database_targets
+    from ofa_deploy.tuning_logs.identity import read_identity
     from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = tmp_path / "cortex-a76"
@@ -312,10 +313,12 @@ def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
     a76 = get_target("cortex-a76")
     assert [t["mtriple"] for t in database_targets(db)] == ["aarch64-linux-gnu"]
     check_database_target(db, a76.tvm_target, a76.name)
+    board = read_identity(db)  # the folder names the device it measured on: the board behind the key
+    assert board.kind == "rpc" and board.rpc_key == "a64-tune" and board.arch == "aarch64"
     # The same directory is foreign to the x86 host: refused, never appended to.
     before = (db / RECORD_FILE).read_bytes()
     code, _, err = run_cli(["tune", *SMALL, "--database", str(db)], capsys)
-    assert code == 2 and "belongs to target cortex-a76" in _one_error_line(err)
+    assert code == 2 and "refusing to mix two devices" in _one_error_line(err) and "a64-tune" in err
     assert (db / RECORD_FILE).read_bytes() == before
 
 
@@ -381,12 +384,14 @@ def test_packed_database_keeps_its_hash_and_is_read_where_a_plain_one_is(tmp_pat
     """The shipped form (gzip): same hash, resolved for TVM through the cache, unpacked again for tuning."""
     from ofa_deploy.tuning_logs.database import (current_database_hash, database_hash, default_database, is_packed,
                                                  pack_database, resolve_database, unpack_in_place)
+    from ofa_deploy.tuning_logs.folders import host_dir
     from ofa_deploy.tuning_logs.layout import PACKED, RECORD_FILE, WORKLOAD_FILE
 
     monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))
     target = {"kind": "llvm", "mcpu": "znver3"}
-    db = _fake_database(tmp_path / "tl" / "x86-host", target, n_records=50)
+    db = _fake_database(host_dir(), target, n_records=50)  # x86-host: this CPU's folder
+    assert db.parent == tmp_path / "tl"
     twin = _fake_database(tmp_path / "twin", target, n_records=50)
     plain = {name: (db / name).read_bytes() for name in (WORKLOAD_FILE, RECORD_FILE)}
     h = database_hash(db)
@@ -423,3 +428,44 @@ def test_pack_refuses_tuning_options_and_missing_databases(tmp_path, capsys):
     assert code == 2 and "--trials: not used with --pack" in _one_error_line(err)
     code, _, err = run_cli(["tune", "--target", "x86-host", "--pack", "--database", str(tmp_path)], capsys)
     assert code == 2 and "is not a MetaSchedule database directory" in _one_error_line(err)
+
+
+def test_rounds_put_trials_where_the_latency_is_and_stop_converged_tasks(tmp_path, monkeypatch):
+    """Round 1 gives every task 8 trials; later rounds double them for the tasks still improving, the largest
+    share of the latency (weight x best time) first; a task whose round gained < 1 % stops (no TVM: the
+    chunk worker is replaced by a fake device on which task 'a' keeps improving and task 'b' does not)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ofa_deploy.compile import tune as tune_mod
+
+    tasks = [tune_mod._Task(i, n, n, flops, weight, ("r224/stem",), 32)
+             for i, (n, flops, weight) in enumerate([("a", 1e9, 1), ("b", 1e9, 4), ("c", 1e6, 1)])]
+    best = {"a": 1e-3, "b": 2e-3, "c": 5e-3}  # c: few FLOPs, yet slow (memory bound)
+    records = {t.hash: 0 for t in tasks}
+    order: list[list[str]] = []
+
+    def fake_chunk(job, chunk, plan_path, rates, bar):
+        order.append([t.hash for t in chunk])
+        for t in chunk:
+            records[t.hash] += t.remaining
+            best[t.hash] *= 0.5 if t.hash == "a" else 0.999  # only 'a' keeps getting faster
+        return ({"records_added": sum(t.remaining for t in chunk), "records_failed": 0, "tune_seconds": 1.0,
+                 "seed_records": 0, "first_build_error": None, "best_seconds": {t.hash: best[t.hash] for t in chunk},
+                 "records": {t.hash: records[t.hash] for t in chunk}}, 1.5)
+
+    monkeypatch.setattr(tune_mod, "_tune_chunk", fake_chunk)
+    job = SimpleNamespace(spec=SimpleNamespace(name="x86-host"), progress=False, chunk_tasks=1, budget_s=None,
+                          started=0.0, settings=tune_mod.TuneSettings(), trials=32, keys=None, db=tmp_path,
+                          state_path=tmp_path / "tune_state.json", runner_kind="local", log_dir=tmp_path)
+    state: dict = {"tasks": {}}
+    rates = tune_mod._Rates(1.0, 1.0, "assumed")
+    run, left = tune_mod._run_chunks(job, state, tasks, list(tasks), tmp_path / "plan.json", rates, 96)
+    assert tune_mod._round_targets(8, 64) == [8, 16, 32, 64] and tune_mod._round_targets(8, 2) == [2]
+    assert order[:3] == [["b"], ["a"], ["c"]]  # round 1: by weighted FLOPs (b occurs 4 times)
+    assert order[3:6] == [["b"], ["c"], ["a"]]  # round 2: by weight x best time (4 x 2 ms, 5 ms, 0.5 ms)
+    assert order[6:] == [["a"]]  # round 3: only a still improves
+    assert records == {"a": 32, "b": 16, "c": 16}  # b and c stopped after round 2: < 1 % gain
+    assert state["tasks"]["b"]["converged"] and state["tasks"]["c"]["converged"]
+    assert state["tasks"]["a"]["trials"] == 32 and not left and run.tuned == 3
+    assert dataclasses.asdict(job.settings)["converged_gain"] == 0.01

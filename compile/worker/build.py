@@ -9,8 +9,10 @@ Pipeline (TVM 0.27 Relax; Relay/tvmc are gone):
    ``relax.pipeline.static_shape_tuning_pipeline`` runs before tuning, so the fused PrimFuncs
    are the workloads a MetaSchedule database was tuned on, and ``MetaScheduleApplyDatabase``
    finds them.
-3. Optional database: ``MetaScheduleApplyDatabase(work_dir)``; scheduled functions are marked
-   ``tirx.is_scheduled`` and counted.
+3. Schedules (:mod:`.schedules`): the target's own database (``MetaScheduleApplyDatabase``), then
+   for CPU targets, whatever it missed from other devices' databases (the same workload, or a
+   structural sibling re-fitted to this one's shape), else a rule; every function is counted by
+   where its schedule came from (``tuned``, ``transferred``, ``sibling``, ``default``).
 4. Lowering (:func:`lowering_pipeline`): for GPUs DLight default schedules for whatever the
    database did not cover (every GPU kernel needs thread bindings), then the backend's
    dataflow-lowering and finalisation passes. No second fusion round (``tvm.compile``'s
@@ -31,8 +33,9 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
+from .schedules import Report, is_scheduled, schedule_module
+
 log = logging.getLogger(__name__)
-SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
 class UserInputError(ValueError):
@@ -73,16 +76,28 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return seq(mod)
 
 
-def count_prim_funcs(mod: tvm.IRModule) -> tuple[int, int]:
-    """(scheduled, total) PrimFuncs."""
-    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-    scheduled = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get(SCHEDULED_ATTR, False)))
-    return scheduled, len(funcs)
-
-
 def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database_dir: str) -> tvm.IRModule:
     with target:
         return relax.transform.MetaScheduleApplyDatabase(database_dir, enable_warning=False)(mod)
+
+
+def schedule(mod: tvm.IRModule, target: tvm.target.Target, database_dir: str | None,
+             transfer: list[list[str]]) -> tuple[tvm.IRModule, Report]:
+    """Every fused function scheduled, and where each schedule came from.
+
+    CPU targets: :func:`.schedules.schedule_module` (own database, other devices' databases, a
+    rule). GPU targets: the own database; DLight schedules the rest during lowering (``default``).
+    """
+    if target.kind.name == "llvm":
+        cores = int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
+        return schedule_module(mod, target, database_dir, [(label, path) for label, path in transfer], cores)
+    if database_dir:
+        mod = apply_database(mod, target, database_dir)
+    report = Report()
+    for gv, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            report.sources[gv.name_hint] = "tuned" if is_scheduled(func) else "default"
+    return mod, report
 
 
 def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -106,10 +121,11 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     mod = load_onnx(request["onnx_path"], request["input_name"], request["input_shape"])
     target = make_target(request["tvm_target"], request["target_name"])
     mod = prepare(mod, target)
-    if request.get("database_dir"):
-        mod = apply_database(mod, target, request["database_dir"])
-    tuned, total = count_prim_funcs(mod)
-    log.info("%s: %d fused functions, %d scheduled from the database", request["target_name"], total, tuned)
+    mod, sources = schedule(mod, target, request.get("database_dir"), request.get("transfer_databases") or [])
+    counts = sources.counts()
+    total = len(sources.sources)
+    log.info("%s: %d fused functions: %s", request["target_name"], total,
+             ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     with target:
         executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target))
     kwargs: dict[str, Any] = {"cc": request["linker"]}
@@ -120,7 +136,7 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_export_") as workspace:
         executable.export_library(request["out_path"], workspace_dir=workspace, **kwargs)
     return {"tvm_version": tvm.__version__, "tvm_target": json.loads(str(target)),
-            "tuned_funcs": tuned, "total_funcs": total}
+            "tuned_funcs": counts["tuned"], "total_funcs": total, "schedule_sources": counts}
 
 
 def check_targets(request: dict[str, Any]) -> dict[str, Any]:

@@ -65,10 +65,12 @@ def _build_cached(item: dict[str, Any], request: dict[str, Any]) -> dict[str, An
             "tvm_target": request["tvm_target"], "linker": request["linker"], "out_path": tmp,
             "input_name": request["input_name"], "input_shape": item["input_shape"],
             "database_dir": request.get("database_dir"),
+            "transfer_databases": request.get("transfer_databases") or [],
         })
         os.replace(tmp, so_path)
         with open(info_path + ".tmp", "w") as f:
-            json.dump({k: info[k] for k in ("tuned_funcs", "total_funcs", "tvm_version", "tvm_target")}, f)
+            json.dump({k: info[k] for k in ("tuned_funcs", "total_funcs", "schedule_sources", "tvm_version",
+                                             "tvm_target")}, f)
         os.replace(info_path + ".tmp", info_path)
     with open(info_path) as f:
         return json.load(f)

@@ -172,11 +172,11 @@ def _read_plan(path: str, plan_key: str) -> dict[str, Any] | None:
     return plan if plan.get("format") == PLAN_FORMAT and plan.get("plan_key") == plan_key else None
 
 
-def _database_counts(database_dir: str) -> tuple[dict[str, int], list[int]]:
-    """Records per stored workload hash, and the workload lines whose stored hash is wrong.
+def _database_counts(database_dir: str, verify: bool = True) -> tuple[dict[str, int], list[int]]:
+    """Records (failed candidates included) per stored workload hash, and the workload lines whose stored hash is wrong.
 
     The database's workload table stores each module with its structural hash; recomputing it
-    detects a corrupted or hand-edited table, which TVM would load and apply silently.
+    (``verify``) detects a corrupted or hand-edited table, which TVM would load and apply silently.
     """
     from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
 
@@ -188,12 +188,13 @@ def _database_counts(database_dir: str) -> tuple[dict[str, int], list[int]]:
         if not line.strip():
             continue
         entry = json.loads(line)
-        try:
-            ok = str(tvm_ffi.structural_hash(ms.database.Workload.from_json(entry).mod)) == entry[0]
-        except Exception:  # noqa: BLE001 - an undecodable module is a corrupted line
-            ok = False
-        if not ok:
-            bad.append(lineno)
+        if verify:
+            try:
+                ok = str(tvm_ffi.structural_hash(ms.database.Workload.from_json(entry).mod)) == entry[0]
+            except Exception:  # noqa: BLE001 - an undecodable module is a corrupted line
+                ok = False
+            if not ok:
+                bad.append(lineno)
         hashes.append(entry[0])
     counts: dict[str, int] = {}
     if rec_path.is_file():
@@ -308,7 +309,7 @@ def _runner(request: dict[str, Any]) -> ms.runner.Runner:
 def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``tune_chunk``: tune the plan's tasks ``indices`` into ``database_dir``."""
     start = time.perf_counter()
-    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
+    from ofa_deploy.tuning_logs.layout import COST_MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
 
     from .build import make_target
 
@@ -336,25 +337,106 @@ def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
     database = ms.database.JSONDatabase(str(db_dir / WORKLOAD_FILE), str(db_dir / RECORD_FILE), allow_missing=True)
     record_file = db_dir / RECORD_FILE
     offset = record_file.stat().st_size if record_file.is_file() else 0
+    cost_model = _load_cost_model(db_dir / COST_MODEL_FILE, threads)
     artifacts = tempfile.mkdtemp(prefix="ofa_deploy_tune_")
     builder = _PoolBuilder(timeout_sec=settings["builder_timeout_s"], linker=request["linker"], out_dir=artifacts)
+    seeded = 0
     try:
         runner = _runner(request)
         setup_s = time.perf_counter() - start
         log.info("chunk of %d tasks ready in %.1f s; tuning up to %d trials", len(chosen), setup_s,
                  request["max_trials_global"])
         tune_start = time.perf_counter()
-        ms.tune_tasks(
-            tasks=contexts, task_weights=[float(t["weight"]) for t in chosen], work_dir=request["log_dir"],
-            max_trials_global=int(request["max_trials_global"]),
-            max_trials_per_task=int(request["max_trials_per_task"]),
-            num_trials_per_iter=int(settings["num_trials_per_iter"]), builder=builder, runner=runner,
-            database=database, cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads, tree_method="auto"),
-            task_scheduler="gradient")
+        allotted = request.get("remaining") or [int(request["max_trials_per_task"])] * len(contexts)
+        seeds = _warm_start(contexts, allotted, request, database, target, builder, runner,
+                            int(settings["warm_start"]))
+        seeded = sum(seeds)
+        remaining = int(request["max_trials_global"]) - seeded
+        per_task = max(n - k for n, k in zip(allotted, seeds))
+        if remaining > 0 and per_task > 0:
+            ms.tune_tasks(
+                tasks=contexts, task_weights=[float(t["weight"]) for t in chosen], work_dir=request["log_dir"],
+                max_trials_global=remaining, max_trials_per_task=per_task,
+                num_trials_per_iter=int(settings["num_trials_per_iter"]), builder=builder, runner=runner,
+                database=database, cost_model=cost_model, task_scheduler="gradient")
         tune_s = time.perf_counter() - tune_start
+        _save_cost_model(cost_model, db_dir / COST_MODEL_FILE)
     finally:
         builder.shutdown()
         shutil.rmtree(artifacts, ignore_errors=True)
     added, failed = _new_records(record_file, offset)
     return {"setup_seconds": round(setup_s, 3), "tune_seconds": round(tune_s, 3), "records_added": added,
-            "records_failed": failed, "first_build_error": builder.first_error}
+            "records_failed": failed, "seed_records": seeded, "first_build_error": builder.first_error,
+            "best_seconds": _best_seconds(database, [c.mod for c in contexts], [t["hash"] for t in chosen]),
+            "records": {t["hash"]: n for t, n in zip(chosen, _chunk_records(db_dir, chosen))}}
+
+
+def _chunk_records(db_dir: Path, chosen: list[dict[str, Any]]) -> list[int]:
+    """Each chosen task's records in the database now (MetaSchedule's task scheduler, not the
+    parent, decides how a chunk's trials spread over its tasks)."""
+    counts, _ = _database_counts(str(db_dir), verify=False)
+    return [counts.get(t["hash"], 0) for t in chosen]
+
+
+def _load_cost_model(path: Path, threads: int) -> Any:
+    """The device's XGBoost cost model, trained by every earlier chunk and run (a fresh one the first time).
+
+    A model that starts each chunk empty predicts at random until it has ~100 measurements
+    (``num_warmup_samples``): with chunks of a few hundred trials that was most of every chunk.
+    Kept beside the database it describes, so it never mixes two devices' timings.
+    """
+    model = ms.cost_model.XGBModel(num_tuning_cores=threads, tree_method="auto")
+    if path.is_file():
+        try:
+            model.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - a damaged model costs its history, not the run
+            log.warning("cost model %s unreadable (%s): starting a new one", path, exc)
+            model = ms.cost_model.XGBModel(num_tuning_cores=threads, tree_method="auto")
+    return model
+
+
+def _save_cost_model(model: Any, path: Path) -> None:
+    if model.booster is None:
+        return  # nothing learnt (too few measurements)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _warm_start(contexts: list[Any], allotted: list[int], request: dict[str, Any], database: Any, target: Any,
+                builder: Any, runner: Any, per_task: int) -> list[int]:
+    """Measure seed schedules (seeds.py) for the tasks that have no records here yet; seeds committed per task.
+
+    Seeds are trials: a task gets at most half of its ``allotted`` trials as seeds (the search
+    needs the rest to improve on them), and the chunk's search budget shrinks by what they used.
+    """
+    from .schedules import RecordIndex
+    from .seeds import measure_seeds, seed_schedules
+
+    fresh = [i for i, c in enumerate(contexts) if not database.has_workload(c.mod)]
+    if per_task < 1 or not fresh:
+        return [0] * len(contexts)
+    own = RecordIndex(label="own", database=database) if len(database) else None
+    others = [RecordIndex.open(path, label) for label, path in request.get("transfer_databases") or []]
+    tasks = {i: seed_schedules(contexts[i].mod, own, others, min(per_task, max(1, allotted[i] // 2))) for i in fresh}
+    n = measure_seeds([(contexts[i].mod, schedules) for i, schedules in tasks.items()], target, builder, runner,
+                      database)
+    log.info("warm start: %d seed schedules for %d new tasks", n, len(fresh))
+    return [len(tasks.get(i, [])) for i in range(len(contexts))]
+
+
+def _best_seconds(database: Any, mods: list[Any], hashes: list[str]) -> dict[str, float | None]:
+    """Each task's best measured seconds in the database after this chunk (None: nothing ran)."""
+    best: dict[str, float | None] = {}
+    for mod, key in zip(mods, hashes):
+        secs = None
+        if database.has_workload(mod):
+            top = database.get_top_k(database.commit_workload(mod), 1)
+            if top and top[0].run_secs:
+                secs = min(float(x) for x in top[0].run_secs)
+                secs = None if secs >= FAILED_RUN_SECS else secs
+        best[key] = secs
+    return best

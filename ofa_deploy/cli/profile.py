@@ -31,9 +31,16 @@ from .options import SEED, parse_resolutions
               help="For a target with no device here: learn roofline efficiencies on SOURCE's profiled model "
                    "(e.g. x86-host) and write tuning_logs/<target>/estimated_model.json (an estimate; nothing "
                    "is timed).")
+@click.option("--adapt", is_flag=True,
+              help="A usable model in minutes for a device without one: take the per-block tables of the nearest "
+                   "other device's model (tuning_logs/) and only time the --calibrate subnets here (few-shot "
+                   "transfer); a later plain 'profile' replaces it with this device's own tables.")
+@click.option("--adapt-from", "adapt_from", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
+              help="Like --adapt, with this device folder's tables (e.g. tuning_logs/x86_64-znver5-2c).")
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate: int, database: str | None,
-                    space: str | None, seed: int, passes: int, no_progress: bool, estimate_from: str | None) -> None:
+                    space: str | None, seed: int, passes: int, no_progress: bool, estimate_from: str | None,
+                    adapt: bool, adapt_from: str | None) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution, then compiles
@@ -49,6 +56,7 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
     Example:
       ofa-deploy profile --target x86-host
       ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
+      ofa-deploy profile --target x86-host --adapt --resolutions 224     # minutes, from another CPU's tables
       ofa-deploy profile --target cortex-a76 --estimate-from x86-host
     """
     if estimate_from is not None:
@@ -60,9 +68,20 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
 
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
+    if adapt and adapt_from is None:
+        from ofa_deploy.latency.measured import nearest_model
+        from ofa_deploy.targets import get_target
+
+        near = nearest_model(get_target(target).name)
+        if near is None:
+            raise OfaDeployError(f"--adapt: no other device in tuning_logs/ has a latency model to adapt; run "
+                                 f"'ofa-deploy profile --target {target}' (the full tables)")
+        adapt_from = str(near[0])
+    if adapt_from is not None and calibrate < 3:
+        raise OfaDeployError(f"--calibrate {calibrate}: adapting fits a scale and an offset, give at least 3 subnets")
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
                                           space=space or DEFAULT_SPACE, seed=seed,
-                                          settings=ProfileSettings(passes=passes)),
+                                          settings=ProfileSettings(passes=passes), adapt_from=adapt_from),
                             progress=False if no_progress else None)
     model, meta = report.model, report.model.meta
     cal = model.calibration

@@ -72,6 +72,9 @@ class HumanNumber(click.ParamType):
             self.fail(f"{value!r} is not a number (examples: 300M, 2.5e8, 600k)", param, ctx)
 
 
+AUTO_VERIFY = 3  # candidates measured when search has only another device's latency model
+
+
 @click.command("search", cls=TargetWordsCommand)
 @click.option("--target", required=True, metavar="TARGET",
               help="Registry name or TVM target string (unquoted words allowed), or vta-ultra96 | vta-zcu104 | vta-pynq.")
@@ -92,13 +95,16 @@ class HumanNumber(click.ParamType):
               help="Accuracy predictor from 'ofa-deploy acc-predictor' (default: the installed one).")
 @click.option("-o", "--output", default="search_out", show_default=True, type=click.Path(),
               help="Folder for subnet.json, front.csv and pareto.png. " + FOLDER_RULE)
-@click.option("--verify-top", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Compile and measure the K best subnets on the device; keep the best that meets the budget.")
+@click.option("--verify-top", type=click.IntRange(min=0), default=None,
+              help="Compile and measure the K best subnets on the device; keep the best that meets the budget. "
+                   f"Default: {AUTO_VERIFY} when the latency model is another device's and this device is here "
+                   "(the budget is then checked, not assumed), else 0.")
 @click.option("--rpc", default=None, metavar="HOST:PORT[:KEY]",
               help="With --verify-top: measure on this TVM RPC device (tracker HOST:PORT:KEY or server HOST:PORT).")
 def search(target: str, latency_ms: float | None, max_macs: float | None, max_params: float | None,
            min_intensity: float | None, objective: str, population: int, generations: int, seed: int,
-           supernet: str | None, acc_predictor: str | None, output: str, verify_top: int, rpc: str | None) -> None:
+           supernet: str | None, acc_predictor: str | None, output: str, verify_top: int | None,
+           rpc: str | None) -> None:
     """Find the most accurate subnet for a target under latency / MACs / parameter budgets.
 
     Latency comes from tuning_logs/<target>/latency_model.json (measured tuned code, 'ofa-deploy
@@ -117,6 +123,7 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     from ofa_deploy.search.api import predictor_info, resolve_predictor, run_search
     from ofa_deploy.search.evaluator import Constraints
     from ofa_deploy.search.output import output_folder, write_outputs
+    from ofa_deploy.latency.choose import latency_model
     from ofa_deploy.search.verify import find_measure
 
     if objective not in ("accuracy", "pareto"):
@@ -131,13 +138,23 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     measure = None
     if rpc is not None and not verify_top:
         raise OfaDeployError(f"--rpc {rpc}: the device measures the --verify-top K candidates; add --verify-top K")
-    if verify_top:
+    model = latency_model(target, predictor.space, predictor.meta.n_classes)
+    foreign = getattr(model, "foreign_device", None)
+    if verify_top is None:
+        verify_top = 0
+        if foreign and latency_ms is not None and (measure := find_measure(target)) is not None:
+            verify_top = AUTO_VERIFY
+            click.echo(f"search: no latency model of this device; the estimate is {foreign}'s, so the top "
+                       f"{AUTO_VERIFY} candidates are compiled and measured here (about a minute each) to check the "
+                       f"{latency_ms:g} ms budget (--verify-top 0: don't)", err=True)
+    if verify_top and measure is None:
         measure = find_measure(target, rpc)
         if measure is None:
             raise OfaDeployError(f"--verify-top: no device is reachable for target {target!r} "
                                  f"(compile+measure backend not available for it)")
     result = run_search(target, predictor, constraints=constraints, objective=objective, population=population,
-                        generations=generations, seed=seed, progress=None, verify_k=verify_top, measure=measure)
+                        generations=generations, seed=seed, progress=None, verify_k=verify_top, measure=measure,
+                        latency=model)
     paths = write_outputs(result, output, target=target, predictor_info=predictor_info(predictor, acc_predictor),
                           inputs=inputs)
     row = result.row(result.best, 0)

@@ -13,8 +13,14 @@ from .options import check_database_folder
 @click.option("--target", required=True, help="Registry name, TVM tag or classic TVM string (e.g. x86-host).")
 @click.option("--rpc", default=None, metavar="HOST:PORT:KEY",
               help="RPC tracker with the device registered under KEY (targets that do not run here).")
-@click.option("--trials", type=int, default=32, show_default=True,
-              help="Measured candidates per distinct task (cost: tasks x trials x seconds per trial).")
+@click.option("--trials", type=int, default=64, show_default=True,
+              help="At most this many measured candidates per distinct task. Trials come in rounds (8 for "
+                   "every task, then doubling for the tasks that still improve, largest share of the latency "
+                   "first); a task that stops improving stops early.")
+@click.option("--warm-start", type=int, default=4, show_default=True,
+              help="Seed schedules measured first for a task new here: the same task tuned on the nearest "
+                   "other devices (tuning_logs/, the repository's shipped folders included) and its structural "
+                   "siblings. 0: start from random samples.")
 @click.option("--budget-minutes", type=float, default=None,
               help="Stop starting work that would not finish within this many minutes; rerun to continue.")
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
@@ -31,7 +37,8 @@ from .options import check_database_folder
 @click.option("--pack", is_flag=True, help="Tune nothing: gzip the database for shipping (*.json.gz, ~14x smaller, "
               "same hash; compile and search read it as is, the next tune unpacks it).")
 @click.pass_context
-def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, budget_minutes: float | None,
+def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, warm_start: int,
+                 budget_minutes: float | None,
                  resolutions: str, database: str | None, space: str | None, workloads: str | None, chunk_tasks: int,
                  no_progress: bool, pack: bool) -> None:
     """Tune the target's MetaSchedule database (XGBoost cost model) on the space's distinct tasks.
@@ -44,7 +51,7 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
 
     \b
     Example:
-      ofa-deploy tune --target x86-host --trials 32 --budget-minutes 60
+      ofa-deploy tune --target x86-host --budget-minutes 60
       ofa-deploy tune --target cortex-a76 --rpc 192.168.1.10:9190:pi5 --resolutions 160,224
       ofa-deploy tune --target x86-host --pack
     """
@@ -53,18 +60,21 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
     if pack:
         _pack(ctx, target, database)
         return
-    from ofa_deploy.compile.tune import tune_target
+    from ofa_deploy.compile.tune import TuneSettings, tune_target
+    from ofa_deploy.errors import OfaDeployError
     from ofa_deploy.search_space import DEFAULT_SPACE
     from ofa_deploy.search_space.genes import resolution_indices
 
     from .options import parse_resolutions
 
+    if warm_start < 0:
+        raise OfaDeployError(f"--warm-start must be >= 0 (seed schedules per new task), got {warm_start}")
     res = parse_resolutions(resolutions)
     resolution_indices(space or DEFAULT_SPACE, res)  # validates against the space: one line if wrong
     report = tune_target(target, database_dir=database, resolutions=res, trials_per_task=trials,
                          budget_minutes=budget_minutes, rpc=rpc, space=space, chunk_tasks=chunk_tasks,
                          keys=tuple(k for k in workloads.replace(" ", "").split(",") if k) if workloads else None,
-                         progress=False if no_progress else None)
+                         settings=TuneSettings(warm_start=warm_start), progress=False if no_progress else None)
     rate = (f", {report.seconds_per_trial:.2f} s/trial + {report.chunk_overhead_s:.0f} s per chunk (measured)"
             if report.seconds_per_trial is not None else "")
     click.echo(f"{report.database_dir}: {report.tasks_total} distinct tasks ({report.extracted_tasks} in "
@@ -85,7 +95,8 @@ def _pack(ctx: click.Context, target: str, database: str | None) -> None:
     from ofa_deploy.errors import OfaDeployError
     from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.database import pack_database
-    from ofa_deploy.tuning_logs.layout import DATABASE_FILES, PACKED, target_dir
+    from ofa_deploy.tuning_logs.folders import target_dir
+    from ofa_deploy.tuning_logs.layout import DATABASE_FILES, PACKED
 
     other = [p for p in ("rpc", "trials", "budget_minutes", "resolutions", "space", "workloads", "chunk_tasks")
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]

@@ -18,10 +18,11 @@ from typing import Any
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace
+from ofa_deploy.tuning_logs.layout import HOST_TARGET
 
 from .base import LatencyModel, TableLatencyModel
 from .learned import guessed_model, load_estimated_model
-from .measured import load_measured_model
+from .measured import load_measured_model, load_nearest_model
 from .roofline import spec_to_hardware
 from .vta import BOARDS, get_board, vta_layer_ms
 
@@ -63,6 +64,10 @@ def latency_model(target: str | Any, space: str | SearchSpace, n_classes: int | 
     measured = load_measured_model(spec.name, space, n_classes, label=name)
     if measured is not None:
         return measured
+    if getattr(spec, "kind", None) == "cpu" and getattr(spec, "name", None) == HOST_TARGET:
+        nearest = load_nearest_model(spec.name, space, n_classes, label=name)  # says so in one line
+        if nearest is not None:
+            return nearest
     hw = spec_to_hardware(spec)
     estimated = load_estimated_model(hw, space, n_classes, label=name)
     if estimated is not None:

@@ -52,7 +52,8 @@ from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, SubnetConfig, get_space
 from ofa_deploy.search_space.costs import LayerCost, count_costs
-from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE, MODEL_FILE, target_dir
+from ofa_deploy.tuning_logs.folders import target_dir
+from ofa_deploy.tuning_logs.layout import ESTIMATE_FILE, MODEL_FILE
 
 from .base import TableLatencyModel
 from .roofline import Hardware, RooflineEfficiency, efficiency_for, layer_ops, roofline_layer_ms

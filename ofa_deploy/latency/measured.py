@@ -31,8 +31,9 @@ from ofa_deploy.atomic import write_json
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, get_space
-from ofa_deploy.tuning_logs.database import current_database_hash
-from ofa_deploy.tuning_logs.layout import MODEL_FILE, target_dir
+from ofa_deploy.tuning_logs.database import current_database_hash, current_transfer_hashes
+from ofa_deploy.tuning_logs.folders import target_dir
+from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
 from .tables import argmin_additive, lookup
 
@@ -123,6 +124,7 @@ class MeasuredLatencyModel:
         self.space = get_space(space)
         self.table, self.fixed, self.calibration = table, fixed, calibration
         self.target, self.resolutions, self.basis = target, tuple(resolutions), basis
+        self.foreign_device: str | None = None  # set when it stands in for a device without a model
         self.meta = meta or {}
         self.complete = bool(np.isfinite(self.fixed_supported()).all()
                              and np.isfinite(table[..., self._r_idx()]).all())
@@ -195,8 +197,12 @@ def save_model(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: str | None,
-             space: str, n_classes: int | None) -> str | None:
-    """Why a saved model does not describe the code compiled now (None: it does)."""
+             space: str, n_classes: int | None, transfer_sha256: list[str] | None = None) -> str | None:
+    """Why a saved model does not describe the code compiled now (None: it does).
+
+    ``transfer_sha256``: the other devices' databases a build borrows from now; a model that
+    recorded what it was built with is stale when they changed (older models did not record it).
+    """
     if data.get("space") != space:
         return f"it models space {data.get('space')}, not {space}"
     if n_classes is not None and n_classes > int(data.get("n_classes") or 0):
@@ -208,6 +214,9 @@ def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: 
                 f"{was[:8] if was else 'no database'}, now {now[:8] if now else 'none'})")
     if tvm_version is not None and data.get("tvm_version") != tvm_version:
         return f"it was profiled with TVM {data.get('tvm_version')}, this is TVM {tvm_version}"
+    if transfer_sha256 is not None and "transfer_sha256" in data and data["transfer_sha256"] != list(transfer_sha256):
+        return ("the other devices' databases this device borrows schedules from changed since profiling "
+                "(run 'ofa-deploy tune' here to depend on them less)")
     return None
 
 
@@ -235,6 +244,7 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
     try:
         model = MeasuredLatencyModel.load(path)
         reason = mismatch(model.meta, database_sha256=current_database_hash(target_name),
+                          transfer_sha256=current_transfer_hashes(target_name),
                           tvm_version=installed_tvm_version(), space=sp.name, n_classes=n_classes)
     except OfaDeployError as err:
         reason = str(err)
@@ -254,5 +264,54 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
 
 
 
-__all__ = ["Calibration", "MeasuredLatencyModel", "describe_basis", "fit_affine", "load_measured_model", "mismatch",
-           "save_model", "tables_from_workloads"]
+def nearest_model(target_name: str) -> tuple[Path, Any] | None:
+    """(folder, identity) of the nearest other device with a latency model, or None."""
+    from ofa_deploy.tuning_logs.folders import nearest_devices, target_identity
+
+    for folder, identity in nearest_devices(target_identity(target_name), exclude=target_dir(target_name)):
+        if identity.kind != "named" and (folder / MODEL_FILE).is_file():
+            return folder, identity
+    return None
+
+
+def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: int | None = None,
+                       label: str | None = None) -> MeasuredLatencyModel | None:
+    """Another device's measured model standing in for this device's, said in one warning line.
+
+    Used when this device has no model of its own: the nearest device's tables describe the same
+    schedules (a build here borrows them) on another CPU, so its figures are an *estimate* for
+    this one, and the basis says whose they are. ``ofa-deploy profile --target T --adapt`` makes
+    this device's own model from them in minutes.
+    """
+    from ofa_deploy.tuning_logs.folders import target_identity
+
+    me = target_identity(target_name)
+    near = nearest_model(target_name)
+    fix = (f"make one: 'ofa-deploy profile --target {target_name} --adapt' (about 10 min: the nearest tables, "
+           f"calibrated here) or 'ofa-deploy profile --target {target_name}' (this device's own tables)")
+    if near is None:
+        _warn_once(target_dir(target_name) / MODEL_FILE, f"no latency model for this device ({me.describe()}) "
+                   f"and none of another device to start from; {fix}", used=True)
+        return None
+    folder, identity = near
+    try:
+        model = MeasuredLatencyModel.load(folder / MODEL_FILE)
+        reason = mismatch(model.meta, database_sha256=model.meta.get("database_sha256"),
+                          tvm_version=installed_tvm_version(), space=get_space(space).name, n_classes=n_classes)
+    except OfaDeployError as err:
+        reason = str(err)
+    if reason is not None or not model.complete:
+        _warn_once(folder / MODEL_FILE, f"no latency model for this device ({me.describe()}); the nearest, "
+                   f"{folder.name}, is unusable ({reason or 'partial'}); {fix}", used=True)
+        return None
+    _warn_once(target_dir(target_name) / MODEL_FILE, f"no latency model for this device ({me.describe()}); "
+               f"estimating from the nearest, {folder.name} ({identity.describe()}), which may be far off here; "
+               f"{fix}", used=True)
+    model.basis = f"ANOTHER DEVICE's measured tables: {folder.name} ({identity.describe()}), not this one; {model.basis}"
+    model.foreign_device = folder.name
+    model.target = label or target_name
+    return model
+
+
+__all__ = ["Calibration", "MeasuredLatencyModel", "describe_basis", "fit_affine", "load_measured_model",
+           "load_nearest_model", "mismatch", "nearest_model", "save_model", "tables_from_workloads"]

@@ -38,8 +38,10 @@ from tqdm import tqdm
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import DEFAULT_SPACE, SearchSpace, SubnetConfig, get_space
-from ofa_deploy.tuning_logs.database import database_hash, default_database
-from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE, target_dir
+from ofa_deploy.tuning_logs.database import current_transfer_hashes, database_hash, default_database
+from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
+from ofa_deploy.tuning_logs.identity import claim_folder
+from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 
 from .measured import FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads
 from .tables import lookup
@@ -63,6 +65,7 @@ class ProfileConfig:
     keys: tuple[str, ...] | None = None  # only these workloads (tests): the model is then partial
     out_dir: str | None = None  # default: tuning_logs/<target>/
     settings: Any = None  # compile.profile.ProfileSettings; None: its defaults
+    adapt_from: str | None = None  # a device folder with a latency model: reuse its tables, only calibrate here
 
     def __post_init__(self) -> None:
         if self.calibrate < 0:
@@ -87,7 +90,8 @@ def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, thread
     from ofa_deploy.compile.toolchain import installed_tvm_version
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
-            "database_sha256": db_hash, "space": space, "n_classes": n_classes, "tvm_threads": threads}
+            "database_sha256": db_hash, "transfer_sha256": current_transfer_hashes(spec.name), "space": space,
+            "n_classes": n_classes, "tvm_threads": threads}
 
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -102,6 +106,9 @@ def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict],
             data = json.loads(path.read_text())
         except ValueError:
             log.warning("%s is unreadable; ignoring it", path)
+            continue
+        if not isinstance(data, dict):
+            log.warning("%s is not a JSON object; ignoring it", path)
             continue
         if any(data.get(k) != v for k, v in identity.items()):
             log.info("%s was made with another database, TVM, target or head: not reused", path)
@@ -203,11 +210,58 @@ def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
-    """Time the workloads, calibrate, and save ``latency_model.json`` (the module docstring's three steps)."""
+    """Time the workloads, calibrate, and save ``latency_model.json`` (the module docstring's three steps).
+
+    With ``cfg.adapt_from`` step 1 is skipped: the per-block tables of another device's model are
+    taken as they are and only the calibration (``cfg.calibrate`` subnets, timed here) is fitted,
+    a few-shot transfer that makes a usable model in minutes (see :func:`_adopt_tables`).
+    """
     run = _start(cfg)
-    timed, reused = _time_workloads(run, cfg.resolutions, progress)
+    if cfg.adapt_from is not None:
+        source = _adopt_tables(run, cfg)
+        timed, reused = 0, len(run.workloads)
+    else:
+        source = None
+        timed, reused = _time_workloads(run, cfg.resolutions, progress)
     used, cal = _calibrate(run, cfg, progress)
-    return _save(run, cfg, used, cal, timed, reused)
+    return _save(run, cfg, used, cal, timed, reused, adapted_from=source)
+
+
+def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
+    """Few-shot transfer: another device's per-block tables, to be calibrated on this one.
+
+    A block's time relative to the others' changes little between two CPUs running the same
+    schedules (this device borrows them: compile/worker/schedules.py), while the overall speed
+    and the per-call overhead change a lot: the affine calibration ``measured = a * table + b``
+    fitted on subnets timed *here* captures exactly those two (HELP, NeurIPS 2021, adapts a
+    latency predictor with ~10 samples of the new device). ``profile`` without ``--adapt-from``
+    then replaces it with this device's own tables.
+    """
+    from ofa_deploy.tuning_logs.identity import read_identity
+
+    folder = Path(cfg.adapt_from)
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise OfaDeployError(f"--adapt-from {folder}: no {MODEL_FILE} there (a device folder of tuning_logs/ "
+                             "with a profiled latency model)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise OfaDeployError(f"--adapt-from {path}: not JSON; restore it or choose another device") from None
+    missing = [r for r in cfg.resolutions if r not in data.get("resolutions", [])]
+    if missing:
+        raise OfaDeployError(f"--adapt-from {folder}: its model covers r{data.get('resolutions')}, not {missing}; "
+                             f"allowed --resolutions: {','.join(map(str, data.get('resolutions', [])))}")
+    if data.get("space") != run.space.name:
+        raise OfaDeployError(f"--adapt-from {folder}: it models space {data.get('space')}, not {run.space.name}")
+    wanted = {w.key for w in run.wanted}
+    run.workloads = {k: v for k, v in data["workloads"].items() if k in wanted}
+    source_device = read_identity(folder)
+    log.info("adapt: per-block tables of %s (%s); only the calibration is measured here", folder.name,
+             source_device.describe() if source_device else "device unknown")
+    return {"folder": folder.name, "device": source_device.to_json() if source_device else None,
+            "created": data.get("created"), "database_sha256": data.get("database_sha256"),
+            "tvm_threads": data.get("tvm_threads")}
 
 
 @dataclass
@@ -227,6 +281,7 @@ class _Run:
     identity: dict[str, Any]  # what the timings depend on (_identity)
     out_dir: Path
     wanted: list[Any]  # the workloads this run covers (ofa_deploy.workloads.Workload): the space's, or cfg.keys
+    device: Any  # DeviceIdentity of the machine timed on: the model describes it and only it
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     points: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -265,9 +320,12 @@ def _start(cfg: ProfileConfig) -> _Run:
             raise OfaDeployError(f"keys: {unknown[0]} is not a workload at resolutions {list(cfg.resolutions)} "
                                  f"(e.g. {workloads[1].key})")
         workloads = [w for w in workloads if w.key in set(cfg.keys)]
+    device = measuring_identity(spec.name)
+    claim_folder(out_dir, device, "a latency model")
+    identity["device"] = device.folder_name()
     done, points = _reusable(out_dir, identity)
     done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
-    return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, done, points)
+    return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, device, done, points)
 
 
 def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | None) -> tuple[int, int]:
@@ -340,8 +398,8 @@ def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None) -> tuple[li
 
 
 def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibration, timed: int,
-          reused: int) -> ProfileReport:
-    """Step 3: write ``latency_model.json`` (checked, atomic) and drop the partial file."""
+          reused: int, adapted_from: dict[str, Any] | None = None) -> ProfileReport:
+    """Step 3: write ``latency_model.json`` (checked, atomic, naming its device) and drop the partial file."""
     done = run.workloads
     tuned = sum(v["tuned_funcs"] for v in done.values())
     total = sum(v["total_funcs"] for v in done.values())
@@ -356,6 +414,8 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
         "workloads": done,
         "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
                         "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "points": used},
+        "device": run.device.to_json(),
+        "adapted_from": adapted_from,
     }
     path = run.out_dir / MODEL_FILE
     save_model(path, data)

@@ -27,7 +27,8 @@ from ofa_deploy.atomic import atomic_path
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
-from .layout import DATABASE_FILES, PACKED, RECORD_FILE, WORKLOAD_FILE, target_dir
+from .folders import nearest_devices, target_dir, target_identity
+from .layout import DATABASE_FILES, PACKED, RECORD_FILE, WORKLOAD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,31 @@ def resolve_database(database_dir: str | Path) -> Path | None:
 def default_database(target_name: str) -> Path | None:
     """The target's database in ``tuning_logs/<target>/`` as a folder TVM can read (unpacked if shipped gzipped)."""
     return resolve_database(target_dir(target_name))
+
+
+def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path]]:
+    """Other devices' databases a build for ``target_name`` may borrow schedules from, nearest first.
+
+    Only CPU databases serve CPU targets and GPU ones GPU targets (a trace's thread bindings do
+    not transfer between the two). The label is the folder's name, recorded in metadata.json.
+    """
+    me = target_identity(target_name)
+    is_gpu = me.arch == "cuda"
+    found = []
+    for folder, identity in nearest_devices(me, exclude=target_dir(target_name)):
+        if (identity.arch == "cuda") != is_gpu:
+            continue
+        resolved = resolve_database(folder)
+        if resolved is not None:
+            found.append((folder.name, resolved))
+        if len(found) == limit:
+            break
+    return found
+
+
+def current_transfer_hashes(target_name: str) -> list[str]:
+    """sha256 of each database a build for ``target_name`` borrows from now (:func:`transfer_databases`)."""
+    return [database_hash(d) for _, d in transfer_databases(target_name)]
 
 
 def current_database_hash(target_name: str) -> str | None:
