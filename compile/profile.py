@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
+from ofa_deploy.atomic import sweep_stale
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
@@ -160,6 +161,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
         transfer = transfer_databases(spec.name)
     cache = module_cache_dir(spec, db_hash, [database_hash(d) for _, d in transfer])
     cache.mkdir(parents=True, exist_ok=True)
+    sweep_stale(cache)  # half-built modules of a killed run
     so_paths = {it.key: cache / f"{file_sha256(it.onnx_path)}.so" for it in work}
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
             "linker": linker_for(spec.cross_compiler), "input_name": input_name, "device": device,

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from ofa_deploy.atomic import write_json
+from ofa_deploy.atomic import sweep_stale, write_json
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.tuning_logs.database import (check_database_target, database_hash, file_sha256, repair_database,
@@ -169,6 +169,15 @@ def _read_state(path: Path) -> dict[str, Any]:
                              "delete it to rebuild it from the database") from None
     if not isinstance(state, dict):
         raise OfaDeployError(f"{path}: expected a JSON object; delete it to rebuild it from the database")
+    for key, kind in (("tasks", dict), ("measured", dict), ("target", str), ("tuned_resolutions", list)):
+        if key in state and not isinstance(state[key], kind):
+            raise OfaDeployError(f"{path}: field {key!r} is a JSON {type(state[key]).__name__}, expected "
+                                 f"{'an object' if kind is dict else 'a ' + kind.__name__}; delete it to rebuild "
+                                 "it from the database")
+    tasks = state.get("tasks", {})
+    if any(not isinstance(t, dict) for t in tasks.values()):
+        raise OfaDeployError(f"{path}: field 'tasks' holds a non-object entry; delete it to rebuild it from the "
+                             "database")
     return state
 
 
@@ -447,6 +456,8 @@ def _plan(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
     models = _workload_models(job.space, job.resolutions, job.keys, job.n_classes, job.progress)
     plan_key = _plan_key(models, spec)
     plan_path = cache_root() / "tune_plans" / f"{spec.name}-{plan_key[:20]}.json"
+    sweep_stale(plan_path.parent)  # plan temporaries of a killed run
+    sweep_stale(db)  # a cost model half-saved by a killed run
     plan = run_worker({"op": "tune_plan", "die_with_parent": True, "parent_pid": os.getpid(), "models": models,
                        "input_name": "input", "plan_key": plan_key,
                        "plan_path": str(plan_path), "tvm_target": spec.tvm_target_with_host(),

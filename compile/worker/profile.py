@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import tvm
 
+from ofa_deploy.atomic import owner_tag
+
 from .build import build
 from .run import _load, pool_threads
 
@@ -59,7 +61,8 @@ def _build_cached(item: dict[str, Any], request: dict[str, Any]) -> dict[str, An
     """
     so_path, info_path = item["so_path"], item["so_path"] + ".json"
     if not (os.path.isfile(so_path) and os.path.isfile(info_path)):
-        tmp = f"{so_path}.{os.getpid()}.tmp.so"
+        # owner-tagged temporaries: the next profile sweeps those of a killed process (atomic.sweep_stale)
+        tmp = os.path.join(os.path.dirname(so_path), f"{owner_tag()}{os.path.basename(so_path)}.tmp.so")
         info = build({
             "onnx_path": item["onnx_path"], "target_name": request["target_name"],
             "tvm_target": request["tvm_target"], "linker": request["linker"], "out_path": tmp,
@@ -68,10 +71,11 @@ def _build_cached(item: dict[str, Any], request: dict[str, Any]) -> dict[str, An
             "transfer_databases": request.get("transfer_databases") or [],
         })
         os.replace(tmp, so_path)
-        with open(info_path + ".tmp", "w") as f:
+        tmp_info = os.path.join(os.path.dirname(info_path), f"{owner_tag()}{os.path.basename(info_path)}.tmp")
+        with open(tmp_info, "w") as f:
             json.dump({k: info[k] for k in ("tuned_funcs", "total_funcs", "schedule_sources", "tvm_version",
                                              "tvm_target")}, f)
-        os.replace(info_path + ".tmp", info_path)
+        os.replace(tmp_info, info_path)
     with open(info_path) as f:
         return json.load(f)
 

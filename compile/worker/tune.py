@@ -50,6 +50,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.support.popen_pool import PopenPoolExecutor
 
+from ofa_deploy.atomic import owner_tag
+
 log = logging.getLogger(__name__)
 
 PLAN_FORMAT = 1
@@ -216,7 +218,8 @@ def tune_plan(request: dict[str, Any]) -> dict[str, Any]:
     if plan is None:
         plan = _extract_plan(request, target)
         Path(request["plan_path"]).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{request['plan_path']}.{os.getpid()}.tmp"
+        plan_path = Path(request["plan_path"])
+        tmp = plan_path.with_name(f"{owner_tag()}{plan_path.name}.tmp")  # swept by the next run if we die
         Path(tmp).write_text(json.dumps(plan))
         os.replace(tmp, request["plan_path"])
         log.info("plan: %d tasks extracted from %d workloads, %d distinct (%.1f s)", plan["extracted_tasks"],
@@ -398,7 +401,7 @@ def _load_cost_model(path: Path, threads: int) -> Any:
 def _save_cost_model(model: Any, path: Path) -> None:
     if model.booster is None:
         return  # nothing learnt (too few measurements)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{owner_tag()}{path.name}.tmp")  # swept by the next tune if we die
     try:
         model.save(str(tmp))
         os.replace(tmp, path)

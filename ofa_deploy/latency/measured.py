@@ -172,11 +172,16 @@ class MeasuredLatencyModel:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise OfaDeployError(f"{path}: not a readable latency model ({err})") from None
+            raise OfaDeployError(f"{path}: not a readable latency model ({err}); delete it and re-run "
+                                 "ofa-deploy profile") from None
+        if not isinstance(data, dict):
+            raise OfaDeployError(f"{path}: not a latency model (a JSON {type(data).__name__}, expected an object); "
+                                 "delete it and re-run ofa-deploy profile")
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as err:
-            raise OfaDeployError(f"{path}: malformed latency model (missing or bad field {err})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise OfaDeployError(f"{path}: malformed latency model (missing or bad field: "
+                                 f"{type(err).__name__} {err}); delete it and re-run ofa-deploy profile") from None
 
 
 def describe_basis(data: dict[str, Any]) -> str:
@@ -235,22 +240,20 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
                         label: str | None = None) -> MeasuredLatencyModel | None:
     """The target's profiled model if one exists and matches the current database and TVM, else None.
 
-    A present but stale, partial or unreadable model is warned about once per process.
+    A present but stale or partial model is warned about once per process (the database or TVM moved
+    on: the search falls back honestly). A damaged one (not JSON, wrong types) raises: it is the
+    user's file to delete, and guessing past it would hide that the promised model is gone.
     """
     path = target_dir(target_name) / MODEL_FILE
     if not path.is_file():
         return None
     sp = get_space(space)
-    try:
-        model = MeasuredLatencyModel.load(path)
-        reason = mismatch(model.meta, database_sha256=current_database_hash(target_name),
-                          transfer_sha256=current_transfer_hashes(target_name),
-                          tvm_version=installed_tvm_version(), space=sp.name, n_classes=n_classes)
-    except OfaDeployError as err:
-        reason = str(err)
-    else:
-        if reason is None and not model.complete:
-            reason = "it is a partial profile (some workloads were not timed)"
+    model = MeasuredLatencyModel.load(path)  # OfaDeployError (exit 2) naming the file when damaged
+    reason = mismatch(model.meta, database_sha256=current_database_hash(target_name),
+                      transfer_sha256=current_transfer_hashes(target_name),
+                      tvm_version=installed_tvm_version(), space=sp.name, n_classes=n_classes)
+    if reason is None and not model.complete:
+        reason = "it is a partial profile (some workloads were not timed)"
     if reason is not None:
         _warn_once(path, reason)
         return None

@@ -222,12 +222,13 @@ def check_database_target(database_dir: str | Path, tvm_target: dict, target_nam
     For ``x86-host`` the registry's mcpu is a guess from /proc/cpuinfo (the build uses LLVM's
     answer), so an mcpu difference there is only logged.
     """
+    notes: list[str] = []  # logged only when the database is not refused (one message, not two)
     for recorded in database_targets(database_dir):
         for key in _TARGET_KEYS:
             if key in recorded and key in tvm_target and recorded[key] != tvm_target[key]:
                 if key == "mcpu" and target_name == "x86-host":
-                    log.warning("database %s was tuned for -mcpu=%s; x86-host is %s (guess)",
-                                database_dir, recorded[key], tvm_target[key])
+                    notes.append(f"database {database_dir} was tuned for -mcpu={recorded[key]}; x86-host is "
+                                 f"{tvm_target[key]} (guess)")
                     continue
                 raise OfaDeployError(
                     f"database {database_dir} was tuned for {key}={recorded[key]}, but target {target_name} "
@@ -238,6 +239,8 @@ def check_database_target(database_dir: str | Path, tvm_target: dict, target_nam
         if recorded_arch and wanted_arch and recorded_arch != wanted_arch:
             raise OfaDeployError(f"database {database_dir} was tuned for {recorded_arch}, but target "
                                  f"{target_name} is {wanted_arch}")
+    for note in dict.fromkeys(notes):
+        log.warning("%s", note)
 
 
 def _valid_line(line: bytes, record: bool) -> bool:
