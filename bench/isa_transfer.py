@@ -1,0 +1,112 @@
+"""Do schedules tuned for one vector ISA transfer to another? Evidence on x86, where timings are real.
+
+No ARM board is here, so the question "are x86-tuned schedules good aarch64 code?" is asked of
+the nearest thing that can be timed: this CPU restricted to 128-bit SSE vectors (NEON's width:
+``-mattr=-avx,-avx2,-fma,-avx512f``). For each subnet @224, four modules run here in one process:
+
+* ``full ISA, tuned``: the host target with its own database (reference);
+* ``SSE, no database``: the restricted target, rule-based schedules only;
+* ``SSE, transferred``: the restricted target with the full-ISA database's schedules replayed
+  (what ``compile --target cortex-a76`` does with x86 databases);
+* ``SSE, tuned natively``: the restricted target tuned on the subnet's own tasks (``--trials``).
+
+Prints and records the medians and the transferred/native ratio (1.0: transfer loses nothing).
+
+    python bench/isa_transfer.py --subnets min,mid --trials 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
+from compare_runtimes import SUBNETS  # noqa: E402
+
+from ofa_deploy.compile import build_module, time_local  # noqa: E402
+from ofa_deploy.compile.tune import TuneSettings, tune_target  # noqa: E402
+from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input  # noqa: E402
+from ofa_deploy.search_space import random_subnet  # noqa: E402
+from ofa_deploy.targets import get_target  # noqa: E402
+from ofa_deploy.tuning_logs.database import default_database, transfer_databases  # noqa: E402
+from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
+from ofa_deploy.workloads import block_key  # noqa: E402
+
+SSE_ONLY = "-avx,-avx2,-fma,-avx512f"
+
+
+def subnet_keys(kernel: int, expand: int, depth: int, r: int) -> tuple[str, ...]:
+    """The workloads (stem, blocks, head) of a uniform subnet: what tuning it natively covers."""
+    blocks = [block_key(r, s, j == 0, kernel, expand) for s in range(5) for j in range(min(depth, 2))]
+    return (f"r{r}/stem", *blocks, f"r{r}/head")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subnets", default="min,mid")
+    parser.add_argument("--trials", type=int, default=16, help="native tuning trials per task of the SSE target")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--work", type=Path, default=None, help="keep the native SSE database here (resumable)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    me = host_identity()
+    full = get_target("x86-host")
+    sse = get_target(f"llvm -mcpu={me.mcpu} -mattr={SSE_ONLY}")
+    full_db = default_database("x86-host")
+    sources = ([("x86-host", full_db)] if full_db is not None else []) + transfer_databases("x86-host")
+    if not sources:
+        raise SystemExit("no x86 database to transfer from: tune x86-host first")
+    work = args.work or Path(tempfile.mkdtemp(prefix="isa_transfer_"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in SUBNETS.items():
+            if name.split()[0] not in args.subnets.split(","):
+                continue
+            k, e, d = cfg.ks[0], cfg.e[0], cfg.d[0]
+            onnx_path = Path(tmp) / f"{cfg.id}.onnx"
+            export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
+            x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
+            native_db = work / f"sse-{cfg.id}"
+            tune_target(f"llvm -mcpu={me.mcpu} -mattr={SSE_ONLY}",
+                        database_dir=native_db, resolutions=(cfg.image_size,), trials_per_task=args.trials,
+                        keys=subnet_keys(k, e, d, cfg.image_size), settings=TuneSettings(warm_start=0),
+                        progress=False)
+            builds = {
+                "full ISA, tuned": dict(target=full, database_dir=full_db, transfer_databases=sources[1:]),
+                "SSE, no database": dict(target=sse, database_dir=None, transfer_databases=()),
+                "SSE, transferred": dict(target=sse, database_dir=None, transfer_databases=sources),
+                "SSE, tuned natively": dict(target=sse, database_dir=native_db, transfer_databases=()),
+            }
+            row = {"subnet": name}
+            for label, kw in builds.items():
+                info = build_module(onnx_path, kw.pop("target"), Path(tmp) / f"{label}.so", input_name=INPUT_NAME,
+                                    input_shape=x.shape, **kw)
+                row[label] = time_local(info.so_path, x, repeat=args.repeat, number=3).median_ms
+                row[label + " sources"] = {s: n for s, n in info.schedule_sources.items() if n}
+            print(row, flush=True)
+            rows.append(row)
+    labels = ["full ISA, tuned", "SSE, no database", "SSE, transferred", "SSE, tuned natively"]
+    lines = ["| subnet | " + " | ".join(f"{label} ms" for label in labels) + " | transferred / native | "
+             "no database / native |", "|" + "---|" * (len(labels) + 3)]
+    for r in rows:
+        lines.append(f"| {r['subnet']} | " + " | ".join(f"{r[label]:.2f}" for label in labels)
+                     + f" | {r['SSE, transferred'] / r['SSE, tuned natively']:.2f}x | "
+                     f"{r['SSE, no database'] / r['SSE, tuned natively']:.2f}x |")
+    geo = statistics.geometric_mean([r["SSE, transferred"] / r["SSE, tuned natively"] for r in rows])
+    publish("Schedule transfer across vector ISAs (x86 proxy for ARM)", [
+        f"Machine: {me.describe()}, 2 threads, batch 1, medians of {args.repeat}. SSE target: "
+        f"`llvm -mcpu={me.mcpu} -mattr={SSE_ONLY}` (128-bit vectors, NEON's width). Transferred schedules come "
+        f"from {', '.join(label for label, _ in sources)}; native tuning: {args.trials} trials per task of the "
+        "subnet's own tasks, no warm start.", "\n".join(lines),
+        f"Geomean transferred / natively tuned: **{geo:.2f}x**."], not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Compiled speed against tuning minutes: TVM-tuned / ONNX Runtime at checkpoints of one tuning run.
+
+Runs ``ofa-deploy tune --target x86-host`` into ``--database`` (a fresh folder: the run starts from
+an empty database of this device) for ``--budget-minutes`` and copies the database at each
+checkpoint (minutes of wall time since the run first started). Then, for every checkpoint, builds
+the max / mid / min subnets @224 with that copy exactly as ``ofa-deploy compile`` would (with
+``--warm-start`` runs, functions the copy lacks borrow schedules from the shipped databases, as a
+build does), times each against ONNX Runtime in the same process, same threads (medians), and
+reports the geomean ratio. Writes ``bench/results/tuning_curve_<cpu>.{csv,png}`` and the
+BENCHMARKS.md section.
+
+    python bench/tuning_curve.py --database runs/curve-znver4 --budget-minutes 240 --checkpoints 10,30,60,120,240
+    python bench/tuning_curve.py --database runs/curve-cold --warm-start 0 --budget-minutes 60 --checkpoints 10,30,60
+
+Resumable: rerun the same command after a kill; the tune continues, finished checkpoints stay
+(their clock is wall time since the first start, so a long pause shows up as a jump). With
+``--evaluate-only`` it times the checkpoints already there. Measure on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, publish  # noqa: E402
+from compare_runtimes import SUBNETS, bench_one  # noqa: E402
+
+from ofa_deploy.atomic import write_json  # noqa: E402
+from ofa_deploy.tuning_logs.database import repair_database, transfer_databases  # noqa: E402
+from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
+from ofa_deploy.tuning_logs.layout import DATABASE_FILES, RECORD_FILE  # noqa: E402
+
+log = logging.getLogger("tuning_curve")
+STATE = "curve_state.json"
+
+
+def snapshot(db: Path, dest: Path) -> None:
+    """Copy the database as it is now (a torn last line, mid-append, is dropped) into ``dest``."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in DATABASE_FILES:
+        if (db / name).is_file():
+            shutil.copy2(db / name, tmp / name)
+    if (tmp / RECORD_FILE).is_file():
+        repair_database(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def tune_with_checkpoints(args: argparse.Namespace, snaps: Path) -> None:
+    state_path = snaps / STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"started": time.time()}
+    write_json(state_path, state)
+    checkpoints = [m for m in args.checkpoints if not (snaps / f"{m:g}min").is_dir()]
+    elapsed_min = (time.time() - state["started"]) / 60
+    left = args.budget_minutes - elapsed_min
+    if left <= 0.5 or not checkpoints:
+        return
+    cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", "--target", "x86-host", "--database", str(args.database),
+           "--resolutions", "224", "--budget-minutes", f"{left:.1f}", "--warm-start", str(args.warm_start),
+           "--trials", str(args.trials), "--no-progress"]
+    log.info("running: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd)
+    try:
+        for m in checkpoints:
+            while proc.poll() is None and (time.time() - state["started"]) / 60 < m:
+                time.sleep(5)
+            snapshot(args.database, snaps / f"{m:g}min")
+            log.info("checkpoint %g min: %s", m, snaps / f"{m:g}min")
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+
+
+def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
+    """Time the three subnets against ORT with every checkpoint's database."""
+    import tempfile
+
+    transfer = transfer_databases("x86-host") if args.warm_start else []
+    rows = []
+    for m in args.checkpoints:
+        db = snaps / f"{m:g}min"
+        if not db.is_dir():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, cfg in SUBNETS.items():
+                r = bench_one(cfg, args.threads, args.repeat, Path(tmp), database=db if (db / RECORD_FILE).is_file()
+                              else None, transfer=transfer, runtimes=("onnxruntime", "tvm_tuned"))
+                records = sum(1 for _ in open(db / RECORD_FILE)) if (db / RECORD_FILE).is_file() else 0
+                rows.append({"minutes": m, "subnet": name, "records": records, "ort_ms": r["onnxruntime"],
+                             "tvm_ms": r["tvm_tuned"], "ratio": r["tvm_tuned"] / r["onnxruntime"],
+                             "sources": r["sources"]})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    cpu = host_identity()
+    out = REPO / "bench" / "results" / f"tuning_curve_{cpu.mcpu}{'' if args.warm_start else '_cold'}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    by_min: dict[float, list[dict]] = {}
+    for r in rows:
+        by_min.setdefault(r["minutes"], []).append(r)
+    lines = ["| tuning minutes | records | " + " | ".join(f"{n} TVM/ORT" for n in SUBNETS) + " | geomean |",
+             "|" + "---|" * (len(SUBNETS) + 3)]
+    xs, ys = [], []
+    for m, rs in sorted(by_min.items()):
+        geo = math.exp(sum(math.log(r["ratio"]) for r in rs) / len(rs))
+        xs.append(m)
+        ys.append(geo)
+        lines.append(f"| {m:g} | {rs[0]['records']} | " + " | ".join(f"{r['ratio']:.2f}x ({r['tvm_ms']:.2f} / "
+                                                                    f"{r['ort_ms']:.2f} ms)" for r in rs)
+                     + f" | **{geo:.2f}x** |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, ys, "o-", label="geomean TVM / ORT (max, mid, min @224)")
+    ax.axhline(1.0, color="gray", ls="--", label="ONNX Runtime")
+    ax.set_xlabel("tuning minutes (2 cores)")
+    ax.set_ylabel("latency ratio to ORT")
+    ax.set_title(f"{cpu.describe()}: {'warm start' if args.warm_start else 'cold start'}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    mode = (f"warm start (seeds from {', '.join(l for l, _ in transfer_databases('x86-host')) or 'nothing'}; "
+            "builds borrow what the checkpoint lacks)" if args.warm_start else "cold start (no other database used)")
+    publish(f"Tuning curve ({cpu.mcpu}, {'warm' if args.warm_start else 'cold'})", [
+        f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; medians of {args.repeat}. "
+        f"One `ofa-deploy tune --target x86-host --resolutions 224 --budget-minutes {args.budget_minutes:g} "
+        f"--trials {args.trials} --warm-start {args.warm_start}` run into an empty database, copied at each "
+        f"checkpoint; {mode}.", "\n".join(lines),
+        f"Rows: `{out.relative_to(REPO)}.csv`; plot: `{out.relative_to(REPO)}.png`."], not args.no_write)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", type=Path, required=True, help="fresh database folder for the run")
+    parser.add_argument("--budget-minutes", type=float, default=60)
+    parser.add_argument("--checkpoints", default="10,30,60")
+    parser.add_argument("--warm-start", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
+    args = parser.parse_args()
+    args.checkpoints = [float(c) for c in args.checkpoints.split(",")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.database = args.database.resolve()
+    snaps = args.database.with_name(args.database.name + "-checkpoints")
+    snaps.mkdir(parents=True, exist_ok=True)
+    if not args.evaluate_only:
+        tune_with_checkpoints(args, snaps)
+    rows = evaluate(args, snaps)
+    if rows:
+        report(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
