@@ -39,7 +39,8 @@ from ofa_deploy.atomic import sweep_stale
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
-from ofa_deploy.tuning_logs.database import check_database_target, database_hash, file_sha256, transfer_databases
+from ofa_deploy.tuning_logs.database import (best_records, check_database_target, database_hash, file_sha256,
+                                             transfer_databases)
 
 from .build import local_measurement
 from .isolate import run_worker_polling
@@ -165,7 +166,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     so_paths = {it.key: cache / f"{file_sha256(it.onnx_path)}.so" for it in work}
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
             "linker": linker_for(spec.cross_compiler), "input_name": input_name, "device": device,
-            "database_dir": str(Path(database_dir).resolve()) if database_dir is not None else None,
+            "database_dir": str(best_records(database_dir).resolve()) if database_dir is not None else None,
             "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer],
             "repeat": settings.repeat, "min_repeat_ms": settings.min_repeat_ms}
     done = dict(passes_done or {})

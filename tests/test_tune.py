@@ -469,3 +469,32 @@ def test_rounds_put_trials_where_the_latency_is_and_stop_converged_tasks(tmp_pat
     assert state["tasks"]["b"]["converged"] and state["tasks"]["c"]["converged"]
     assert state["tasks"]["a"]["trials"] == 32 and not left and run.tuned == 3
     assert dataclasses.asdict(job.settings)["converged_gain"] == 0.01
+
+
+def test_builds_read_only_each_workloads_fastest_record(tmp_path, monkeypatch):
+    """best_records: one record per workload (lowest mean, failed runs never), renumbered, cached by content."""
+    import json as _json
+
+    from ofa_deploy.tuning_logs.database import best_records
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
+
+    monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "db"
+    db.mkdir()
+    workloads = [["1-a", "AAA"], ["2-b", "BBB"], ["3-c", "CCC"]]
+    target = {"kind": "llvm"}
+    records = [[0, [["t0-slow"], [3e-3, 3e-3], target, []]], [0, [["t0-fast"], [1e-3, 2e-3], target, []]],
+               [0, [["t0-min-not-mean"], [0.5e-3, 9e-3], target, []]],
+               [1, [["t1-failed"], [1e10], target, []]],  # workload 1: only failed runs, nothing to borrow
+               [2, [["t2"], [4e-3], target, []]], "[2, [torn"]
+    (db / WORKLOAD_FILE).write_text("".join(_json.dumps(w) + "\n" for w in workloads))
+    (db / RECORD_FILE).write_text("".join((r if isinstance(r, str) else _json.dumps(r)) + "\n" for r in records))
+    best = best_records(db)
+    assert [_json.loads(line) for line in (best / WORKLOAD_FILE).read_text().splitlines()] == [workloads[0],
+                                                                                          workloads[2]]
+    kept = [_json.loads(line) for line in (best / RECORD_FILE).read_text().splitlines()]
+    assert kept == [[0, [["t0-fast"], [1e-3, 2e-3], target, []]], [1, [["t2"], [4e-3], target, []]]]
+    assert best_records(db) == best  # cached: the same folder, not rebuilt
+    with open(db / RECORD_FILE, "a") as f:  # a new record changes the database hash: a new copy
+        f.write(_json.dumps([1, [["t1-ok"], [1e-3], target, []]]) + "\n")
+    assert best_records(db) != best and len((best_records(db) / RECORD_FILE).read_text().splitlines()) == 3
