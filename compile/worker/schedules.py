@@ -33,11 +33,12 @@ import tvm_ffi
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
+from ofa_deploy.tuning_logs.layout import FAILED_RUN_SECS
+
 log = logging.getLogger(__name__)
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 SOURCES = ("tuned", "transferred", "sibling", "default", "unscheduled")
-FAILED_RUN_SECS = 1e9  # MetaSchedule records failed candidates with run_secs 1e10
 MAX_SIBLINGS_TRIED = 4
 # What a schedule primitive or a trace replay raises when it does not apply to a function (TVM maps
 # its errors onto these builtins; ScheduleError is a RuntimeError): the candidate is skipped.

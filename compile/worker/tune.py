@@ -51,6 +51,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.support.popen_pool import PopenPoolExecutor
 
 from ofa_deploy.atomic import owner_tag
+from ofa_deploy.tuning_logs.layout import FAILED_RUN_SECS
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,6 @@ def tune_plan(request: dict[str, Any]) -> dict[str, Any]:
             "plan_seconds": round(time.perf_counter() - start, 3)}
 
 
-FAILED_RUN_SECS = 1e9  # MetaSchedule records a failed build or run with run_secs [1e10]
 
 
 def _new_records(path: Path, offset: int) -> tuple[int, int]:

@@ -28,10 +28,9 @@ from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
 from .folders import nearest_devices, target_dir, target_identity
-from .layout import DATABASE_FILES, PACKED, RECORD_FILE, WORKLOAD_FILE
+from .layout import DATABASE_FILES, FAILED_RUN_SECS, PACKED, RECORD_FILE, WORKLOAD_FILE
 
 log = logging.getLogger(__name__)
-_FAILED_RUN_SECS = 1e9  # MetaSchedule records a failed build or run with run_secs [1e10]
 
 
 def is_packed(database_dir: str | Path) -> bool:
@@ -127,7 +126,7 @@ def best_records(database_dir: str | Path) -> Path:
                 secs = sum(float(s) for s in run_secs) / len(run_secs)
             except (ValueError, TypeError):  # a torn or foreign line: not a schedule to borrow
                 continue
-            if secs < _FAILED_RUN_SECS and (index not in best or secs < best[index][0]):
+            if secs < FAILED_RUN_SECS and (index not in best or secs < best[index][0]):
                 best[index] = (secs, line.rstrip(b"\n"))
     workloads = (path / WORKLOAD_FILE).read_bytes().splitlines()
     kept = sorted(i for i in best if 0 <= i < len(workloads))

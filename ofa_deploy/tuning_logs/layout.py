@@ -16,6 +16,7 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 DATABASE_FILES = (WORKLOAD_FILE, RECORD_FILE)
 PACKED = ".gz"  # suffix of the shipped (gzipped) form of both database files
+FAILED_RUN_SECS = 1e9  # a record at or above this run time is a failed candidate (MetaSchedule writes [1e10])
 
 STATE_FILE = "tune_state.json"  # ofa-deploy tune: settings, tasks done, measured cost per trial
 LOCK_FILE = ".tune.lock"  # one tuning run per database (git-ignored)
