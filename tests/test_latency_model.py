@@ -239,7 +239,9 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
 
     identity["transfer_sha256"] = current_transfer_hashes("x86-host")  # schedules borrowed from other devices
     d = host_dir()
-    identity["device"] = d.name  # timings of another device are not reused
+    from ofa_deploy.tuning_logs.folders import measuring_identity
+
+    identity["device"] = measuring_identity("x86-host").to_json()  # timings of another device are not reused
     d.mkdir(parents=True)
     (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": points}))
     report = profile_target(ProfileConfig(target="x86-host", resolutions=(128,), calibrate=3, keys=tuple(keys)),

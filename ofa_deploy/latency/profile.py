@@ -322,7 +322,7 @@ def _start(cfg: ProfileConfig) -> _Run:
         workloads = [w for w in workloads if w.key in set(cfg.keys)]
     device = measuring_identity(spec.name)
     claim_folder(out_dir, device, "a latency model")
-    identity["device"] = device.folder_name()
+    identity["device"] = device.to_json()  # saved in the model as is: timings of another device are not reused
     done, points = _reusable(out_dir, identity)
     done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
     return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, device, done, points)
@@ -414,7 +414,6 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
         "workloads": done,
         "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
                         "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "points": used},
-        "device": run.device.to_json(),
         "adapted_from": adapted_from,
     }
     path = run.out_dir / MODEL_FILE
