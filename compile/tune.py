@@ -79,7 +79,8 @@ class TuneSettings:
     min_repeat_ms: int = 40  # ... each at least this long (short kernels repeat more)
     seed: int = 0  # seeds the search (forked per task)
     search_threads: int | None = None  # XGBoost / search threads; None: all cores
-    warm_start: int = 4  # seed schedules measured first for a new task (other devices' records, siblings)
+    warm_start: int = 4  # seed schedules measured first for a new task (other devices' records, siblings),
+    # and once for each task tuned here already (the polish before the rounds); 0: neither
     first_round: int = 8  # trials every task gets before any task gets more (rounds then double)
     converged_gain: float = 0.01  # a round that improves a task's best by less than this stops the task
 
@@ -408,7 +409,12 @@ def _tune_locked(job: _Job) -> TuneReport:
     total_trials, estimate = _announce(job, len(models), plan, tasks, pending, rates)
     state.update({"target": job.spec.name, "tvm_target": job.spec.tvm_target, "space": job.space,
                   "settings": {"trials_per_task": job.trials, **dataclasses.asdict(job.settings)}})
-    run, pending = _run_chunks(job, state, tasks, pending, plan_path, rates, total_trials)
+    run = _Run()
+    if _polish(job, state, tasks, plan, plan_path, rates, run):
+        tasks, pending = _pending_tasks(plan, state, job.trials)  # polish can reopen a converged task
+        total_trials = sum(t.remaining for t in pending)
+    if not run.stopped:
+        pending = _run_chunks(job, state, tasks, pending, plan_path, rates, total_trials, run)
     if run.stopped:
         left_trials = sum(t.remaining for t in pending)
         left_s = left_trials * rates.spt + -(-len(pending) // job.chunk_tasks) * rates.overhead
@@ -505,7 +511,7 @@ def _pending_tasks(plan: dict[str, Any], state: dict[str, Any], trials: int) -> 
     state.setdefault("tasks", {})
     for t in tasks:
         if t.remaining == 0 and not _is_done(done.get(t.hash, {}), trials):
-            state["tasks"][t.hash] = _done_entry(t, trials)
+            state["tasks"][t.hash] = {**done.get(t.hash, {}), **_done_entry(t, trials)}
     return tasks, pending
 
 
@@ -541,8 +547,8 @@ def _announce(job: _Job, n_models: int, plan: dict[str, Any], tasks: list[_Task]
 
 
 def _run_chunks(job: _Job, state: dict[str, Any], tasks: list[_Task], pending: list[_Task], plan_path: Path,
-                rates: _Rates, total_trials: int) -> tuple[_Run, list[_Task]]:
-    """Tune ``pending`` in rounds, a chunk at a time, while the budget allows; (what ran, the tasks left).
+                rates: _Rates, total_trials: int, run: _Run) -> list[_Task]:
+    """Tune ``pending`` in rounds, a chunk at a time, while the budget allows, into ``run``; the tasks left.
 
     Trials go where the latency is and stop where they no longer help: round 1 brings every task
     to ``first_round`` trials (largest weighted FLOPs first), each later round doubles that for the
@@ -552,14 +558,17 @@ def _run_chunks(job: _Job, state: dict[str, Any], tasks: list[_Task], pending: l
     tasks fit (none: the run stops). A chunk whose worker fails, or whose every candidate fails,
     leaves its tasks untuned for a rerun; a chunk that works is recorded (:func:`_record_chunk`).
     """
-    run = _Run()
     current = {t.hash: t for t in pending}
     bar = tqdm(total=total_trials, desc=f"tune {job.spec.name}", unit="trial", file=sys.stderr,
                disable=None if job.progress is None else not job.progress)
     with bar:
-        for target_trials in _round_targets(job.settings.first_round, job.trials):
+        targets = _round_targets(job.settings.first_round, job.trials)
+        for target_trials in targets:
+            # A task a few trials short of this round's target (reopened by the polish, or one with few
+            # distinct schedules) waits for the next round: a chunk costs ~30-50 s of start-up.
+            least = 1 if target_trials == targets[-1] else max(1, job.settings.first_round // 2)
             queue = [dataclasses.replace(t, remaining=min(t.remaining, target_trials - t.records))
-                     for t in current.values() if t.records < target_trials]
+                     for t in current.values() if target_trials - t.records >= least]
             queue.sort(key=lambda t: -t.priority)
             while queue and not run.stopped:
                 chunk = queue[:job.chunk_tasks]
@@ -591,12 +600,68 @@ def _run_chunks(job: _Job, state: dict[str, Any], tasks: list[_Task], pending: l
                 break
     if not run.timing["chunks"]:
         _save_state(job.state_path, state, tasks, job.db, whole_space=job.keys is None)
-    return run, list(current.values())
+    return list(current.values())
+
+
+def _polish(job: _Job, state: dict[str, Any], tasks: list[_Task], plan: dict[str, Any], plan_path: Path,
+            rates: _Rates, run: _Run) -> bool:
+    """Before the rounds, once per task: each task tuned here measures up to ``warm_start`` schedules it
+    has not tried, from its structural siblings and other devices (compile/worker/seeds.py).
+
+    The evolutionary search can settle in a poor region and stop there as converged; a sibling's
+    schedule re-fitted to the task is often far better (BENCHMARKS "Sibling polish"). A task whose
+    best improves by more than ``converged_gain`` is reopened: the rounds continue its search from
+    the new best while it has trials left. Marked ``polished`` in tune_state.json, so a rerun (or a
+    resume after a kill) does not repeat it. True when any chunk ran.
+    """
+    done = state.get("tasks", {})
+    todo = [dataclasses.replace(t, remaining=job.settings.warm_start) for t in tasks
+            if t.records and t.hash in done and not done[t.hash].get("polished")]
+    if job.settings.warm_start < 1 or not todo:
+        return False
+    todo.sort(key=lambda t: -t.priority)
+    estimate = sum(t.remaining for t in todo) * rates.spt + -(-len(todo) // job.chunk_tasks) * rates.overhead
+    log.info("polish: %d tuned tasks measure up to %d sibling / other-device schedules each, about %s",
+             len(todo), job.settings.warm_start, _fmt_duration(estimate))
+    plan_tasks = {t["hash"]: t for t in plan["tasks"]}
+    reopened = 0
+    bar = tqdm(total=sum(t.remaining for t in todo), desc=f"polish {job.spec.name}", unit="trial",
+               file=sys.stderr, disable=None if job.progress is None else not job.progress)
+    with bar:
+        while todo:
+            chunk = todo[:job.chunk_tasks]
+            if job.budget_s is not None:
+                chunk = chunk[:_fit(chunk, job.budget_s - (time.monotonic() - job.started), rates.spt,
+                                    rates.overhead)]
+                if not chunk:
+                    run.stopped = True
+                    break
+            todo = todo[len(chunk):]
+            reply, _ = _tune_chunk(job, chunk, plan_path, rates, bar, polish=True)
+            if reply is None:
+                continue
+            run.trials_added += reply["records_added"]
+            run.trials_failed += reply["records_failed"]
+            for t in chunk:
+                entry = done[t.hash]
+                before, best = entry.get("best_s") or t.best_s, reply["best_seconds"].get(t.hash)
+                records = int(reply["records"].get(t.hash, t.records))
+                plan_tasks[t.hash]["records"] = records
+                entry.update(records=records, best_s=best or before, polished=True)
+                if before and best and (before - best) / before > job.settings.converged_gain:
+                    log.info("polish: %s %.3f -> %.3f ms", t.name, before * 1e3, best * 1e3)
+                    entry.update(converged=False, trials=0)  # a new best: the rounds may search on from it
+                    reopened += 1
+            _save_state(job.state_path, state, tasks, job.db, whole_space=job.keys is None)
+    log.info("polish: %d tasks improved by more than %.0f %%", reopened, 100 * job.settings.converged_gain)
+    return True
 
 
 def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
-                bar: tqdm) -> tuple[dict[str, Any] | None, float]:
+                bar: tqdm, *, polish: bool = False) -> tuple[dict[str, Any] | None, float]:
     """One ``tune_chunk`` worker over ``chunk``, the bar following its records; (reply, or None if it failed; wall s).
+
+    With ``polish`` the worker measures only seed schedules the tasks have not tried (no search).
 
     A failed worker is logged and may have died mid-append: the database's last line is repaired.
     """
@@ -619,6 +684,7 @@ def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
         "max_trials_per_task": max(t.remaining for t in chunk), "max_trials_global": allotted,
         "settings": dataclasses.asdict(job.settings), "transfer_databases": job.transfer,
         "rpc": {"host": job.rpc.host, "port": job.rpc.port, "key": job.rpc.key} if job.rpc else None,
+        "polish": polish,
     }
     chunk_start = time.monotonic()
     try:
@@ -654,13 +720,14 @@ def _record_chunk(job: _Job, state: dict[str, Any], tasks: list[_Task], chunk: l
         converged = (gained is not None and gained < job.settings.converged_gain
                      and after.records >= 2 * job.settings.first_round)
         if after.remaining <= 0 or converged:
-            state["tasks"][t.hash] = _done_entry(after, job.trials, converged=converged)
+            state["tasks"][t.hash] = {**state["tasks"].get(t.hash, {}), **_done_entry(after, job.trials,
+                                                                                     converged=converged)}
             current.pop(t.hash)
             if after.remaining > 0:
                 bar.total = max(bar.n, bar.total - after.remaining)
                 bar.refresh()
         else:
-            state["tasks"][t.hash] = _progress_entry(after)
+            state["tasks"][t.hash] = {**state["tasks"].get(t.hash, {}), **_progress_entry(after)}
             current[t.hash] = after
     run.tuned_tasks.update(t.hash for t in chunk)
     run.tuned = len(run.tuned_tasks)

@@ -218,17 +218,25 @@ def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
 
 
 @pytest.mark.tvm
-def test_rerun_tunes_nothing_new(tuned):
+def test_rerun_polishes_once_then_tunes_nothing_new(tuned):
     from ofa_deploy.compile.tune import tune_target
-    from ofa_deploy.tuning_logs.layout import RECORD_FILE
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, STATE_FILE
 
     db, first = tuned
+    # The first rerun polishes each task once: at most warm_start (4) seed schedules it has not measured
+    # (its siblings in the shipped databases, re-fitted), no search; the second has nothing left to do.
+    polished = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
+                           progress=False)
+    state = json.loads((db / STATE_FILE).read_text())
+    assert polished.tasks_skipped == first.tasks_total
+    assert 0 < polished.trials <= 4 * first.tasks_total
+    assert all(entry["polished"] for entry in state["tasks"].values())
     before = (db / RECORD_FILE).read_bytes()
     again = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
                         progress=False)
     assert again.tasks_skipped == first.tasks_total and again.tasks_tuned == again.trials == 0
     assert (db / RECORD_FILE).read_bytes() == before
-    assert again.database_sha256 == first.database_sha256
+    assert again.database_sha256 == polished.database_sha256
 
 
 @pytest.mark.tvm
@@ -445,7 +453,8 @@ def test_rounds_put_trials_where_the_latency_is_and_stop_converged_tasks(tmp_pat
     records = {t.hash: 0 for t in tasks}
     order: list[list[str]] = []
 
-    def fake_chunk(job, chunk, plan_path, rates, bar):
+    def fake_chunk(job, chunk, plan_path, rates, bar, polish=False):
+        assert not polish
         order.append([t.hash for t in chunk])
         for t in chunk:
             records[t.hash] += t.remaining
@@ -460,7 +469,8 @@ def test_rounds_put_trials_where_the_latency_is_and_stop_converged_tasks(tmp_pat
                           state_path=tmp_path / "tune_state.json", runner_kind="local", log_dir=tmp_path)
     state: dict = {"tasks": {}}
     rates = tune_mod._Rates(1.0, 1.0, "assumed")
-    run, left = tune_mod._run_chunks(job, state, tasks, list(tasks), tmp_path / "plan.json", rates, 96)
+    run = tune_mod._Run()
+    left = tune_mod._run_chunks(job, state, tasks, list(tasks), tmp_path / "plan.json", rates, 96, run)
     assert tune_mod._round_targets(8, 64) == [8, 16, 32, 64] and tune_mod._round_targets(8, 2) == [2]
     assert order[:3] == [["b"], ["a"], ["c"]]  # round 1: by weighted FLOPs (b occurs 4 times)
     assert order[3:6] == [["b"], ["c"], ["a"]]  # round 2: by weight x best time (4 x 2 ms, 5 ms, 0.5 ms)
@@ -469,6 +479,74 @@ def test_rounds_put_trials_where_the_latency_is_and_stop_converged_tasks(tmp_pat
     assert state["tasks"]["b"]["converged"] and state["tasks"]["c"]["converged"]
     assert state["tasks"]["a"]["trials"] == 32 and not left and run.tuned == 3
     assert dataclasses.asdict(job.settings)["converged_gain"] == 0.01
+
+
+def test_a_task_a_few_trials_short_of_a_round_waits_for_the_next(tmp_path, monkeypatch):
+    """Rounds of 8, 16, 32, 64: a task at 30 records skips round 32 (2 trials would cost a whole chunk's
+    start-up) and gets 34 in the last round, which takes every task short of --trials (no TVM: fake chunks)."""
+    from types import SimpleNamespace
+
+    from ofa_deploy.compile import tune as tune_mod
+
+    tasks = [tune_mod._Task(0, "a", "a", 1e9, 1, ("r224/stem",), 34, records=30, best_s=1e-3),
+             tune_mod._Task(1, "b", "b", 1e9, 1, ("r224/stem",), 1, records=63, best_s=1e-3)]
+    chunks: list[list[tuple[str, int]]] = []
+
+    def fake_chunk(job, chunk, plan_path, rates, bar, polish=False):
+        chunks.append([(t.hash, t.remaining) for t in chunk])
+        best = {t.hash: 0.5 * t.best_s for t in chunk}
+        return ({"records_added": sum(t.remaining for t in chunk), "records_failed": 0, "tune_seconds": 1.0,
+                 "seed_records": 0, "first_build_error": None, "best_seconds": best,
+                 "records": {t.hash: t.records + t.remaining for t in chunk}}, 1.5)
+
+    monkeypatch.setattr(tune_mod, "_tune_chunk", fake_chunk)
+    job = SimpleNamespace(spec=SimpleNamespace(name="x86-host"), progress=False, chunk_tasks=4, budget_s=None,
+                          started=0.0, settings=tune_mod.TuneSettings(), trials=64, keys=None, db=tmp_path,
+                          state_path=tmp_path / "tune_state.json", runner_kind="local", log_dir=tmp_path)
+    left = tune_mod._run_chunks(job, {"tasks": {}}, tasks, list(tasks), tmp_path / "plan.json",
+                                tune_mod._Rates(1.0, 1.0, "assumed"), 35, tune_mod._Run())
+    assert chunks == [[("a", 34), ("b", 1)]] and not left
+
+
+def test_polish_tries_siblings_once_per_tuned_task_and_reopens_the_ones_it_improves(tmp_path, monkeypatch):
+    """Before the rounds, each task tuned here (and only those) measures ``warm_start`` seed schedules once, the
+    largest share of the latency first; a task they make > 1 % faster is no longer converged, and a second
+    run polishes nothing (no TVM: the chunk worker is a fake on which a sibling halves task 'a')."""
+    from types import SimpleNamespace
+
+    from ofa_deploy.compile import tune as tune_mod
+
+    tasks = [tune_mod._Task(i, n, n, 1e9, w, ("r224/stem",), 0, records=r, best_s=b)
+             for i, (n, w, r, b) in enumerate([("a", 1, 16, 1e-3), ("b", 2, 64, 1e-3), ("new", 1, 0, None)])]
+    state: dict = {"tasks": {"a": {"trials": 64, "records": 16, "best_s": 1e-3, "converged": True},
+                             "b": {"trials": 64, "records": 64, "best_s": 1e-3, "converged": False}}}
+    plan = {"tasks": [{"index": t.index, "hash": t.hash, "records": t.records} for t in tasks]}
+    calls: list[tuple[list[str], list[int], bool]] = []
+
+    def fake_chunk(job, chunk, plan_path, rates, bar, polish=False):
+        calls.append(([t.hash for t in chunk], [t.remaining for t in chunk], polish))
+        best = {"a": 0.5e-3, "b": 0.999e-3}
+        return ({"records_added": 8, "records_failed": 0, "tune_seconds": 1.0, "seed_records": 8,
+                 "first_build_error": None, "best_seconds": {t.hash: best[t.hash] for t in chunk},
+                 "records": {t.hash: t.records + 4 for t in chunk}}, 1.5)
+
+    monkeypatch.setattr(tune_mod, "_tune_chunk", fake_chunk)
+    job = SimpleNamespace(spec=SimpleNamespace(name="x86-host"), progress=False, chunk_tasks=4, budget_s=None,
+                          started=0.0, settings=tune_mod.TuneSettings(), trials=64, keys=None, db=tmp_path,
+                          state_path=tmp_path / "tune_state.json", runner_kind="local", log_dir=tmp_path)
+    rates = tune_mod._Rates(1.0, 1.0, "assumed")
+    assert tune_mod._polish(job, state, tasks, plan, tmp_path / "plan.json", rates, tune_mod._Run())
+    assert calls == [(["b", "a"], [4, 4], True)]  # b first: weight 2 x 1 ms; the untuned task is not polished
+    a, b = state["tasks"]["a"], state["tasks"]["b"]
+    assert a["polished"] and b["polished"] and a["best_s"] == 0.5e-3 and a["records"] == 20
+    assert not a["converged"] and a["trials"] == 0  # reopened: the rounds may search on from the new best
+    assert b["trials"] == 64  # 0.1 % better: stays done
+    _, pending = tune_mod._pending_tasks({"tasks": [{**p, "name": p["hash"], "flops": 1e9, "weight": 1,
+                                                     "workloads": ["r224/stem"]} for p in plan["tasks"]]},
+                                         state, 64)
+    assert sorted(t.hash for t in pending) == ["a", "new"] and state["tasks"]["a"]["polished"]
+    assert not tune_mod._polish(job, state, tasks, plan, tmp_path / "plan.json", rates, tune_mod._Run())
+    assert len(calls) == 1
 
 
 def test_builds_read_only_each_workloads_fastest_record(tmp_path, monkeypatch):

@@ -13,6 +13,11 @@ has no records of its own here measures a few *seed* schedules:
 Seeds are measured like any candidate and committed as this device's records, so the search's
 initial population takes them from the database (``init_measured_ratio``) and the cost model
 learns from them; a seed that fails to build or run is a failed record, as any candidate.
+
+A task tuned here already is *polished* the same way, once (``tune`` does it before its rounds):
+the search can settle in a poor region (one 1x1 convolution of the space converged at 26 GFLOP/s
+while its siblings ran at 120-180), and a sibling's schedule re-fitted to it is often 2x faster
+(BENCHMARKS "Sibling polish"). A seed whose trace the task has measured already is skipped.
 """
 
 from __future__ import annotations
@@ -29,15 +34,30 @@ from .schedules import MAX_SIBLINGS_TRIED, SCHEDULE_ERRORS, RecordIndex, replay
 log = logging.getLogger(__name__)
 
 
-def seed_schedules(mod: tvm.IRModule, own: RecordIndex | None, others: list[RecordIndex], limit: int) -> list[Any]:
-    """Up to ``limit`` distinct schedules (``s_tir.Schedule``) for task ``mod``, best sources first."""
+def trace_key(trace: Any) -> str:
+    """A schedule's identity within its task: its instructions and decisions (postprocessors left out)."""
+    return str(trace.as_json(remove_postproc=True))
+
+
+def measured_traces(database: Any, mod: tvm.IRModule) -> set[str]:
+    """The :func:`trace_key` of every schedule of task ``mod`` measured in ``database`` (failed ones too)."""
+    if not database.has_workload(mod):
+        return set()
+    workload = database.commit_workload(mod)  # present: returns it without writing
+    return {trace_key(rec.trace) for rec in database.get_top_k(workload, 1 << 20)}
+
+
+def seed_schedules(mod: tvm.IRModule, own: RecordIndex | None, others: list[RecordIndex], limit: int,
+                   measured: set[str] = frozenset()) -> list[Any]:
+    """Up to ``limit`` distinct schedules (``s_tir.Schedule``) for task ``mod``, best sources first,
+    none of them already ``measured`` here (:func:`measured_traces`)."""
     func = mod["main"]
     found: list[Any] = []
     seen: set[int] = set()
 
     def add(sch: Any) -> None:
         key = int(tvm_ffi.structural_hash(sch.mod))
-        if key not in seen and len(found) < limit:
+        if key not in seen and len(found) < limit and trace_key(sch.trace) not in measured:
             seen.add(key)
             found.append(sch)
 

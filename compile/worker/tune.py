@@ -351,12 +351,13 @@ def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
                  request["max_trials_global"])
         tune_start = time.perf_counter()
         allotted = request.get("remaining") or [int(request["max_trials_per_task"])] * len(contexts)
+        polish = bool(request.get("polish"))
         seeds = _warm_start(contexts, allotted, request, database, target, builder, runner,
-                            int(settings["warm_start"]))
+                            int(settings["warm_start"]), polish=polish)
         seeded = sum(seeds)
         remaining = int(request["max_trials_global"]) - seeded
         per_task = max(n - k for n, k in zip(allotted, seeds))
-        if remaining > 0 and per_task > 0:
+        if remaining > 0 and per_task > 0 and not polish:
             ms.tune_tasks(
                 tasks=contexts, task_weights=[float(t["weight"]) for t in chosen], work_dir=request["log_dir"],
                 max_trials_global=remaining, max_trials_per_task=per_task,
@@ -410,24 +411,31 @@ def _save_cost_model(model: Any, path: Path) -> None:
 
 
 def _warm_start(contexts: list[Any], allotted: list[int], request: dict[str, Any], database: Any, target: Any,
-                builder: Any, runner: Any, per_task: int) -> list[int]:
-    """Measure seed schedules (seeds.py) for the tasks that have no records here yet; seeds committed per task.
+                builder: Any, runner: Any, per_task: int, *, polish: bool = False) -> list[int]:
+    """Measure seed schedules (seeds.py); seeds committed per task.
 
-    Seeds are trials: a task gets at most half of its ``allotted`` trials as seeds (the search
-    needs the rest to improve on them), and the chunk's search budget shrinks by what they used.
+    Without ``polish``: the tasks that have no records here yet. Seeds are trials: a task gets at
+    most half of its ``allotted`` trials as seeds (the search needs the rest to improve on them),
+    and the chunk's search budget shrinks by what they used. With ``polish`` (a chunk of tasks
+    tuned here already, no search): every task, up to ``per_task`` seeds it has not measured.
     """
     from .schedules import RecordIndex
-    from .seeds import measure_seeds, seed_schedules
+    from .seeds import measure_seeds, measured_traces, seed_schedules
 
-    fresh = [i for i, c in enumerate(contexts) if not database.has_workload(c.mod)]
-    if per_task < 1 or not fresh:
+    chosen = (list(range(len(contexts))) if polish
+              else [i for i, c in enumerate(contexts) if not database.has_workload(c.mod)])
+    if per_task < 1 or not chosen:
         return [0] * len(contexts)
     own = RecordIndex(label="own", database=database) if len(database) else None
     others = [RecordIndex.open(path, label) for label, path in request.get("transfer_databases") or []]
-    tasks = {i: seed_schedules(contexts[i].mod, own, others, min(per_task, max(1, allotted[i] // 2))) for i in fresh}
+    tasks = {}
+    for i in chosen:
+        limit = per_task if polish else min(per_task, max(1, allotted[i] // 2))
+        measured = measured_traces(database, contexts[i].mod) if polish else set()
+        tasks[i] = seed_schedules(contexts[i].mod, own, others, limit, measured)
     n = measure_seeds([(contexts[i].mod, schedules) for i, schedules in tasks.items()], target, builder, runner,
                       database)
-    log.info("warm start: %d seed schedules for %d new tasks", n, len(fresh))
+    log.info("%s: %d seed schedules for %d tasks", "polish" if polish else "warm start", n, len(chosen))
     return [len(tasks.get(i, [])) for i in range(len(contexts))]
 
 

@@ -20,7 +20,8 @@ from .options import check_database_folder
 @click.option("--warm-start", type=int, default=4, show_default=True,
               help="Seed schedules measured first for a task new here: the same task tuned on the nearest "
                    "other devices (tuning_logs/, the repository's shipped folders included) and its structural "
-                   "siblings. 0: start from random samples.")
+                   "siblings; and, once, for each task tuned here already (the polish before the rounds: a task "
+                   "they beat is reopened). 0: neither (start from random samples).")
 @click.option("--budget-minutes", type=float, default=None,
               help="Stop starting work that would not finish within this many minutes; rerun to continue.")
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
