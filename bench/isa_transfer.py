@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
 from compare_runtimes import SUBNETS  # noqa: E402
 
-from ofa_deploy.compile import build_module, time_local  # noqa: E402
+from ofa_deploy.compile import build_module, time_interleaved  # noqa: E402
 from ofa_deploy.compile.tune import TuneSettings, tune_target  # noqa: E402
 from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input  # noqa: E402
 from ofa_deploy.search_space import random_subnet  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subnets", default="min,mid")
     parser.add_argument("--trials", type=int, default=16, help="native tuning trials per task of the SSE target")
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=100, help="calls per module, the four modules in turns")
     parser.add_argument("--work", type=Path, default=None, help="keep the native SSE database here (resumable)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -83,12 +83,18 @@ def main() -> int:
                 "SSE, transferred": dict(target=sse, database_dir=None, transfer_databases=sources),
                 "SSE, tuned natively": dict(target=sse, database_dir=native_db, transfer_databases=()),
             }
-            row = {"subnet": name}
+            row, modules = {"subnet": name}, []
             for label, kw in builds.items():
                 info = build_module(onnx_path, kw.pop("target"), Path(tmp) / f"{label}.so", input_name=INPUT_NAME,
                                     input_shape=x.shape, **kw)
-                row[label] = time_local(info.so_path, x, repeat=args.repeat, number=3).median_ms
+                modules.append(info.so_path)
                 row[label + " sources"] = {s: n for s, n in info.schedule_sources.items() if n}
+            # in turns, one process: this VM's speed drifts, so only same-turn figures compare
+            samples = time_interleaved(modules, x, calls=args.calls, num_threads=2)
+            for label, ms in zip(builds, samples):
+                row[label] = statistics.median(ms)
+            row["transferred / native"] = statistics.median(t / n for t, n in zip(samples[2], samples[3]))
+            row["no database / native"] = statistics.median(u / n for u, n in zip(samples[1], samples[3]))
             print(row, flush=True)
             rows.append(row)
     labels = ["full ISA, tuned", "SSE, no database", "SSE, transferred", "SSE, tuned natively"]
@@ -96,11 +102,11 @@ def main() -> int:
              "no database / native |", "|" + "---|" * (len(labels) + 3)]
     for r in rows:
         lines.append(f"| {r['subnet']} | " + " | ".join(f"{r[label]:.2f}" for label in labels)
-                     + f" | {r['SSE, transferred'] / r['SSE, tuned natively']:.2f}x | "
-                     f"{r['SSE, no database'] / r['SSE, tuned natively']:.2f}x |")
-    geo = statistics.geometric_mean([r["SSE, transferred"] / r["SSE, tuned natively"] for r in rows])
+                     + f" | {r['transferred / native']:.2f}x | {r['no database / native']:.2f}x |")
+    geo = statistics.geometric_mean([r["transferred / native"] for r in rows])
     publish("Schedule transfer across vector ISAs (x86 proxy for ARM)", [
-        f"Machine: {me.describe()}, 2 threads, batch 1, medians of {args.repeat}. SSE target: "
+        f"Machine: {me.describe()}, 2 threads, batch 1, medians of {args.calls} calls per module, the four "
+        "modules called in turns in one process (ratios: medians of per-turn ratios). SSE target: "
         f"`llvm -mcpu={me.mcpu} -mattr={SSE_ONLY}` (128-bit vectors, NEON's width). Transferred schedules come "
         f"from {', '.join(label for label, _ in sources)}; native tuning: {args.trials} trials per task of the "
         "subnet's own tasks, no warm start.", "\n".join(lines),

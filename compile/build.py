@@ -167,6 +167,28 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
     return local_measurement(reply, device)
 
 
+def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray, *, calls: int = 200, warmup: int = 10,
+                     num_threads: int | None = None,
+                     timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> list[list[float]]:
+    """Per-call milliseconds of several CPU modules called in turns in one process (``calls`` each).
+
+    For comparing modules on a machine whose speed drifts: the k-th samples of two modules were
+    taken within one turn, so their ratio is free of the drift (median of per-turn ratios).
+    """
+    if calls < 1 or warmup < 0 or not so_paths:
+        raise OfaDeployError(f"time_interleaved needs modules, calls >= 1 and warmup >= 0 (got {len(so_paths)} "
+                             f"modules, calls={calls}, warmup={warmup})")
+    paths = [str(_check_local_module(p, "cpu")[0].resolve()) for p in so_paths]
+    env = {"TVM_NUM_THREADS": str(num_threads)} if num_threads else {}
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_time_") as tmp:
+        in_path = Path(tmp) / "input.npy"
+        np.save(in_path, _as_input(input))
+        reply = run_worker({"op": "time_interleaved", "so_paths": paths, "input_path": str(in_path),
+                            "calls": calls, "warmup": warmup}, what=f"timing {len(paths)} modules in turns",
+                           timeout=timeout, env=env)
+    return reply["samples_ms"]
+
+
 def local_measurement(reply: dict[str, Any], device: str) -> LatencyMeasurement:
     """A worker's timing reply (``samples_ms``, ``number``, ``threads``) on this machine as a measurement.
 

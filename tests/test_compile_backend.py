@@ -125,6 +125,22 @@ def test_time_local_uses_every_core_by_default(tiny, x86_module, monkeypatch):
     assert f"({usable_cores()} threads)" in m.device  # as reported by TVM's pool inside the worker
 
 
+@pytest.mark.tvm
+def test_time_interleaved_calls_each_module_in_turns(tiny, x86_module, tmp_path):
+    """Two modules (here the same one twice, and a copy) in one process: one sample per call, per module."""
+    import shutil
+
+    from ofa_deploy.compile import time_interleaved
+
+    copy = shutil.copy(x86_module.so_path, tmp_path / "copy.so")
+    a, b = time_interleaved([x86_module.so_path, copy], tiny[1], calls=7, warmup=1, num_threads=1)
+    assert len(a) == len(b) == 7 and all(0 < ms < 1000 for ms in a + b)
+    with pytest.raises(OfaDeployError, match="calls >= 1"):
+        time_interleaved([copy], tiny[1], calls=0)
+    with pytest.raises(OfaDeployError, match="module not found"):
+        time_interleaved([tmp_path / "missing.so"], tiny[1])
+
+
 def test_tvm_threads_precedence(monkeypatch):
     from ofa_deploy.compile.isolate import tvm_threads, usable_cores
 

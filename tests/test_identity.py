@@ -72,6 +72,32 @@ def test_nearest_devices_puts_the_same_architecture_first(logs):
     assert [f for f, _ in folders.nearest_devices(ZNVER3) if f.parent == logs] == [z5, a76]
 
 
+def test_schedules_are_borrowed_only_from_devices_of_the_same_vector_width(logs, monkeypatch):
+    """AVX-512 schedules ran slower than rule schedules on a 128-bit ISA (BENCHMARKS): an aarch64 target
+    borrows from no x86 database, an AVX2 CPU from no AVX-512 one; same width or unknown width: nearest first."""
+    from ofa_deploy.tuning_logs import database
+
+    assert ZNVER5.vector_bits == 512 and ZNVER3.vector_bits == 256
+    assert DeviceIdentity(kind="named", arch="aarch64", mcpu="cortex-a76").vector_bits == 128
+    assert DeviceIdentity(kind="named", arch="armv7", mcpu="cortex-a9").vector_bits == 128
+    assert DeviceIdentity(kind="named", arch="x86_64", mcpu="znver4").vector_bits is None  # no flags: unknown
+    z5 = _device_folder(logs, ZNVER5)
+    z3 = _device_folder(logs, ZNVER3)
+    monkeypatch.setattr(database, "nearest_devices", lambda me, exclude=None: [
+        (f, i) for f, i in folders.nearest_devices(me, exclude=exclude) if f.parent == logs])
+    monkeypatch.setattr(database, "resolve_database", lambda folder: folder)
+    monkeypatch.setattr(database, "best_records", lambda folder: folder)
+    monkeypatch.setattr(folders, "host_identity", lambda: ZNVER3)
+    monkeypatch.setattr(database, "target_identity", folders.target_identity)
+    assert database.transfer_databases("cortex-a76") == []
+    assert database.transfer_databases("x86-host") == []  # znver3 (AVX2): only znver5 (AVX-512) is there
+    z3b = _device_folder(logs, replace(ZNVER3, cores=4), name="znver3-4c")
+    assert database.transfer_databases("x86-host") == [("znver3-4c", z3b)]
+    monkeypatch.setattr(folders, "host_identity", lambda: replace(ZNVER5, cores=4))
+    assert [label for label, _ in database.transfer_databases("x86-host")] == [z5.name]
+    assert z3.name not in [label for label, _ in database.transfer_databases("x86-host")]
+
+
 def test_a_fresh_tuning_logs_folder_still_sees_the_shipped_devices(logs):
     shipped = {f.name for f, _ in folders.device_folders(shipped=True)}
     assert "x86_64-znver5-2c" in shipped  # the repository's, though OFA_DEPLOY_TUNING_LOGS points elsewhere

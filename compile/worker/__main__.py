@@ -37,10 +37,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         from .build import build
 
         return build(request)
-    if op in ("run", "time"):
-        from .run import run, time
+    if op in ("run", "time", "time_interleaved"):
+        from .run import run, time, time_interleaved
 
-        return run(request) if op == "run" else time(request)
+        return {"run": run, "time": time, "time_interleaved": time_interleaved}[op](request)
     if op in ("rpc_run", "rpc_time"):
         from . import rpc
 

@@ -50,3 +50,28 @@ def time(request: dict[str, Any]) -> dict[str, Any]:
     result = evaluator(x)
     return {"samples_ms": [float(s) * 1e3 for s in result.results], "number": request["number"],
             "threads": pool_threads()}
+
+
+def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
+    """Worker op ``time_interleaved``: several modules in one process, one call each in turn, per-call ms.
+
+    A shared VM's speed drifts by up to 1.6x within seconds to minutes (BENCHMARKS.md), so two
+    modules timed one after the other can land in different states. Called in turns (A B C, B C A,
+    C A B, ...) every module sees the same machine; compare them by their per-turn ratios.
+    """
+    import time as clock
+
+    dev = tvm.cpu(0)
+    x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
+    vms = [relax.VirtualMachine(tvm.runtime.load_module(path), dev) for path in request["so_paths"]]
+    for _ in range(int(request["warmup"])):
+        for vm in vms:
+            vm["main"](x)
+    samples: list[list[float]] = [[] for _ in vms]
+    for turn in range(int(request["calls"])):
+        for k in range(len(vms)):
+            i = (turn + k) % len(vms)
+            start = clock.perf_counter()
+            vms[i]["main"](x)
+            samples[i].append((clock.perf_counter() - start) * 1e3)
+    return {"samples_ms": samples, "threads": pool_threads()}

@@ -88,13 +88,19 @@ def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path
     """Other devices' databases a build for ``target_name`` may borrow schedules from, nearest first.
 
     Only CPU databases serve CPU targets and GPU ones GPU targets (a trace's thread bindings do
-    not transfer between the two). The label is the folder's name, recorded in metadata.json.
+    not transfer between the two), and a CPU's only CPUs of its vector width where both are known
+    (:attr:`DeviceIdentity.vector_bits`: AVX-512 schedules on a 128-bit ISA ran slower than the
+    rule schedules). The label is the folder's name, recorded in metadata.json.
     """
     me = target_identity(target_name)
     is_gpu = me.arch == "cuda"
     found = []
     for folder, identity in nearest_devices(me, exclude=target_dir(target_name)):
         if (identity.arch == "cuda") != is_gpu:
+            continue
+        if None not in (me.vector_bits, identity.vector_bits) and me.vector_bits != identity.vector_bits:
+            log.debug("%s: %d-bit vectors, %s has %d: its schedules are not borrowed", folder.name,
+                      identity.vector_bits, target_name, me.vector_bits)
             continue
         resolved = resolve_database(folder)
         if resolved is not None:

@@ -80,6 +80,20 @@ class DeviceIdentity:
                 ([f"{self.cores} cores"] if self.cores else []) + ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
         return f"{self.model_name or self.mcpu} ({', '.join(parts)})"
 
+    @property
+    def vector_bits(self) -> int | None:
+        """The widest SIMD register the device's code uses (None: unknown, e.g. an x86 target named without flags).
+
+        Schedules transfer only between devices of one width: tiles and vector loops sized for
+        AVX-512 on a 128-bit ISA ran 1.96x slower than tuning there and slower than the rule
+        schedules (BENCHMARKS "Schedule transfer across vector ISAs").
+        """
+        if self.arch in ("aarch64", "armv7"):
+            return 128  # NEON; SVE hardware runs NEON code too, and we emit no SVE
+        if self.arch != "x86_64" or not self.isa:
+            return None
+        return 512 if "avx512f" in self.isa else 256 if {"avx", "avx2"} & set(self.isa) else 128
+
     def folder_name(self) -> str:
         """The ``tuning_logs/`` folder a measured device gets: ``x86_64-znver4-2c``, ``rpc-pi5``."""
         if self.kind == "rpc":
@@ -136,19 +150,35 @@ def write_identity(folder: Path, identity: DeviceIdentity) -> None:
     write_json(Path(folder) / IDENTITY_FILE, identity.to_json())
 
 
+def _claimable(existing: DeviceIdentity | None, identity: DeviceIdentity) -> bool:
+    """A folder with no identity, or one that only names a registry target when a real device arrives."""
+    return existing is None or (existing.kind == "named" and identity.kind != "named")
+
+
+def check_folder(folder: Path, identity: DeviceIdentity, what: str) -> None:
+    """Refuse, in one line, a ``folder`` that holds another device's files; writes nothing.
+
+    Called before a run contacts its device (a board over RPC), so a wrong key is refused at once
+    and an unreachable board leaves no identity.json behind; :func:`claim_folder` then writes it.
+    """
+    existing = read_identity(folder)
+    if existing is None or _claimable(existing, identity):
+        return  # a new folder, or a registry target's first real device
+    if not existing.same_device(identity):
+        fix = (f"pass that board's key (--rpc HOST:PORT:{existing.rpc_key}) or another --database"
+               if existing.kind == "rpc" else "use --target x86-host (this machine's own folder) or another --database")
+        raise OfaDeployError(
+            f"{folder} holds {what} of {existing.describe()}, and this run is on {identity.describe()} "
+            f"({'; '.join(existing.differences(identity))}): refusing to mix two devices in one folder; {fix}")
+
+
 def claim_folder(folder: Path, identity: DeviceIdentity, what: str) -> None:
     """Make ``folder`` this device's, or refuse: a run never appends to another device's files.
 
     Writes identity.json when the folder has none (a new folder, or one from before identities),
     and when it only names a registry target (estimates, no device yet) and a real device arrives.
     """
-    existing = read_identity(folder)
-    if existing is None or (existing.kind == "named" and identity.kind != "named"):
+    check_folder(folder, identity, what)
+    if _claimable(read_identity(folder), identity):
         Path(folder).mkdir(parents=True, exist_ok=True)
         write_identity(folder, identity)  # a new folder, or a registry target's first real device
-        return
-    if not existing.same_device(identity):
-        raise OfaDeployError(
-            f"{folder} holds {what} of {existing.describe()}, and this run is on {identity.describe()} "
-            f"({'; '.join(existing.differences(identity))}): refusing to mix two devices in one folder; "
-            f"use --target x86-host (this machine's own folder) or another --database")
