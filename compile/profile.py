@@ -16,6 +16,10 @@ processes and one 40-block process): blocks of 4.5-4.8 ms, then 20 s at 5.7-5.9 
 three. Passes minutes apart rarely all do, and a build interrupted by that is harmless. A killed
 run keeps its builds; a module whose last pass is done leaves the cache (unless
 ``keep_modules``: a whole profile is ~2.5 GB of modules).
+
+**On a board** (``remote``: ``ofa-deploy profile --rpc``) the same modules are cross-compiled
+here and timed on the device over TVM RPC, one session per chunk (worker/profile.py); the
+timings are ``measured`` on a real board, ``emulated`` through a server under qemu.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ofa_deploy.tuning_logs.database import (best_records, check_database_target
 
 from .build import local_measurement
 from .isolate import run_worker_polling
+from .rpc import EMULATED_REPEAT, RpcSpec, check_reachable, rpc_measurement
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
 from .types import LatencyMeasurement
 
@@ -77,6 +82,19 @@ class WorkloadItem:
     input_shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class RemoteDevice:
+    """A board that ``time_workloads`` times on over TVM RPC, instead of this machine."""
+
+    rpc: RpcSpec  # a tracker and the board's key (HOST:PORT:KEY) or a server (HOST:PORT)
+    emulated: bool = False  # the server runs under qemu: timings are "emulated", plumbing, never a speed
+
+    @property
+    def source(self) -> str:
+        """The label every timing on this device carries."""
+        return "emulated" if self.emulated else "measured"
+
+
 OnResult = Callable[[str, int, LatencyMeasurement, dict[str, Any]], None]
 
 
@@ -84,7 +102,7 @@ def local_device(spec: TargetSpec) -> str:
     """``"cpu"`` or ``"cuda"`` if modules for ``spec`` run on this machine; else OfaDeployError."""
     if spec.analytic_only:
         raise OfaDeployError(f"target {spec.name} is analytic-only ({spec.description}); nothing can be timed")
-    if spec.kind == "cpu" and spec.arch == platform.machine() and not spec.is_cross:
+    if runs_here(spec):
         return "cpu"
     if spec.kind == "cuda":
         import torch  # only to ask whether a GPU is present
@@ -93,7 +111,19 @@ def local_device(spec: TargetSpec) -> str:
             return "cuda"
         raise OfaDeployError(f"target {spec.name}: no CUDA GPU on this machine to time it on")
     raise OfaDeployError(f"target {spec.name} ({spec.arch}) does not run on this machine ({platform.machine()}); "
-                         "only local targets can be timed today (x86-host; CUDA targets with a GPU)")
+                         "time it on the board over --rpc HOST:PORT:KEY (an RPC tracker with the board registered)")
+
+
+def runs_here(spec: TargetSpec) -> bool:
+    """True when ``spec``'s modules run on this machine's CPU (so a board over RPC is not its device)."""
+    return spec.kind == "cpu" and spec.arch == platform.machine() and not spec.is_cross
+
+
+def remote_device(spec: TargetSpec) -> str:
+    """``"cpu"`` or ``"cuda"``: the device of a board that runs ``spec``'s modules; analytic-only -> OfaDeployError."""
+    if spec.analytic_only:
+        raise OfaDeployError(f"target {spec.name} is analytic-only ({spec.description}); nothing can be timed")
+    return "cuda" if spec.kind == "cuda" else "cpu"
 
 
 def fastest_pass(passes: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
@@ -129,21 +159,23 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                    database_dir: str | Path | None = None, *, input_name: str = "input",
                    settings: ProfileSettings = ProfileSettings(), on_result: OnResult | None = None,
                    progress: bool | None = True, passes_done: dict[str, int] | None = None,
-                   transfer: Sequence[tuple[str, str | Path]] | None = None) -> dict[str, list[LatencyMeasurement]]:
-    """Build each ONNX model for ``target`` (with ``database_dir`` if given) once, then time it here in passes.
+                   transfer: Sequence[tuple[str, str | Path]] | None = None,
+                   remote: RemoteDevice | None = None) -> dict[str, list[LatencyMeasurement]]:
+    """Build each ONNX model for ``target`` (with ``database_dir`` if given) once, then time it in passes,
+    here or on the ``remote`` board.
 
     Builds are ``ofa-deploy compile``'s: functions the database lacks borrow from ``transfer``
     (other devices' databases; None: the target's default, ``transfer_databases``).
 
-    Returns ``{key: [LatencyMeasurement per pass timed in this call]}`` (``source="measured"``;
-    combine with :func:`fastest_pass`). ``passes_done`` says how many passes each key already
+    Returns ``{key: [LatencyMeasurement per pass timed in this call]}`` (``source="measured"``, or
+    the remote's label; combine with :func:`fastest_pass`). ``passes_done`` says how many passes each key already
     has from an earlier (killed) run: only the missing ones are timed. ``on_result(key,
     pass_index, measurement, record)`` is called as each timing finishes (``record`` has
     ``tuned_funcs``, ``total_funcs``, ``tvm_version``, ``tvm_target``), so a caller can persist
     partial results; a later failure raises OfaDeployError after those calls.
     """
     spec = get_target(target)
-    device = local_device(spec)
+    device = local_device(spec) if remote is None else remote_device(spec)
     work = [it if isinstance(it, WorkloadItem) else WorkloadItem(str(it[0]), Path(it[1]), tuple(int(d) for d in it[2]))
             for it in items]
     for it in work:
@@ -169,6 +201,16 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
             "database_dir": str(best_records(database_dir).resolve()) if database_dir is not None else None,
             "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer],
             "repeat": settings.repeat, "min_repeat_ms": settings.min_repeat_ms}
+    if remote is not None:
+        check_reachable(remote.rpc)  # one clear line within seconds, not a worker's traceback per chunk
+        base["rpc"] = {"host": remote.rpc.host, "port": remote.rpc.port, "key": remote.rpc.key}
+        if remote.emulated:  # an emulator's speed means nothing: the fewest runs that exercise the plumbing
+            base.update(repeat=EMULATED_REPEAT, min_repeat_ms=0.0)
+
+    def measurement(record: dict[str, Any]) -> LatencyMeasurement:
+        if remote is None:
+            return local_measurement(record, device)
+        return rpc_measurement(record, remote.rpc, device, remote.emulated)
     done = dict(passes_done or {})
     out: dict[str, list[LatencyMeasurement]] = {it.key: [] for it in work}
     disable = None if progress is None else not progress
@@ -186,7 +228,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                   disable=disable) as bar:
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start:start + settings.chunk_size]
-                _run_chunk(chunk, so_paths, {**base, "time": pass_index is not None}, env, settings, device,
+                _run_chunk(chunk, so_paths, {**base, "time": pass_index is not None}, env, settings, measurement,
                            bar, lambda key, m, record, p=pass_index: _keep(key, p, m, record, out, on_result))
     if not settings.keep_modules:  # every pass is with the caller now; a killed run never gets here
         for it in work:
@@ -206,12 +248,18 @@ def _keep(key: str, pass_index: int | None, m: LatencyMeasurement | None, record
 
 
 def _run_chunk(chunk: list[WorkloadItem], so_paths: dict[str, Path], base: dict[str, Any], env: dict[str, str],
-               settings: ProfileSettings, device: str, bar: tqdm,
+               settings: ProfileSettings, measurement: Callable[[dict[str, Any]], LatencyMeasurement], bar: tqdm,
                keep: Callable[[str, LatencyMeasurement | None, dict[str, Any]], None]) -> None:
-    """One worker process for ``chunk``; follow its results file until it exits."""
+    """One worker process for ``chunk``; follow its results file until it exits.
+
+    ``measurement`` turns a timed record into a labelled LatencyMeasurement (this machine's or a board's).
+    """
+    timeout = settings.timeout_per_item_s * len(chunk)
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_profile_") as tmp:
         results = Path(tmp) / "results.jsonl"
         results.touch()
+        if base.get("rpc"):  # the board ends the session after this: sized for the whole chunk
+            base = {**base, "rpc": {**base["rpc"], "session_timeout": int(timeout)}}
         request = {**base, "results_path": str(results),
                    "items": [{"key": it.key, "onnx_path": str(Path(it.onnx_path).resolve()),
                               "so_path": str(so_paths[it.key]), "input_shape": list(it.input_shape)}
@@ -227,11 +275,12 @@ def _run_chunk(chunk: list[WorkloadItem], so_paths: dict[str, Path], base: dict[
                     record = json.loads(line)
                     seen += 1
                     bar.update(1)
-                    m = local_measurement(record, device) if "samples_ms" in record else None
+                    m = measurement(record) if "samples_ms" in record else None
                     if m is not None:
                         bar.set_postfix_str(f"{record['key']} {m.median_ms:.3f} ms")
-                        log.info("timed %s: %.4f ms (median of %d x %d runs; %d/%d functions tuned)", record["key"],
-                                 m.median_ms, m.n, m.runs_per_sample, record["tuned_funcs"], record["total_funcs"])
+                        log.info("timed %s: %.4f ms %s on %s (median of %d x %d runs; %d/%d functions tuned)",
+                                 record["key"], m.median_ms, m.source, m.device, m.n, m.runs_per_sample,
+                                 record["tuned_funcs"], record["total_funcs"])
                     else:
                         log.info("built %s (%d/%d functions tuned)", record["key"], record["tuned_funcs"],
                                  record["total_funcs"])
@@ -239,6 +288,6 @@ def _run_chunk(chunk: list[WorkloadItem], so_paths: dict[str, Path], base: dict[
 
             what = "timing" if base["time"] else "building"
             run_worker_polling(request, what=f"{what} {len(chunk)} models ({chunk[0].key} ...)",
-                               timeout=settings.timeout_per_item_s * len(chunk), env=env, poll=drain)
+                               timeout=timeout, env=env, poll=drain)
         if seen != len(chunk):
             raise OfaDeployError(f"profiling worker returned {seen} of {len(chunk)} items")

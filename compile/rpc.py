@@ -239,6 +239,15 @@ def time_rpc(so_path: str | Path, input: np.ndarray, spec: RpcSpec | str, *, rep
         reply = run_worker(_remote_request("rpc_time", path, spec, device, timeout, in_path,
                                            repeat=repeat, number=number),
                            what=f"timing {path.name} on {spec.describe()}", timeout=timeout + 60)
+    return rpc_measurement(reply, spec, device, emulated)
+
+
+def rpc_measurement(reply: dict[str, Any], spec: RpcSpec, device: str, emulated: bool) -> LatencyMeasurement:
+    """A worker's timing on a remote device (``samples_ms``, ``number``) as a labelled measurement.
+
+    The label names the board (its key or server address) and says ``emulated`` for a server under
+    qemu, so no emulator's number is ever read as the device's speed.
+    """
     samples = reply["samples_ms"]
     where = f"{spec.describe()} ({device}{', under qemu' if emulated else ''})"
     return LatencyMeasurement(

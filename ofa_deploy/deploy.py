@@ -130,7 +130,7 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
         export = export_onnx(model, cfg.image_size, work / "subnet.onnx", batch=opts.batch, seed=opts.seed)
         info = build_module(work / "subnet.onnx", build_spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
                             database_dir=database, transfer_databases=transfer)
-        _warn_if_untuned(info, spec.name)
+        _warn_if_untuned(info, spec.name, on_board=not is_local_target(spec) and spec.kind == "cpu")
         x = seeded_input(shape, opts.seed)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
@@ -149,7 +149,8 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             else:
                 log.warning("--measure: no %s device reachable from here; no latency recorded "
                             "(emulation is never a speed)", spec.name)
-        prediction = _check_prediction(cfg, spec, model.n_classes, latency) if latency else None
+        measured_on = _board_identity(spec, rpc) if latency else None
+        prediction = _check_prediction(cfg, spec, model.n_classes, latency, measured_on) if latency else None
         costs = count_costs(cfg, n_classes=model.n_classes)
         metadata = {
             "ofa_deploy_version": __version__,
@@ -167,6 +168,7 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             "arithmetic_intensity": {"fp32": costs.intensity(4), "int8": costs.intensity(1)},
             "latency_ms": latency["median_ms"] if latency else None,
             "latency": latency,  # carries its source: measured | emulated | estimated
+            "measured_on": measured_on,  # the board's identity (RPC key), as tune/profile --rpc record it
             "latency_prediction": prediction,  # what search's latency model predicted for this subnet
             "verification": verification,
             "onnx": {"file": "subnet.onnx", "sha256": info.onnx_sha256, "max_abs_err_vs_torch": export.max_abs_err},
@@ -187,13 +189,29 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
 PREDICTION_WARN = 0.10  # compile --measure warns when the latency model was further off than this
 
 
-def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dict[str, Any]) -> dict[str, Any] | None:
+def _board_identity(spec: Any, rpc: Any) -> dict[str, Any] | None:
+    """The identity of the board a latency over RPC was taken on: the one ``tune``/``profile --rpc`` record
+    for its key (None without a key: a bare server address names no board)."""
+    if rpc is None or not rpc.is_tracker:
+        return None
+    from .tuning_logs.folders import measuring_identity
+
+    return measuring_identity(spec.name, rpc.key).to_json()
+
+
+def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dict[str, Any],
+                      measured_on: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The latency model's prediction for ``cfg`` beside the measured latency; a warning above 10 %.
 
     Search picked the subnet on that prediction, so a large error means the budget may not hold on
     this device: the warning names the model, the device it describes and the command that fixes it.
+    Timings are compared only with a model timed the same way: a device's latency with a model of
+    measured code (or a roofline), an emulated one (qemu over ``--rpc-emulated``) only with a model
+    profiled under the emulator, as plumbing: recorded with ``source: emulated``, never warned about.
+    ``measured_on`` (a board's identity) is checked against the device the model describes.
     """
-    if latency.get("source") != "measured":
+    source = latency.get("source")
+    if source not in ("measured", "emulated"):
         return None
     from .latency.choose import latency_model
     from .search_space.genes import configs_to_genes
@@ -204,30 +222,45 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
     except (OfaDeployError, ValueError, IndexError) as exc:
         log.info("no latency prediction to compare with (%s)", exc)
         return None
+    if getattr(model, "timing_source", "measured") != source:
+        log.info("no latency prediction to compare with: this latency is %s, the model's tables are not", source)
+        return None
     if not np.isfinite(predicted):  # e.g. a resolution the measured model does not cover
         return None
     measured = float(latency["median_ms"])
     error = (predicted - measured) / measured
     basis = getattr(model, "basis", "")
-    if abs(error) > PREDICTION_WARN:
+    model_device = getattr(model, "meta", {}).get("device")
+    other_board = (measured_on is not None and isinstance(model_device, dict)
+                   and model_device.get("rpc_key") != measured_on.get("rpc_key"))
+    if other_board:
+        log.warning("the latency model describes board '%s', this latency was taken on board '%s': the comparison "
+                    "is between two devices", model_device.get("rpc_key") or model_device.get("mcpu"),
+                    measured_on["rpc_key"])
+    if source == "measured" and abs(error) > PREDICTION_WARN:
+        board = f" --rpc HOST:PORT:{measured_on['rpc_key']}" if measured_on else ""
         log.warning("measured %.2f ms, the latency model predicted %.2f ms (%+.0f %%): %s; search's budget may not "
-                    "hold on this device; fix: 'ofa-deploy profile --target %s' (or '--adapt' for a quick one)",
-                    measured, predicted, 100 * error, basis, spec.name)
+                    "hold on this device; fix: 'ofa-deploy profile --target %s%s' (or '--adapt' for a quick one)",
+                    measured, predicted, 100 * error, basis, spec.name, board)
     return {"predicted_ms": round(predicted, 3), "measured_ms": round(measured, 3), "error_pct": round(100 * error, 1),
-            "basis": basis}
+            "basis": basis, "source": source, "same_device": not other_board}
 
 
 UNTUNED_WARN_SHARE = 0.5  # compile warns when this device's database scheduled less than half the functions
 
 
-def _warn_if_untuned(info: Any, target_name: str) -> None:
-    """Say so when most of the module is not this device's tuned code (it is then slower than it could be)."""
+def _warn_if_untuned(info: Any, target_name: str, on_board: bool = False) -> None:
+    """Say so when most of the module is not this device's tuned code (it is then slower than it could be).
+
+    ``on_board``: the target's CPU is a board, tuned over RPC (the fix names ``--rpc``).
+    """
     if info.untuned_share <= UNTUNED_WARN_SHARE:
         return
     borrowed = {k: v for k, v in info.schedule_sources.items() if k != "tuned" and v}
     log.warning("%s: only %d of %d fused functions are tuned for this device (%s); the module works but is "
-                "slower than tuned code: 'ofa-deploy tune --target %s' tunes this device", target_name,
-                info.tuned_funcs, info.total_funcs, ", ".join(f"{n} {k}" for k, n in borrowed.items()), target_name)
+                "slower than tuned code: 'ofa-deploy tune --target %s%s' tunes this device", target_name,
+                info.tuned_funcs, info.total_funcs, ", ".join(f"{n} {k}" for k, n in borrowed.items()), target_name,
+                " --rpc HOST:PORT:KEY" if on_board else "")
 
 
 def _rpc_spec(opts: CompileOptions) -> Any:
@@ -251,7 +284,9 @@ def read_metadata(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def is_local_target(spec: Any) -> bool:
     """True when modules for ``spec`` run on this machine (so their latency can be measured here)."""
-    return spec.kind == "cpu" and spec.arch == os.uname().machine and not spec.is_cross
+    from .compile.profile import runs_here
+
+    return runs_here(spec)
 
 
 def make_measure(target: str, rpc: str | None = None) -> Callable[[SubnetConfig], tuple[float, str]] | None:

@@ -8,6 +8,10 @@ subnet build goes through (:func:`.build.build`: ONNX -> prepare -> database -> 
 (:func:`.run._load`), so the timed kernels are the deployed ones. The parent calls this op
 once to build (``time`` false) and once per timing pass.
 
+With ``rpc`` in the request the modules (cross-compiled for the board) are timed on a remote
+device instead: one RPC session per worker process uploads, loads and times the whole list
+(:mod:`.rpc`), so a board pays the connection and session start once per chunk, not per model.
+
 Every finished item is appended as one JSON line to ``results_path`` (flushed at once): the
 parent follows that file for its progress bar and keeps what finished even if this process
 crashes or is killed half-way.
@@ -20,7 +24,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tvm
@@ -33,24 +37,60 @@ from .run import _load, pool_threads
 log = logging.getLogger(__name__)
 
 
-def time_module(so_path: str, input_shape: list[int], device: str, repeat: int, min_repeat_ms: float,
-                seed: int = 0) -> tuple[list[float], int]:
-    """Per-sample milliseconds of one module (time_evaluator), and the runs per sample.
+def probe_and_time(evaluate: Callable[[int, int], Sequence[float]], repeat: int,
+                   min_repeat_ms: float) -> tuple[list[float], int]:
+    """Per-sample milliseconds and the runs per sample, from ``evaluate(number, repeat) -> seconds per sample``.
 
     Each sample averages enough back-to-back runs to last ``min_repeat_ms``, so a 20 us kernel
     is averaged over thousands of runs and a 2 ms one over a few dozen: the median of
     ``repeat`` such samples is stable to ~1 % on an idle machine. The runs per sample are
     chosen here from a short probe (not by TVM's ``min_repeat_ms``, which does not report the
-    number it settled on), so the reply states exactly what was averaged.
+    number it settled on), so the reply states exactly what was averaged. ``min_repeat_ms`` 0:
+    one run per sample and no probe (an emulator, whose speed means nothing anyway).
     """
+    number = 1
+    if min_repeat_ms > 0:
+        one_ms = max(min(evaluate(1, 3)) * 1e3, 1e-4)
+        number = max(1, math.ceil(min_repeat_ms / one_ms))
+    return [float(s) * 1e3 for s in evaluate(number, repeat)], number
+
+
+def time_module(so_path: str, input_shape: list[int], device: str, repeat: int, min_repeat_ms: float,
+                seed: int = 0) -> tuple[list[float], int]:
+    """Per-sample milliseconds of one module on this machine (time_evaluator), and the runs per sample."""
     vm, dev = _load(so_path, device)
-    x = tvm.runtime.tensor(np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32), dev)
+    x = tvm.runtime.tensor(_input(input_shape, seed), dev)
     vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
-    probe = vm.time_evaluator("main", dev, number=1, repeat=3)(x)
-    one_ms = max(min(probe.results) * 1e3, 1e-4)
-    number = max(1, math.ceil(min_repeat_ms / one_ms))
-    result = vm.time_evaluator("main", dev, number=number, repeat=repeat)(x)
-    return [float(s) * 1e3 for s in result.results], number
+    return probe_and_time(lambda number, rep: vm.time_evaluator("main", dev, number=number, repeat=rep)(x).results,
+                          repeat, min_repeat_ms)
+
+
+def _input(input_shape: list[int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
+
+
+Timer = Callable[[str, list[int], int, float], tuple[list[float], int]]
+
+
+def _remote_timer(request: dict[str, Any]) -> Timer:
+    """``time(so_path, input_shape, repeat, min_repeat_ms)`` on the request's RPC device, in one session.
+
+    The session is opened on the first call (a build-only round never connects) and kept for the
+    rest of the list.
+    """
+    from . import rpc as remote_rpc
+
+    session: list[Any] = []
+
+    def time_remote(so_path: str, input_shape: list[int], repeat: int, min_repeat_ms: float) -> tuple[list[float], int]:
+        if not session:
+            session.append(remote_rpc.connect(request["rpc"]))
+        vm, dev, _x = remote_rpc.load_remote(session[0], so_path, _input(input_shape), request.get("device", "cpu"))
+        vm.invoke_stateful("main")  # first call allocates the memory pools: not a sample
+        return probe_and_time(lambda number, rep: remote_rpc.remote_samples(vm, dev, number, rep), repeat,
+                              min_repeat_ms)
+
+    return time_remote
 
 
 def _build_cached(item: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
@@ -88,14 +128,18 @@ def profile(request: dict[str, Any]) -> dict[str, Any]:
     items = request["items"]
     results_path = Path(request["results_path"])
     device = request.get("device", "cpu")
+    remote = request.get("rpc") is not None
+    timer: Timer = (_remote_timer(request) if remote else
+                    lambda so_path, shape, repeat, min_ms: time_module(so_path, shape, device, repeat, min_ms))
     done = 0
     with open(results_path, "a") as out:
         for i, item in enumerate(items):
             record = {"key": item["key"], **_build_cached(item, request)}
             if request["time"]:
-                samples, number = time_module(item["so_path"], item["input_shape"], device, int(request["repeat"]),
-                                              float(request["min_repeat_ms"]))
-                record.update(samples_ms=samples, number=number, threads=pool_threads())
+                samples, number = timer(item["so_path"], item["input_shape"], int(request["repeat"]),
+                                        float(request["min_repeat_ms"]))
+                # the thread count is this process's pool: a remote board's is its server's, not known here
+                record.update(samples_ms=samples, number=number, threads=None if remote else pool_threads())
                 log.info("timed %d/%d %s: median %.4f ms (%d/%d functions tuned)", i + 1, len(items), item["key"],
                          float(np.median(samples)), record["tuned_funcs"], record["total_funcs"])
             out.write(json.dumps(record) + "\n")

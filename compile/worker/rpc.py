@@ -27,7 +27,12 @@ from ofa_deploy.compile.binfmt import elf_machine
 log = logging.getLogger(__name__)
 
 
-def _connect(request: dict[str, Any]) -> rpc.RPCSession:
+def connect(request: dict[str, Any]) -> rpc.RPCSession:
+    """A session on the remote device: through the tracker by ``key``, or straight to the server.
+
+    ``session_timeout`` (seconds, 0: none) is enforced by the server too, so a hung model frees
+    the board; a caller timing many modules in one session sizes it for all of them.
+    """
     host, port, key = request["host"], int(request["port"]), request.get("key")
     session_timeout = int(request.get("session_timeout") or 0)
     if key:
@@ -39,24 +44,47 @@ def _connect(request: dict[str, Any]) -> rpc.RPCSession:
     return rpc.connect(host, port, session_timeout=session_timeout)
 
 
-def _remote_vm(request: dict[str, Any]) -> tuple[rpc.RPCSession, relax.VirtualMachine, Any, Any]:
-    """(session, VM, device, input tensor on the device) with ``main``'s input set."""
-    remote = _connect(request)
-    dev = remote.cuda(0) if request.get("device") == "cuda" else remote.cpu(0)
+def load_remote(remote: rpc.RPCSession, so_path: str, x: np.ndarray,
+                device: str) -> tuple[relax.VirtualMachine, Any, Any]:
+    """(VM, device, input tensor on the device) of ``so_path`` uploaded into ``remote``'s session, with
+    ``main``'s input ``x`` set (the caller keeps the tensor as long as the VM).
+
+    One session can load many modules (``ofa-deploy profile`` times a whole chunk in one): each
+    upload gets a unique name in the session's work directory, which the server removes with it.
+    """
+    dev = remote.cuda(0) if device == "cuda" else remote.cpu(0)
     if not dev.exist:
-        raise RuntimeError(f"the remote has no {request.get('device', 'cpu')} device")
-    name = f"ofa_{uuid.uuid4().hex[:8]}_{os.path.basename(request['so_path'])}"
-    remote.upload(request["so_path"], name)
+        raise RuntimeError(f"the remote has no {device} device")
+    name = f"ofa_{uuid.uuid4().hex[:8]}_{os.path.basename(so_path)}"
+    remote.upload(so_path, name)
     try:
         lib = remote.load_module(name)
     except Exception as exc:  # noqa: BLE001 - a wrong-architecture module reads as "file not found" there
-        machine = elf_machine(request["so_path"]) or "not an ELF"
+        machine = elf_machine(so_path) or "not an ELF"
         raise RuntimeError(f"the remote could not load the module ({machine} code: is it built for this device?): "
                            f"{str(exc).strip().splitlines()[-1]}") from None
     vm = relax.VirtualMachine(lib, dev)
-    x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
-    vm.set_input("main", x)
-    return remote, vm, dev, x
+    tensor = tvm.runtime.tensor(x, dev)
+    vm.set_input("main", tensor)
+    return vm, dev, tensor
+
+
+def remote_samples(vm: relax.VirtualMachine, dev: Any, number: int, repeat: int) -> list[float]:
+    """Seconds per sample of ``main`` (each the mean of ``number`` runs), timed on the device itself.
+
+    ``time_evaluator("invoke_stateful")`` runs the loop on the remote, so no network round trip
+    is in a sample.
+    """
+    evaluator = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
+    return [float(s) for s in evaluator("main").results]
+
+
+def _remote_vm(request: dict[str, Any]) -> tuple[rpc.RPCSession, relax.VirtualMachine, Any, Any]:
+    """(session, VM, device, input tensor) of the request's module with its input set; the session and
+    the tensor must outlive the VM."""
+    remote = connect(request)
+    return (remote, *load_remote(remote, request["so_path"], np.load(request["input_path"]),
+                                 request.get("device", "cpu")))
 
 
 def _first_output(vm: relax.VirtualMachine) -> np.ndarray:
@@ -80,6 +108,5 @@ def time(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``rpc_time``: time_evaluator on the remote device; per-sample milliseconds."""
     _, vm, dev, _ = _remote_vm(request)
     vm.invoke_stateful("main")  # first call allocates the memory pools: not a sample
-    evaluator = vm.time_evaluator("invoke_stateful", dev, number=request["number"], repeat=request["repeat"])
-    result = evaluator("main")
-    return {"samples_ms": [float(s) * 1e3 for s in result.results], "number": request["number"]}
+    samples = remote_samples(vm, dev, int(request["number"]), int(request["repeat"]))
+    return {"samples_ms": [s * 1e3 for s in samples], "number": request["number"]}

@@ -12,8 +12,14 @@ from .options import SEED, parse_resolutions
 
 @click.command("profile")
 @click.option("--target", required=True,
-              help="A target that runs on this machine: x86-host (CUDA targets with a GPU); with --estimate-from, "
-                   "any registry CPU target.")
+              help="A target that runs on this machine: x86-host (CUDA targets with a GPU); with --rpc, a board's "
+                   "target (e.g. cortex-a76); with --estimate-from, any registry CPU target.")
+@click.option("--rpc", default=None, metavar="HOST:PORT:KEY",
+              help="Time on the board registered under KEY at this RPC tracker (modules cross-compiled here with "
+                   "tuning_logs/<target>/'s database, as 'tune --rpc' made it); the model names that board.")
+@click.option("--rpc-emulated", is_flag=True,
+              help="The --rpc server runs under qemu: timings and the model are labelled 'emulated' (plumbing "
+                   "tests only; search never presents them as a speed).")
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
               help="Resolutions to profile; search with this model is restricted to them.")
 @click.option("--calibrate", type=click.IntRange(min=0), default=12, show_default=True,
@@ -38,15 +44,19 @@ from .options import SEED, parse_resolutions
 @click.option("--adapt-from", "adapt_from", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
               help="Like --adapt, with this device folder's tables (e.g. tuning_logs/x86_64-znver5-2c).")
 @click.pass_context
-def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate: int, database: str | None,
-                    space: str | None, seed: int, passes: int, no_progress: bool, estimate_from: str | None,
-                    adapt: bool, adapt_from: str | None) -> None:
+def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulated: bool, resolutions: str,
+                    calibrate: int, database: str | None, space: str | None, seed: int, passes: int, no_progress: bool,
+                    estimate_from: str | None, adapt: bool, adapt_from: str | None) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution, then compiles
     --calibrate random subnets end to end and fits measured = a * sum_of_blocks + b. Writes
     tuning_logs/<target>/latency_model.json, which 'ofa-deploy search' then uses for this target
     (while the database and TVM are unchanged). Interrupted runs resume.
+
+    With --rpc HOST:PORT:KEY the board registered under KEY is the device: every model is
+    cross-compiled here and timed there, and the model goes to the board's folder (the one
+    'tune --rpc' with the same key made; another board's folder is refused).
 
     With --estimate-from SOURCE, for a target with no device here (e.g. cortex-a76), nothing is timed:
     per-layer roofline efficiencies are fitted to SOURCE's profiled tables and written to
@@ -57,6 +67,7 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
       ofa-deploy profile --target x86-host
       ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
       ofa-deploy profile --target x86-host --adapt --resolutions 224     # minutes, from another CPU's tables
+      ofa-deploy profile --target cortex-a76 --rpc 192.168.1.10:9190:pi5  # on the board, after tune --rpc
       ofa-deploy profile --target cortex-a76 --estimate-from x86-host
     """
     if estimate_from is not None:
@@ -81,7 +92,8 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
         raise OfaDeployError(f"--calibrate {calibrate}: adapting fits a scale and an offset, give at least 3 subnets")
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
                                           space=space or DEFAULT_SPACE, seed=seed,
-                                          settings=ProfileSettings(passes=passes), adapt_from=adapt_from),
+                                          settings=ProfileSettings(passes=passes), adapt_from=adapt_from, rpc=rpc,
+                                          rpc_emulated=rpc_emulated),
                             progress=False if no_progress else None)
     model, meta = report.model, report.model.meta
     cal = model.calibration
@@ -94,14 +106,18 @@ def profile_command(ctx: click.Context, target: str, resolutions: str, calibrate
                    f"measured, {worst['predicted_ms']:.2f} predicted)")
     else:
         click.echo("calibration: none (--calibrate 0): predictions are the plain sum of the blocks")
-    click.echo(f"latency model: estimated from {model.basis}")
+    if model.source == "emulated":
+        click.echo(f"latency model: EMULATED, not a device speed ({model.basis})")
+    else:
+        click.echo(f"latency model: estimated from {model.basis}")
 
 
 def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -> None:
     """``profile --estimate-from``: learn efficiencies on SOURCE, write the target's estimated model."""
     from ofa_deploy.latency.learned import estimate_target
 
-    timed_only = [p for p in ("resolutions", "calibrate", "database", "seed", "passes")
+    timed_only = [p.replace("_", "-") for p in ("rpc", "rpc_emulated", "resolutions", "calibrate", "database", "seed",
+                                                "passes")
                   if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if timed_only:
         raise OfaDeployError(f"--{timed_only[0]}: not used with --estimate-from (nothing is timed); allowed with it: "

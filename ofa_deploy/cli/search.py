@@ -122,7 +122,7 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     """
     from ofa_deploy.search.api import predictor_info, resolve_predictor, run_search
     from ofa_deploy.search.evaluator import Constraints
-    from ofa_deploy.search.output import output_folder, write_outputs
+    from ofa_deploy.search.output import gops, output_folder, write_outputs
     from ofa_deploy.latency.choose import latency_model
     from ofa_deploy.search.verify import find_measure
 
@@ -158,11 +158,11 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     paths = write_outputs(result, output, target=target, predictor_info=predictor_info(predictor, acc_predictor),
                           inputs=inputs)
     row = result.row(result.best, 0)
-    gops = 2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9
+    speed = gops(row)
     click.echo(f"{paths['subnet']}: {row['id']}  predicted acc {100 * row['predicted_accuracy']:.2f}%  "
                f"{row['latency_ms']:.3f} ms ({row['latency_source']}) on {result.target}  "
                f"{row['macs'] / 1e6:.1f} MMACs  {row['intensity']:.2f} ops/B ({row['intensity_dtype']})  "
-               f"{gops:.2f} GOP/s")
+               + (f"{speed:.2f} GOP/s" if speed is not None else "- emulated: not a device speed"))
     if row.get("latency_basis"):
         click.echo(f"latency basis: {row['latency_basis']}")
     click.echo(f"{paths['front']}: {len(result.front)} Pareto subnets; plot {paths['plot']}")

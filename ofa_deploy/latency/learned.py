@@ -471,7 +471,7 @@ def estimate_target(target: str, source: str, space: str | None = None, cfg: Fit
     from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.database import current_database_hash
 
-    from .measured import mismatch
+    from .measured import mismatch, timing_source
 
     spec, src = get_target(target), get_target(source)
     _kind_check(spec, src)
@@ -487,6 +487,9 @@ def estimate_target(target: str, source: str, space: str | None = None, cfg: Fit
                       space=get_space(space or data.get("space")).name, n_classes=None)
     if reason is not None:
         raise OfaDeployError(f"--estimate-from {src.name}: {path} is stale ({reason}); {hint}")
+    if timing_source(data) == "emulated":
+        raise OfaDeployError(f"--estimate-from {src.name}: {path} holds EMULATED timings (qemu), not a device's "
+                             f"speed; nothing can be learned from them; profile the real board first")
     if not data.get("database_sha256"):
         log.warning("--estimate-from %s: its tables are of UNTUNED code; the learned efficiencies describe "
                     "untuned code", src.name)

@@ -14,6 +14,10 @@ output, so ``source = "estimated"``; ``basis`` says what they are built on.
 The model is only valid for the compiled code it was measured on: it records the TVM version and
 the database sha256, and :func:`load_measured_model` refuses (warning once, so search falls back
 to the analytic roofline) a model whose database or TVM has changed since.
+
+A model profiled through an RPC server under qemu (``profile --rpc-emulated``) records
+``timing_source: "emulated"``: its predictions are labelled ``emulated`` (not ``estimated``), its
+basis says EMULATED, and it never stands in for another device or teaches a roofline.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class MeasuredLatencyModel:
     allows, since code at any other resolution would be untuned and unmeasured.
     """
 
-    source = "estimated"
+    source = "estimated"  # "emulated" for tables timed under an emulator (set per model from its file)
     dtype_bytes = 4  # fp32 modules
 
     def __init__(self, space: str | SearchSpace, table: np.ndarray, fixed: np.ndarray, calibration: Calibration, *,
@@ -126,8 +130,15 @@ class MeasuredLatencyModel:
         self.target, self.resolutions, self.basis = target, tuple(resolutions), basis
         self.foreign_device: str | None = None  # set when it stands in for a device without a model
         self.meta = meta or {}
+        if self.timing_source == "emulated":  # an emulator's tables: its predictions are no speed either
+            self.source = "emulated"
         self.complete = bool(np.isfinite(self.fixed_supported()).all()
                              and np.isfinite(table[..., self._r_idx()]).all())
+
+    @property
+    def timing_source(self) -> str:
+        """How the tables were timed: ``measured`` on the device, or ``emulated`` (qemu: plumbing only)."""
+        return timing_source(self.meta)
 
     def _r_idx(self) -> list[int]:
         return [self.space.resolution_choices.index(r) for r in self.resolutions]
@@ -184,15 +195,27 @@ class MeasuredLatencyModel:
                                  f"{type(err).__name__} {err}); delete it and re-run ofa-deploy profile") from None
 
 
+def timing_source(data: dict[str, Any]) -> str:
+    """``measured`` or ``emulated``: how a saved model's tables were timed (models from before the field: measured)."""
+    return "emulated" if data.get("timing_source") == "emulated" else "measured"
+
+
 def describe_basis(data: dict[str, Any]) -> str:
-    """One line saying what the estimate is built on, shown next to ``source`` in search output."""
+    """One line saying what the estimate is built on, shown next to ``source`` in search output.
+
+    A board's model names the board (its RPC key); an emulated one says so first, in capitals.
+    """
     db = data.get("database_sha256")
-    tuned = f"tuned-measured tables (db {db[:8]})" if db else "untuned-measured tables (no database)"
+    timed = "EMULATED (qemu: plumbing, not a device speed)" if timing_source(data) == "emulated" else "measured"
+    tuned = f"tuned-{timed} tables (db {db[:8]})" if db else f"untuned-{timed} tables (no database)"
     c = data["calibration"]
     fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])
     threads = f" ({data['tvm_threads']} threads)" if data.get("tvm_threads") else ""
-    return f"{tuned}, {data['target']}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}"
+    device = data.get("device")
+    board = (f" on board '{device.get('rpc_key')}' over RPC"
+             if isinstance(device, dict) and device.get("kind") == "rpc" else "")
+    return f"{tuned}, {data['target']}{board}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}"
 
 
 def save_model(path: str | Path, data: dict[str, Any]) -> None:
@@ -257,6 +280,10 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
     if reason is not None:
         _warn_once(path, reason)
         return None
+    if model.timing_source == "emulated":
+        _warn_once(path, "its tables were timed under an emulator (profile --rpc-emulated): latencies are labelled "
+                         "'emulated', plumbing only, never the device's speed; profile the real board for a model",
+                   used=True)
     if label:
         model.target = label
     if n_classes is not None and n_classes != model.meta.get("n_classes"):
@@ -272,9 +299,21 @@ def nearest_model(target_name: str) -> tuple[Path, Any] | None:
     from ofa_deploy.tuning_logs.folders import nearest_devices, target_identity
 
     for folder, identity in nearest_devices(target_identity(target_name), exclude=target_dir(target_name)):
-        if identity.kind != "named" and (folder / MODEL_FILE).is_file():
+        if identity.kind != "named" and (folder / MODEL_FILE).is_file() and not _emulated_file(folder / MODEL_FILE):
             return folder, identity
     return None
+
+
+def _emulated_file(path: Path) -> bool:
+    """True when the model at ``path`` holds emulated timings: those never stand in for another device.
+
+    An unreadable file is not skipped here: whoever loads it says what is wrong with it.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and timing_source(data) == "emulated"
 
 
 def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: int | None = None,
@@ -317,4 +356,4 @@ def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: in
 
 
 __all__ = ["Calibration", "MeasuredLatencyModel", "describe_basis", "fit_affine", "load_measured_model",
-           "load_nearest_model", "mismatch", "nearest_model", "save_model", "tables_from_workloads"]
+           "load_nearest_model", "mismatch", "nearest_model", "save_model", "tables_from_workloads", "timing_source"]

@@ -17,7 +17,13 @@ Steps (each resumable; see :func:`profile_target`):
 
 Every finished timing pass goes to ``latency_model.partial.json`` at once and every build to the
 module cache, so a killed run resumes where it stopped, as long as the database, TVM version,
-target, space and head are unchanged.
+target, space, head, device and timing source are unchanged.
+
+**A board over RPC** (``rpc``: ``HOST:PORT:KEY``): the modules are cross-compiled here with the
+board's database (``tuning_logs/<target>/``, as ``tune --rpc`` left it) and timed on the board;
+the model names the board (its identity, the key included: the same one ``tune --rpc`` recorded)
+and its ``timing_source``: ``measured``, or ``emulated`` for a server under qemu (``rpc_emulated``),
+whose model search labels ``emulated`` and never presents as a speed.
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import DEFAULT_SPACE, SearchSpace, SubnetConfig, get_space
 from ofa_deploy.tuning_logs.database import current_transfer_hashes, database_hash, default_database
 from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
-from ofa_deploy.tuning_logs.identity import claim_folder
+from ofa_deploy.tuning_logs.identity import check_folder, claim_folder
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 
-from .measured import FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads
+from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads,
+                       timing_source)
 from .tables import lookup
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,8 @@ class ProfileConfig:
     out_dir: str | None = None  # default: tuning_logs/<target>/
     settings: Any = None  # compile.profile.ProfileSettings; None: its defaults
     adapt_from: str | None = None  # a device folder with a latency model: reuse its tables, only calibrate here
+    rpc: str | None = None  # HOST:PORT:KEY: time on the board registered under KEY at this RPC tracker
+    rpc_emulated: bool = False  # the --rpc server runs under qemu: timings and model are "emulated"
 
     def __post_init__(self) -> None:
         if self.calibrate < 0:
@@ -85,13 +94,21 @@ class ProfileReport:
     calibration: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, threads: int) -> dict[str, Any]:
-    """What timings depend on: reuse old timings only if all of it is unchanged."""
+def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, threads: int | None,
+              timing_source: str = "measured") -> dict[str, Any]:
+    """What timings depend on: reuse old timings only if all of it is unchanged.
+
+    ``threads``: TVM's pool here (None on a board: its server's); ``timing_source``: ``measured``
+    or ``emulated`` (an emulator's timings never mix with a device's).
+    """
     from ofa_deploy.compile.toolchain import installed_tvm_version
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
             "database_sha256": db_hash, "transfer_sha256": current_transfer_hashes(spec.name), "space": space,
-            "n_classes": n_classes, "tvm_threads": threads}
+            "n_classes": n_classes, "tvm_threads": threads, "timing_source": timing_source}
+
+
+IDENTITY_DEFAULTS = {"timing_source": "measured"}  # what a file from before a field existed meant by its absence
 
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -110,7 +127,7 @@ def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict],
         if not isinstance(data, dict):
             log.warning("%s is not a JSON object; ignoring it", path)
             continue
-        if any(data.get(k) != v for k, v in identity.items()):
+        if any(data.get(k, IDENTITY_DEFAULTS.get(k)) != v for k, v in identity.items()):
             log.info("%s was made with another database, TVM, target or head: not reused", path)
             continue
         workloads.update(data.get("workloads", {}))
@@ -161,8 +178,9 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
 
 def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Path | None, n_classes: int | None,
                     *, settings: Any = None, seed: int = 0, passes_done: dict[str, int] | None = None,
-                    on_result: Any = None, progress: bool | None = True) -> dict[str, list[Any]]:
-    """Compile each subnet (seeded random weights) like ``ofa-deploy compile`` and time it here, in passes.
+                    on_result: Any = None, progress: bool | None = True, remote: Any = None) -> dict[str, list[Any]]:
+    """Compile each subnet (seeded random weights) like ``ofa-deploy compile`` and time it here (or on
+    the ``remote`` board: a ``compile.profile.RemoteDevice``), in passes.
 
     Builds go to the module cache and timings follow ``compile.profile.time_workloads`` (the
     same worker, settings and passes as the per-block tables, so table and end-to-end numbers
@@ -180,7 +198,7 @@ def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Pat
             export_onnx(random_subnet(cfg, seed, n_classes), cfg.image_size, onnx_path, seed=seed)
             items.append(WorkloadItem(cfg.id, onnx_path, (1, 3, cfg.image_size, cfg.image_size)))
         return time_workloads(items, spec, database_dir, input_name=INPUT_NAME, settings=settings or ProfileSettings(),
-                              on_result=on_result, progress=progress, passes_done=passes_done)
+                              on_result=on_result, progress=progress, passes_done=passes_done, remote=remote)
 
 
 def _finite(x: float) -> float | None:
@@ -254,6 +272,9 @@ def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
                              f"allowed --resolutions: {','.join(map(str, data.get('resolutions', [])))}")
     if data.get("space") != run.space.name:
         raise OfaDeployError(f"--adapt-from {folder}: it models space {data.get('space')}, not {run.space.name}")
+    if timing_source(data) == "emulated":
+        raise OfaDeployError(f"--adapt-from {folder}: its tables are EMULATED timings (qemu), not a device's speed; "
+                             "choose a device folder whose model was measured")
     wanted = {w.key for w in run.wanted}
     run.workloads = {k: v for k, v in data["workloads"].items() if k in wanted}
     source_device = read_identity(folder)
@@ -284,6 +305,7 @@ class _Run:
     device: Any  # DeviceIdentity of the machine timed on: the model describes it and only it
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    remote: Any = None  # compile.profile.RemoteDevice: the board timed on over RPC; None: this machine
 
     def save_partial(self) -> None:
         write_json(self.out_dir / PARTIAL_FILE,
@@ -291,28 +313,31 @@ class _Run:
 
 
 def _start(cfg: ProfileConfig) -> _Run:
-    """Check the target runs here, find its database, list the workloads and what earlier runs timed of them."""
+    """Check where the target is timed (here, or a board over RPC) and that its folder is that device's, find
+    its database, list the workloads and what earlier runs timed of them."""
     from ofa_deploy.compile.isolate import tvm_threads
-    from ofa_deploy.compile.profile import ProfileSettings, local_device
+    from ofa_deploy.compile.profile import ProfileSettings
+    from ofa_deploy.compile.rpc import check_reachable
     from ofa_deploy.targets import get_target
     from ofa_deploy.workloads import space_workloads
 
     spec = get_target(cfg.target)
-    try:
-        local_device(spec)
-    except OfaDeployError as err:
-        raise OfaDeployError(f"profile: {err}; profiling over RPC is a later step; for an estimate from a "
-                             f"profiled target use --estimate-from x86-host") from None
+    remote = _timing_device(cfg, spec)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else target_dir(spec.name)
+    device = measuring_identity(spec.name, remote.rpc.key if remote else None)
+    check_folder(out_dir, device, "a latency model")  # a wrong board is refused before it is contacted
+    if remote is not None:
+        check_reachable(remote.rpc)  # seconds, one line: before anything is written or built
     sp = get_space(cfg.space)
     n_classes = cfg.n_classes or sp.n_classes
     settings = cfg.settings or ProfileSettings()
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else target_dir(spec.name)
     database = Path(cfg.database_dir) if cfg.database_dir else default_database(spec.name)
     db_hash = database_hash(database) if database is not None else None
     if database is None:
         log.warning("profile %s: no MetaSchedule database (tuning_logs/%s/ has none, no --database): timing "
                     "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name, spec.name)
-    identity = _identity(spec, db_hash, sp.name, n_classes, tvm_threads(settings.num_threads))
+    identity = _identity(spec, db_hash, sp.name, n_classes, None if remote else tvm_threads(settings.num_threads),
+                         remote.source if remote else "measured")
     workloads = space_workloads(sp, cfg.resolutions, n_classes)
     if cfg.keys is not None:
         unknown = sorted(set(cfg.keys) - {w.key for w in workloads})
@@ -320,12 +345,40 @@ def _start(cfg: ProfileConfig) -> _Run:
             raise OfaDeployError(f"keys: {unknown[0]} is not a workload at resolutions {list(cfg.resolutions)} "
                                  f"(e.g. {workloads[1].key})")
         workloads = [w for w in workloads if w.key in set(cfg.keys)]
-    device = measuring_identity(spec.name)
     claim_folder(out_dir, device, "a latency model")
     identity["device"] = device.to_json()  # saved in the model as is: timings of another device are not reused
     done, points = _reusable(out_dir, identity)
     done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
-    return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, device, done, points)
+    return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, device, done, points,
+                remote=remote)
+
+
+def _timing_device(cfg: ProfileConfig, spec: Any) -> Any:
+    """Where the timings are taken: None for this machine (checked: the target runs here), else the
+    ``compile.profile.RemoteDevice`` of ``cfg.rpc`` (checked: a tracker and a board key, for a target
+    that does not run here). Bad input -> OfaDeployError naming the option."""
+    from ofa_deploy.compile.profile import RemoteDevice, local_device, remote_device, runs_here
+    from ofa_deploy.compile.rpc import RpcSpec
+
+    if cfg.rpc is None:
+        if cfg.rpc_emulated:
+            raise OfaDeployError("--rpc-emulated: marks the --rpc server as running under qemu; give --rpc "
+                                 "HOST:PORT:KEY too")
+        try:
+            local_device(spec)
+        except OfaDeployError as err:
+            raise OfaDeployError(f"profile: {err}; or, for an estimate from a profiled target, --estimate-from "
+                                 "x86-host") from None
+        return None
+    rpc = RpcSpec.parse(cfg.rpc)
+    if not rpc.is_tracker:
+        raise OfaDeployError(f"--rpc {rpc}: profile needs an RPC tracker and the board's key (HOST:PORT:KEY), not a "
+                             "server address: the key names the board the latency model belongs to")
+    if runs_here(spec):
+        raise OfaDeployError(f"--rpc {rpc}: target {spec.name} runs on this machine; profile it here without --rpc "
+                             "(--rpc is for a board, e.g. --target cortex-a76)")
+    remote_device(spec)  # analytic-only targets have nothing to time
+    return RemoteDevice(rpc, cfg.rpc_emulated)
 
 
 def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | None) -> tuple[int, int]:
@@ -354,7 +407,7 @@ def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | No
             run.save_partial()
 
         time_workloads([WorkloadItem(w.key, paths[w.key], w.input_shape) for w in todo], run.spec, run.database,
-                       settings=run.settings, on_result=keep, progress=progress, passes_done=have)
+                       settings=run.settings, on_result=keep, progress=progress, passes_done=have, remote=run.remote)
     return len(todo), reused
 
 
@@ -384,7 +437,7 @@ def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None) -> tuple[li
             run.save_partial()
 
         measure_subnets(cal_todo, run.spec, run.database, run.n_classes, settings=run.settings, seed=cfg.seed,
-                        passes_done=have_cal, on_result=keep_point, progress=progress)
+                        passes_done=have_cal, on_result=keep_point, progress=progress, remote=run.remote)
     for sub, table_ms in zip(calib, sums):
         run.points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
     used = [run.points[s.id] for s in calib]

@@ -26,13 +26,19 @@ CSV_FIELDS = ("rank", "id", "predicted_accuracy", "latency_ms", "latency_source"
               "intensity", "intensity_dtype", "gops", "image_size", "ks", "e", "d")
 
 
+def gops(row: dict[str, Any]) -> float | None:
+    """Achieved GOP/s of a result row; None for an emulated latency, which is no speed to divide by."""
+    if row["latency_source"] == "emulated":
+        return None
+    return round(2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9, 3)
+
+
 def subnet_extra(result: SearchResult, target: str, predictor_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The result keys stored beside the arch dict in subnet.json."""
     row = result.row(result.best, 0)
     row.pop("config")
     row.pop("id")
-    extra: dict[str, Any] = {"target": target, **row,
-                             "gops": round(2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9, 3)}
+    extra: dict[str, Any] = {"target": target, **row, "gops": gops(row)}
     extra["search"] = {"objective": result.objective, **result.settings, "evaluations": result.evaluations,
                        "seconds": round(result.seconds, 3), "front_size": len(result.front)}
     if predictor_info:
@@ -49,7 +55,7 @@ def front_csv(result: SearchResult) -> str:
     for i in range(len(result.front)):
         row = result.row(result.front, i)
         cfg = row.pop("config")
-        row["gops"] = round(2 * row["macs"] / (row["latency_ms"] * 1e-3) / 1e9, 3)
+        row["gops"] = gops(row)
         writer.writerow({"rank": i, **row, "ks": " ".join(map(str, cfg.ks)), "e": " ".join(map(str, cfg.e)),
                          "d": " ".join(map(str, cfg.d))})
     return buf.getvalue()
@@ -73,7 +79,7 @@ def pareto_png(result: SearchResult, path: str | os.PathLike[str], budget_ms: fl
         ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
     dtype = {1: "int8", 4: "fp32"}.get(result.dtype_bytes, "")
     fig.colorbar(sc, ax=ax, label=f"arithmetic intensity (ops/byte, {dtype})")
-    basis = f"\n{result.latency_basis}" if result.latency_basis and result.latency_source == "estimated" else ""
+    basis = f"\n{result.latency_basis}" if result.latency_basis and result.latency_source != "measured" else ""
     ax.set_xlabel(f"latency (ms, {result.latency_source}) on {result.target}{basis}", fontsize=9 if basis else None)
     ax.set_ylabel("predicted top-1 accuracy (%)")
     ax.set_title(f"{result.objective} search: {len(f)} Pareto subnets")

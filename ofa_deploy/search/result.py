@@ -72,8 +72,8 @@ class SearchResult:
             "predicted_accuracy": round(float(scored.acc[i]), 5),
             "latency_ms": round(float(scored.latency[i]), 4),
             "latency_source": self.latency_source,
-            # a measured (verified) latency is its own basis; only a model's estimate needs one
-            "latency_basis": self.latency_basis if self.latency_source == "estimated" else None,
+            # a measured (verified) latency is its own basis; a model's estimate (or an emulator's tables) needs one
+            "latency_basis": self.latency_basis if self.latency_source != "measured" else None,
             "macs": int(scored.macs[i]),
             "params": int(scored.params[i]),
             "intensity": round(float(scored.intensity[i]), 4),
