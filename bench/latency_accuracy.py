@@ -5,7 +5,7 @@ from the calibration seed, and checked against the calibration subnets; a smalle
 prefix of a larger one), compiles each like ``ofa-deploy compile`` with the target's database,
 times it exactly as ``profile`` times its tables (``--passes`` passes over all subnets, fastest
 pass kept), and compares with the model's prediction. Prints the share within +-10 %, MAPE,
-Kendall tau; writes ``bench/results/latency_accuracy_<target>.csv`` (one row per subnet with
+Kendall tau; writes ``bench/results/latency_accuracy_<device folder>.csv`` (one row per subnet with
 every pass; resumable: rerun the same command after a kill, builds are cached until timed) and a
 predicted-vs-measured scatter PNG beside it.
 
@@ -151,7 +151,8 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
     click.echo(f"query: 10,000 subnets predicted in {(time.perf_counter() - start) * 1e3:.2f} ms (one batch call)")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out_dir / f"latency_accuracy_{spec.name}.csv", out_dir / f"latency_accuracy_{spec.name}.png"
+    device = target_dir(spec.name).name  # results of two CPUs never share a file (x86-host is this CPU)
+    csv_path, png_path = out_dir / f"latency_accuracy_{device}.csv", out_dir / f"latency_accuracy_{device}.png"
     rows = read_rows(csv_path, db, tvm, meta["created"])
     database = default_database(spec.name)
     pred_of = {cfg.id: float(pred) for cfg, pred in zip(subnets, predicted)}
@@ -201,7 +202,7 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
         body = (f"`python bench/latency_accuracy.py --target {spec.name} --n {n_subnets} --seed {seed} "
                 f"--passes {passes}`\n\n```\n"
                 + "\n".join(lines[:-1]) + "\n```\n")
-        update_benchmarks_md(f"Latency model accuracy ({spec.name})", body)
+        update_benchmarks_md(f"Latency model accuracy ({device})", body)
 
 
 if __name__ == "__main__":
