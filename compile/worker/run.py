@@ -61,9 +61,9 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
     """
     import time as clock
 
-    dev = tvm.cpu(0)
+    loaded = [_load(path, "cpu") for path in request["so_paths"]]
+    vms, dev = [vm for vm, _ in loaded], loaded[0][1]
     x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
-    vms = [relax.VirtualMachine(tvm.runtime.load_module(path), dev) for path in request["so_paths"]]
     for _ in range(int(request["warmup"])):
         for vm in vms:
             vm["main"](x)
