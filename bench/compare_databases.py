@@ -9,6 +9,10 @@ medians and the median of the per-turn ratios B / A with its quartiles (below 1:
 
     git show HEAD:tuning_logs/x86_64-znver4-2c/database_tuning_record.json.gz > /tmp/a/...  # (both files)
     python bench/compare_databases.py --a /tmp/a --b tuning_logs/x86_64-znver4-2c --calls 300
+
+A side may also be ``none`` (no database: the rule schedules) and may be built in another data
+layout than the target's (``--layout-a NCHW``): a layout change is a before/after like any other.
+Other devices' schedules are offered to a side only in the target's own layout.
 """
 
 from __future__ import annotations
@@ -34,24 +38,30 @@ from common import update_benchmarks_md  # noqa: E402
 from compare_runtimes import SUBNETS  # noqa: E402
 
 
-def compare(a: Path, b: Path, calls: int, threads: int, work: Path) -> dict[str, dict[str, float]]:
-    """Per subnet: median ms with A and with B, and the per-turn ratio B / A (median, quartiles)."""
+def compare(a: Path | None, b: Path | None, calls: int, threads: int, work: Path,
+            layouts: tuple[str | None, str | None] = (None, None)) -> dict[str, dict[str, float]]:
+    """Per subnet: median ms with A and with B, and the per-turn ratio B / A (median, quartiles).
+
+    ``None`` for a database: none (rule schedules); for a layout: the target's.
+    """
     spec = get_target("x86-host")
-    transfer = transfer_databases(spec.name)
-    folders = []
+    layouts = tuple(layout or spec.data_layout for layout in layouts)
+    folders: list[Path | None] = []
     for db in (a, b):  # a packed folder (as shipped) is read through its unpacked cache copy
-        resolved = resolve_database(db)
-        if resolved is None:
+        resolved = resolve_database(db) if db is not None else None
+        if db is not None and resolved is None:
             raise OfaDeployError(f"{db} holds no MetaSchedule database (plain or packed)")
         folders.append(resolved)
+    transfers = [transfer_databases(spec.name) if layout == spec.data_layout else [] for layout in layouts]
     rows = {}
     for name, cfg in SUBNETS.items():
         onnx_path = work / f"{cfg.id}.onnx"
         export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
         shape = (1, 3, cfg.image_size, cfg.image_size)
         modules = [build_module(onnx_path, spec, work / f"{cfg.id}.{label}.so", input_name=INPUT_NAME,
-                                input_shape=shape, database_dir=db, transfer_databases=transfer).so_path
-                   for label, db in zip(("a", "b"), folders)]
+                                input_shape=shape, database_dir=db, transfer_databases=transfer,
+                                data_layout=layout).so_path
+                   for label, db, transfer, layout in zip(("a", "b"), folders, transfers, layouts)]
         sa, sb = time_interleaved(modules, seeded_input(shape), calls=calls, num_threads=threads)
         ratios = [y / x for x, y in zip(sa, sb)]
         q1, _, q3 = statistics.quantiles(ratios, n=4)
@@ -73,8 +83,10 @@ def table(rows: dict[str, dict[str, float]], a: str, b: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--a", type=Path, required=True, help="database folder A (before; packed or plain)")
-    parser.add_argument("--b", type=Path, required=True, help="database folder B (after)")
+    parser.add_argument("--a", required=True, help="database folder A (before; packed or plain), or 'none'")
+    parser.add_argument("--b", required=True, help="database folder B (after), or 'none'")
+    parser.add_argument("--layout-a", choices=("NCHW", "NHWC"), default=None, help="A's data layout (default: the target's)")
+    parser.add_argument("--layout-b", choices=("NCHW", "NHWC"), default=None, help="B's data layout (default: the target's)")
     parser.add_argument("--label-a", default="before")
     parser.add_argument("--label-b", default="after")
     parser.add_argument("--calls", type=int, default=300, help="calls per module, in turns")
@@ -84,7 +96,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = compare(args.a, args.b, args.calls, args.threads, Path(tmp))
+        rows = compare(*(None if x == "none" else Path(x) for x in (args.a, args.b)), args.calls, args.threads,
+                       Path(tmp), (args.layout_a, args.layout_b))
     text = table(rows, args.label_a, args.label_b)
     print(text)
     if args.section:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets import TargetSpec, get_target
-from ofa_deploy.tuning_logs.database import best_records, check_database_target, database_hash, file_sha256
+from ofa_deploy.tuning_logs.database import (best_records, check_database_target, database_data_layout, database_hash,
+                                             file_sha256)
 
 from .binfmt import elf_machine, embedded_fatbins
 from .isolate import run_worker
@@ -39,7 +40,7 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
                  input_name: str, input_shape: tuple[int, ...] | list[int],
                  database_dir: str | Path | None = None,
                  transfer_databases: Sequence[tuple[str, str | Path]] = (),
-                 timeout: float | None = DEFAULT_BUILD_TIMEOUT_S) -> BuildInfo:
+                 timeout: float | None = DEFAULT_BUILD_TIMEOUT_S, data_layout: str | None = None) -> BuildInfo:
     """Compile an ONNX model into a deployable ``.so`` for ``target``.
 
     The work runs in a child process (isolate.py), so a TVM crash is an OfaDeployError here.
@@ -48,7 +49,8 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
     they match; for CPU targets every other function takes a schedule from
     ``transfer_databases`` ((label, folder) of other devices' databases, nearest first: the same
     workload, or a structural sibling), else a rule (compile/worker/schedules.py). BuildInfo
-    counts the functions by where their schedule came from.
+    counts the functions by where their schedule came from. ``data_layout`` overrides the
+    target's (:attr:`TargetSpec.data_layout`): for benches that compare layouts.
 
     Raises:
         OfaDeployError: analytic-only target, missing ONNX file or tool (with the package to
@@ -62,6 +64,9 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
     if not onnx_path.is_file():
         raise OfaDeployError(f"ONNX file not found: {onnx_path}")
     shape = _check_shape(input_shape)
+    layout = data_layout or spec.data_layout
+    if layout not in ("NCHW", "NHWC"):
+        raise OfaDeployError(f"data_layout must be NCHW or NHWC, got {layout!r}")
     env: dict[str, str] = {}
     if spec.kind == "cuda":
         nvcc_dir = str(Path(find_nvcc()).parent)  # TVM runs "nvcc" from PATH
@@ -71,13 +76,18 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
     if database_dir is not None:
         db_hash = database_hash(database_dir)
         check_database_target(database_dir, spec.tvm_target, spec.name)
+        tuned_in = database_data_layout(database_dir)
+        if tuned_in not in (None, layout):
+            raise OfaDeployError(f"database {database_dir} was tuned in {tuned_in}; {spec.name} modules are built in "
+                                 f"{layout}, so none of its schedules would apply: re-tune "
+                                 f"('ofa-deploy tune --target {spec.name}' into a fresh folder)")
     out = Path(out_path_so)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.so")
     request = {
         "op": "build", "onnx_path": str(onnx_path.resolve()), "target_name": spec.name,
         "tvm_target": spec.tvm_target_with_host(), "linker": linker, "out_path": str(tmp),
-        "input_name": input_name, "input_shape": list(shape),
+        "input_name": input_name, "input_shape": list(shape), "data_layout": layout,
         # the build reads each workload's fastest record only: a copy with just those loads ~7x faster
         "database_dir": str(best_records(database_dir).resolve()) if database_dir is not None else None,
         "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer_databases],
@@ -97,7 +107,7 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
         schedule_sources=reply["schedule_sources"],
         transferred_from=tuple(label for label, _ in transfer_databases),
         build_seconds=round(time.perf_counter() - start, 3), input_name=input_name,
-        input_shape=shape, onnx_sha256=file_sha256(onnx_path))
+        input_shape=shape, onnx_sha256=file_sha256(onnx_path), data_layout=reply["data_layout"])
 
 
 def _check_local_module(so_path: str | Path, device: str | None) -> tuple[Path, str]:

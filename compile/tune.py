@@ -46,8 +46,8 @@ from tqdm import tqdm
 from ofa_deploy.atomic import sweep_stale, write_json
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.tuning_logs.database import (check_database_target, database_hash, file_sha256, repair_database,
-                                           transfer_databases, unpack_in_place)
+from ofa_deploy.tuning_logs.database import (check_database_target, database_data_layout, database_hash, file_sha256,
+                                           repair_database, transfer_databases, unpack_in_place)
 from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
 from ofa_deploy.tuning_logs.identity import claim_folder
 from ofa_deploy.tuning_logs.layout import LOCK_FILE, RECORD_FILE, STATE_FILE
@@ -206,18 +206,24 @@ def _check_device(spec: Any, rpc: Any) -> None:
 
 
 def _workload_models(space: str, resolutions: tuple[int, ...], keys: tuple[str, ...] | None,
-                     n_classes: int | None, progress: bool | None) -> list[dict[str, Any]]:
-    """The ONNX files (exported once, cached) of the workloads to tune."""
-    from ofa_deploy.workloads import export_workloads, space_workloads
+                     n_classes: int | None, progress: bool | None, data_layout: str) -> list[dict[str, Any]]:
+    """The ONNX files (exported once, cached) of the workloads to tune.
 
-    workloads = space_workloads(space, resolutions, n_classes)
+    The whole space: its blocks, stem and head (NCHW); in NHWC the cover subnets instead, whose
+    tasks are the networks' own (:func:`ofa_deploy.workloads.cover_nets`). ``keys`` picks any of
+    both kinds (partial runs, tests).
+    """
+    from ofa_deploy.workloads import cover_nets, export_workloads, space_workloads
+
+    blocks, nets = space_workloads(space, resolutions, n_classes), cover_nets(space, resolutions)
+    workloads = nets if data_layout == "NHWC" else blocks
     if keys is not None:
-        known = {w.key for w in workloads}
+        known = {w.key for w in blocks + nets}
         unknown = [k for k in keys if k not in known]
         if unknown:
             raise OfaDeployError(f"workload {unknown[0]!r} is not a workload of {space} at {list(resolutions)}; "
                                  f"allowed: e.g. {', '.join(sorted(known)[:4])}, ...")
-        workloads = [w for w in workloads if w.key in keys]
+        workloads = [w for w in blocks + nets if w.key in keys]
     models = []
     for w in tqdm(workloads, desc="export workloads", unit="model", file=sys.stderr, leave=False,
                   disable=None if progress is None else not progress):
@@ -227,9 +233,10 @@ def _workload_models(space: str, resolutions: tuple[int, ...], keys: tuple[str, 
 
 
 def _plan_key(models: list[dict[str, Any]], spec: Any) -> str:
-    """Identifies a plan: the exact ONNX files, the target and the TVM version."""
+    """Identifies a plan: the exact ONNX files, the target, its data layout and the TVM version."""
     ident = {"models": [[m["key"], file_sha256(m["onnx_path"]), m["input_shape"]] for m in models],
-             "target": spec.name, "tvm_target": spec.tvm_target_with_host(), "tvm": installed_tvm_version()}
+             "target": spec.name, "tvm_target": spec.tvm_target_with_host(), "tvm": installed_tvm_version(),
+             "data_layout": spec.data_layout}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -407,7 +414,8 @@ def _tune_locked(job: _Job) -> TuneReport:
     skipped = len(tasks) - len(pending)
     rates = _rates(state, job.runner_kind)
     total_trials, estimate = _announce(job, len(models), plan, tasks, pending, rates)
-    state.update({"target": job.spec.name, "tvm_target": job.spec.tvm_target, "space": job.space,
+    state.update({"target": job.spec.name, "tvm_target": job.spec.tvm_target, "data_layout": job.spec.data_layout,
+                  "space": job.space,
                   "settings": {"trials_per_task": job.trials, **dataclasses.asdict(job.settings)}})
     run = _Run()
     if _polish(job, state, tasks, plan, plan_path, rates, run):
@@ -445,6 +453,11 @@ def _open_database(job: _Job) -> dict[str, Any]:
     if state.get("target") not in (None, spec.name):
         raise OfaDeployError(f"database {db} belongs to target {state['target']} (see {STATE_FILE}), not "
                              f"{spec.name}: use that target's own tuning_logs directory")
+    layout = database_data_layout(db)
+    if layout not in (None, spec.data_layout):
+        raise OfaDeployError(f"database {db} was tuned in {layout} and {spec.name} is now built and tuned in "
+                             f"{spec.data_layout}: its records can never match. Move the folder away (it stays "
+                             "valid for builds of that layout in an older ofa-deploy) and tune again")
     unpack_in_place(db)
     repair_database(db)
     if (db / RECORD_FILE).is_file():
@@ -459,13 +472,13 @@ def _plan(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
     the database's stored workload hashes (a corrupted line is refused here, naming it).
     """
     spec, db = job.spec, job.db
-    models = _workload_models(job.space, job.resolutions, job.keys, job.n_classes, job.progress)
+    models = _workload_models(job.space, job.resolutions, job.keys, job.n_classes, job.progress, spec.data_layout)
     plan_key = _plan_key(models, spec)
     plan_path = cache_root() / "tune_plans" / f"{spec.name}-{plan_key[:20]}.json"
     sweep_stale(plan_path.parent)  # plan temporaries of a killed run
     sweep_stale(db)  # a cost model half-saved by a killed run
     plan = run_worker({"op": "tune_plan", "die_with_parent": True, "parent_pid": os.getpid(), "models": models,
-                       "input_name": "input", "plan_key": plan_key,
+                       "input_name": "input", "plan_key": plan_key, "data_layout": spec.data_layout,
                        "plan_path": str(plan_path), "tvm_target": spec.tvm_target_with_host(),
                        "target_name": spec.name, "database_dir": str(db)},
                       what=f"extracting {spec.name} tuning tasks", timeout=PLAN_TIMEOUT_S, env=job.env)

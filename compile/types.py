@@ -20,6 +20,7 @@ class BuildInfo:
     ``sibling`` (a structurally equal workload of another shape, re-fitted), ``default`` (a rule,
     or DLight on GPUs) and ``unscheduled`` (naive loops); ``transferred_from`` names the other
     databases offered, nearest device first.
+    ``data_layout`` is :attr:`TargetSpec.data_layout` (the functions a database must hold).
     ``tvm_target`` is the exact target used (for ``x86-host`` LLVM's own CPU name may replace
     the registry guess).
     """
@@ -38,6 +39,7 @@ class BuildInfo:
     input_name: str
     input_shape: tuple[int, ...]
     onnx_sha256: str
+    data_layout: str = "NCHW"  # the activation layout the module computes in (its input and output stay NCHW / flat)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -36,20 +36,20 @@ from .search_space.static import MBConv, ResidualBlock, build_head, build_stem, 
 
 log = logging.getLogger(__name__)
 
-WorkloadKind = Literal["stem", "block", "head"]
+WorkloadKind = Literal["stem", "block", "head", "net"]
 
 
 @dataclass(frozen=True)
 class Workload:
     """One distinct piece of compiled code: a block variant, or the stem or head at a resolution."""
 
-    key: str  # stable id, e.g. "r224/s2-first/k5-e4", "r224/stem", "r224/head"
+    key: str  # stable id, e.g. "r224/s2-first/k5-e4", "r224/stem", "r224/head", "r224/net/k5-e4"
     kind: WorkloadKind
     resolution: int
     input_shape: tuple[int, int, int, int]  # batch 1, NCHW
     stage: int = -1  # blocks only
     first: bool = False  # first block of its stage (stride and input width differ from the later ones)
-    kernel: int = 0
+    kernel: int = 0  # blocks and nets (a net: every block's)
     expand: int = 0
 
     def to_dict(self) -> dict:
@@ -66,9 +66,11 @@ def slot_key(space: str | SearchSpace, slot: int, kernel: int, expand: int, reso
     return block_key(resolution, slot // sp.max_depth, slot % sp.max_depth == 0, kernel, expand)
 
 
-def space_workloads(space: str | SearchSpace, resolutions: tuple[int, ...] | list[int],
-                    n_classes: int | None = None) -> list[Workload]:
-    """All distinct workloads of ``space`` at ``resolutions`` (stem, 90 blocks, head per resolution)."""
+def net_key(resolution: int, kernel: int, expand: int) -> str:
+    return f"r{resolution}/net/k{kernel}-e{expand}"
+
+
+def _checked(space: str | SearchSpace, resolutions: tuple[int, ...] | list[int]) -> SearchSpace:
     sp = get_space(space)
     bad = [r for r in resolutions if r not in sp.resolution_choices]
     if bad:
@@ -77,6 +79,29 @@ def space_workloads(space: str | SearchSpace, resolutions: tuple[int, ...] | lis
         raise ConfigError(f"resolutions: {bad[0]} is not a resolution of {sp.name}; allowed: "
                           f"{sp.resolution_choices[0]}..{sp.resolution_choices[-1]} in steps of "
                           f"{sp.resolution_choices[1] - sp.resolution_choices[0]}")
+    return sp
+
+
+def cover_nets(space: str | SearchSpace, resolutions: tuple[int, ...] | list[int]) -> list[Workload]:
+    """Whole subnets that together hold every block variant, the stem and the head: 9 per resolution.
+
+    What ``tune`` extracts its tasks from where modules compute in NHWC (CPUs). A module turns the
+    layout at its input and output, so a block compiled on its own has a transpose at each edge,
+    and its residual add meets the NCHW input: it runs after a transpose instead of inside the
+    projection convolution, where a network fuses it. Its tasks are not the network's. A whole
+    subnet's tasks are exactly those of every subnet: uniform subnets of the smallest depth (kernel
+    x expand choices) contain each stage's first and later block of every variant, and the later
+    blocks of a stage are all alike.
+    """
+    sp = _checked(space, resolutions)
+    return [Workload(net_key(r, k, e), "net", r, (1, 3, r, r), kernel=k, expand=e)
+            for r in resolutions for k in sp.kernel_choices for e in sp.expand_choices]
+
+
+def space_workloads(space: str | SearchSpace, resolutions: tuple[int, ...] | list[int],
+                    n_classes: int | None = None) -> list[Workload]:
+    """All distinct workloads of ``space`` at ``resolutions`` (stem, 90 blocks, head per resolution)."""
+    sp = _checked(space, resolutions)
     out: list[Workload] = []
     for r in resolutions:
         # Input shapes come from the cost counter, the one place that knows the network's shapes.
@@ -118,6 +143,11 @@ def workload_module(w: Workload, space: str | SearchSpace, n_classes: int | None
     """The torch module of one workload, built from the same parts as a static subnet."""
     sp = get_space(space)
     torch.manual_seed(seed)
+    if w.kind == "net":
+        from .search_space import random_subnet
+
+        cfg = SubnetConfig.uniform(w.kernel, w.expand, min(sp.depth_choices), w.resolution, sp.name)
+        return random_subnet(cfg, seed=seed, n_classes=n_classes or sp.n_classes).eval()
     if w.kind == "stem":
         module: nn.Module = _Stem(sp)
     elif w.kind == "head":

@@ -9,6 +9,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,47 @@ def reference_supernet(reference):
 def reference_input(seed: int, image_size: int, batch: int = 2) -> np.ndarray:
     """The input described in reference_outputs.json."""
     return np.random.default_rng(seed).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+
+
+@pytest.fixture
+def logs(tmp_path, monkeypatch) -> Path:
+    """An empty tuning_logs/ (and cache) of this test's own: no shipped or earlier folder of this device."""
+    monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))
+    monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tl").mkdir()
+    return tmp_path / "tl"
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rpc_tracker():
+    """TVM's Python RPC tracker on 127.0.0.1: its port (stopped with its process group afterwards)."""
+    from ofa_deploy.compile.rpc import RpcSpec, tracker_summary
+    from ofa_deploy.errors import OfaDeployError
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                             str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120  # the tracker imports TVM first: slow on 2 busy cores
+        while True:
+            try:
+                tracker_summary(RpcSpec("127.0.0.1", port, "any"), timeout_s=2, retries=0)
+                break
+            except OfaDeployError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the RPC tracker did not start"
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

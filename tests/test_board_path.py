@@ -21,8 +21,7 @@ from ofa_deploy.latency import measured as measured_mod
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.tuning_logs.layout import IDENTITY_FILE, MODEL_FILE, PARTIAL_FILE
 from ofa_deploy.workloads import space_workloads
-from tests.conftest import run_cli
-from tests.test_tune import _closed_port, tracker  # noqa: F401 - the TVM RPC tracker fixture
+from tests.conftest import free_port, run_cli
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
 TARGET = "cortex-a76"
@@ -113,7 +112,7 @@ def test_another_boards_folder_is_refused_before_the_board_is_contacted(tuning_l
     folder = tuning_logs / TARGET
     write_identity(folder, board_identity("pi5"))
     before = (folder / IDENTITY_FILE).read_bytes()
-    code, _, err = run_cli(["profile", "--target", TARGET, "--rpc", f"127.0.0.1:{_closed_port()}:pi4"], capsys)
+    code, _, err = run_cli(["profile", "--target", TARGET, "--rpc", f"127.0.0.1:{free_port()}:pi4"], capsys)
     line = error_line(err)
     assert code == 2 and "refusing to mix two devices" in line
     assert "rpc key pi5" in line and "rpc key pi4" in line and "--rpc HOST:PORT:pi5" in line
@@ -122,7 +121,7 @@ def test_another_boards_folder_is_refused_before_the_board_is_contacted(tuning_l
 
 
 def test_unreachable_tracker_fails_fast_and_claims_nothing(tuning_logs, capsys):
-    port = _closed_port()
+    port = free_port()
     start = time.monotonic()
     code, _, err = run_cli(["profile", "--target", TARGET, "--rpc", f"127.0.0.1:{port}:pi5"], capsys)
     line = error_line(err)
@@ -231,7 +230,7 @@ def seed_killed_run(folder: Path) -> None:
 
 
 @pytest.mark.tvm
-def test_a_board_owners_whole_path_under_qemu(tracker, tuning_logs, tmp_path, capsys):  # noqa: F811
+def test_a_board_owners_whole_path_under_qemu(rpc_tracker, tuning_logs, tmp_path, capsys):
     """tune --rpc, profile --rpc, search, compile --measure --rpc against the C++ RPC server under qemu.
 
     About 2.5 minutes on 2 cores: one tuning chunk, three workloads and two subnets built and run under qemu.
@@ -243,7 +242,7 @@ def test_a_board_owners_whole_path_under_qemu(tracker, tuning_logs, tmp_path, ca
     from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     folder = tuning_logs / TARGET
-    with emulated_rpc_server(tracker=f"127.0.0.1:{tracker}", key=BOARD) as spec:
+    with emulated_rpc_server(tracker=f"127.0.0.1:{rpc_tracker}", key=BOARD) as spec:
         wait_registered(spec)
         rpc = ["--rpc", str(spec)]
         # 1. tune on the board: one small workload, one trial per task
@@ -299,6 +298,6 @@ def test_a_board_owners_whole_path_under_qemu(tracker, tuning_logs, tmp_path, ca
 
     # another board's key is refused, one line, the board's folder untouched
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    code, _, err = run_cli(["profile", "--target", TARGET, "--rpc", f"127.0.0.1:{tracker}:other-board"], capsys)
+    code, _, err = run_cli(["profile", "--target", TARGET, "--rpc", f"127.0.0.1:{rpc_tracker}:other-board"], capsys)
     assert code == 2 and "refusing to mix two devices" in error_line(err) and BOARD in err
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

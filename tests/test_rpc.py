@@ -22,18 +22,11 @@ import pytest
 from ofa_deploy import SubnetConfig
 from ofa_deploy.compile.rpc import RpcSpec, check_reachable, registered_keys, tracker_summary
 from ofa_deploy.errors import OfaDeployError
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 SPACE = "ofa_mbv3_d234_e346_k357_w1.0"
 HANG_GUARD_S = 30.0  # a bad address must fail long before this (loose: the machine is shared)
 START_TIMEOUT_S = 120.0  # TVM's Python tracker/server import TVM first: slow on 2 busy cores
-
-
-def _free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_key(spec: RpcSpec, timeout: float = START_TIMEOUT_S) -> None:
@@ -86,7 +79,7 @@ def test_bad_rpc_strings_name_the_field_and_the_forms(text):
 
 @pytest.mark.parametrize("key", [None, "pi5"])
 def test_closed_port_is_a_clear_error_in_bounded_time(key):
-    spec = RpcSpec("127.0.0.1", _free_port(), key)
+    spec = RpcSpec("127.0.0.1", free_port(), key)
     start = time.monotonic()
     with pytest.raises(OfaDeployError, match=f"cannot reach the RPC {'tracker' if key else 'server'} at "
                                              f"127.0.0.1:{spec.port} .*2 attempts") as err:
@@ -116,7 +109,7 @@ def test_port_that_does_not_speak_the_tracker_protocol():
 ])
 def test_cli_rejects_bad_rpc_before_building(tmp_path, capsys, args, expected):
     SubnetConfig.min(SPACE, 128).to_json(tmp_path / "subnet.json")
-    closed = _free_port()
+    closed = free_port()
     args = [a.format(closed=closed) for a in args]
     start = time.monotonic()
     code, out, err = run_cli(["compile", str(tmp_path / "subnet.json"), "--random-weights", "--target", "x86-host",
@@ -163,29 +156,16 @@ def x86_module(stem, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tracker():
-    """TVM's Python RPC tracker on this machine: (host, port)."""
-    port = _free_port()
-    proc = _start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)])
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            tracker_summary(RpcSpec("127.0.0.1", port, "any"), timeout_s=2, retries=0)
-            break
-        except OfaDeployError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(proc)
-                pytest.fail("the TVM RPC tracker did not start")
-            time.sleep(0.5)
-    yield "127.0.0.1", port
-    _stop(proc)
+def tracker(rpc_tracker):
+    """The shared tracker (conftest.py) as (host, port)."""
+    return "127.0.0.1", rpc_tracker
 
 
 @pytest.fixture(scope="module")
 def x86_server(tracker):
     """TVM's Python RPC server on this x86 host, registered with the tracker as 'x86-ci'."""
     host, port = tracker
-    server_port = _free_port()
+    server_port = free_port()
     proc = _start(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
                    "--port-end", str(server_port + 1), "--tracker", f"{host}:{port}", "--key", "x86-ci"])
     spec = RpcSpec(host, port, "x86-ci")

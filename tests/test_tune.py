@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,11 @@ from pathlib import Path
 import pytest
 
 from ofa_deploy.errors import OfaDeployError
-from tests.conftest import alive, descendants, run_cli
+from tests.conftest import alive, descendants, free_port, run_cli
 
 HEAD = "r128/head"
 SMALL = ["--target", "x86-host", "--resolutions", "128", "--workloads", HEAD, "--trials", "2", "--no-progress"]
 AARCH64_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "keys": ["arm_cpu", "cpu"]}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fake_database(path: Path, target: dict, n_records: int = 2) -> Path:
@@ -72,7 +65,7 @@ def test_bad_input_is_one_line_exit_2(args, expected, capsys, tmp_path):
 
 
 def test_unreachable_tracker_fails_fast(capsys, tmp_path):
-    port = _closed_port()
+    port = free_port()
     start = time.monotonic()
     code, _, err = run_cli(["tune", "--target", "x86-host", "--rpc", f"127.0.0.1:{port}:pi5",
                             "--database", str(tmp_path / "db")], capsys)
@@ -268,32 +261,8 @@ def test_budget_too_small_for_one_chunk_tunes_nothing(tuned, tmp_path, capsys):
     assert not (db / RECORD_FILE).exists()
 
 
-@pytest.fixture
-def tracker():
-    """TVM's RPC tracker on 127.0.0.1: its port."""
-    from ofa_deploy.compile.rpc import RpcSpec, tracker_summary
-
-    port = _closed_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                             str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                tracker_summary(RpcSpec("127.0.0.1", port, "any"), timeout_s=2, retries=0)
-                break
-            except OfaDeployError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the RPC tracker did not start"
-                time.sleep(0.5)
-        yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-
-
 @pytest.mark.tvm
-def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
+def test_tune_an_arm_target_through_an_rpc_tracker(rpc_tracker, tmp_path, capsys):
     """Cross-compiled candidates measured on an aarch64 device (here: the C++ RPC server under qemu).
 
     Functional only: emulated timings are never a speed, so this database is a throwaway.
@@ -307,7 +276,7 @@ def test_tune_an_arm_target_through_an_rpc_tracker(tracker, tmp_path, capsys):
     from ofa_deploy.tuning_logs.layout import RECORD_FILE
 
     db = tmp_path / "cortex-a76"
-    with emulated_rpc_server(tracker=f"127.0.0.1:{tracker}", key="a64-tune") as spec:
+    with emulated_rpc_server(tracker=f"127.0.0.1:{rpc_tracker}", key="a64-tune") as spec:
         deadline = time.monotonic() + 60  # the server registers with the tracker after it listens
         while spec.key not in registered_keys(tracker_summary(spec, timeout_s=2, retries=0)):
             assert time.monotonic() < deadline, "the emulated server did not register with the tracker"

@@ -47,6 +47,24 @@ def measured_traces(database: Any, mod: tvm.IRModule) -> set[str]:
     return {trace_key(rec.trace) for rec in database.get_top_k(workload, 1 << 20)}
 
 
+def loads_back(sch: Any, mod: tvm.IRModule) -> bool:
+    """Whether a record of ``sch`` would load again as a record of ``mod``: what ``JSONDatabase`` does
+    with each line when it opens (it replays the trace against the stored workload).
+
+    One line that fails there makes the whole database unloadable (``parallel_for_dynamic error``
+    in every later chunk and build). Seen: a sibling's trace naming a block (``compute``) that the
+    stored workload, structurally equal to the task, names otherwise.
+    """
+    workload = ms.database.Workload(mod)
+    try:
+        record = ms.database.TuningRecord(sch.trace, workload, None, None, None)
+        ms.database.TuningRecord.from_json(record.as_json(), workload)
+        return True
+    except SCHEDULE_ERRORS as exc:
+        log.debug("seed dropped, its record would not load back: %s", str(exc).splitlines()[-1][:200])
+        return False
+
+
 def seed_schedules(mod: tvm.IRModule, own: RecordIndex | None, others: list[RecordIndex], limit: int,
                    measured: set[str] = frozenset()) -> list[Any]:
     """Up to ``limit`` distinct schedules (``s_tir.Schedule``) for task ``mod``, best sources first,
@@ -84,12 +102,19 @@ def seed_schedules(mod: tvm.IRModule, own: RecordIndex | None, others: list[Reco
 
 def measure_seeds(tasks: list[tuple[tvm.IRModule, list[Any]]], target: tvm.target.Target, builder: Any,
                   runner: Any, database: Any) -> int:
-    """Build and run every seed, commit each as a record of its task; returns the records committed."""
+    """Build and run every seed, commit each as a record of its task; returns the records committed.
+
+    A seed whose record would not load back against the workload the database files it under is
+    dropped unmeasured (:func:`loads_back`): the database matches workloads structurally, and a
+    structurally equal workload from an earlier run can name its blocks otherwise.
+    """
     inputs, owners = [], []
     for mod, schedules in tasks:
+        stored = database.commit_workload(mod).mod  # the one already there, if any: records load against it
         for sch in schedules:
-            inputs.append(ms.builder.BuilderInput(sch.mod, target))
-            owners.append((mod, sch))
+            if loads_back(sch, stored):
+                inputs.append(ms.builder.BuilderInput(sch.mod, target))
+                owners.append((mod, sch))
     if not inputs:
         return 0
     built = builder.build(inputs)

@@ -137,7 +137,8 @@ class _PoolBuilder(PyBuilder):
 def _load_models(request: dict[str, Any], target: tvm.target.Target) -> list[tuple[str, tvm.IRModule]]:
     from .build import load_onnx, prepare
 
-    return [(m["key"], prepare(load_onnx(m["onnx_path"], request["input_name"], m["input_shape"]), target))
+    return [(m["key"], prepare(load_onnx(m["onnx_path"], request["input_name"], m["input_shape"]), target,
+                               request.get("data_layout", "NCHW")))
             for m in request["models"]]
 
 
@@ -312,7 +313,7 @@ def _runner(request: dict[str, Any]) -> ms.runner.Runner:
 def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``tune_chunk``: tune the plan's tasks ``indices`` into ``database_dir``."""
     start = time.perf_counter()
-    from ofa_deploy.tuning_logs.layout import COST_MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
+    from ofa_deploy.tuning_logs.layout import COST_MODEL_FILE, RECORD_FILE
 
     from .build import make_target
 
@@ -337,7 +338,7 @@ def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
             task_name=name, logger=logger, rand_state=seed, num_threads=threads).clone()
         for t, name, logger, seed in zip(chosen, names, loggers, seeds)]
     db_dir = Path(request["database_dir"])
-    database = ms.database.JSONDatabase(str(db_dir / WORKLOAD_FILE), str(db_dir / RECORD_FILE), allow_missing=True)
+    database = _open_database(db_dir)
     record_file = db_dir / RECORD_FILE
     offset = record_file.stat().st_size if record_file.is_file() else 0
     cost_model = _load_cost_model(db_dir / COST_MODEL_FILE, threads)
@@ -373,6 +374,40 @@ def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
             "records_failed": failed, "seed_records": seeded, "first_build_error": builder.first_error,
             "best_seconds": _best_seconds(database, [c.mod for c in contexts], [t["hash"] for t in chosen]),
             "records": {t["hash"]: n for t, n in zip(chosen, _chunk_records(db_dir, chosen))}}
+
+
+def _open_database(db_dir: Path) -> Any:
+    """The chunk's JSONDatabase; records that no longer load are dropped first (warned), not fatal.
+
+    TVM replays every record's trace against its workload when it opens a database, and one line
+    that fails makes the whole database unloadable, for this chunk, every later one and every
+    build. The seeds are checked before they are measured (:func:`.seeds.loads_back`); this is the
+    net under that check.
+    """
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, WORKLOAD_FILE
+
+    paths = str(db_dir / WORKLOAD_FILE), str(db_dir / RECORD_FILE)
+    try:
+        return ms.database.JSONDatabase(*paths, allow_missing=True)
+    except RuntimeError as exc:
+        log.warning("%s does not load (%s); dropping the records that fail to replay", db_dir,
+                    str(exc).splitlines()[-1][:200])
+    workloads = [ms.database.Workload.from_json(json.loads(line))
+                 for line in (db_dir / WORKLOAD_FILE).read_text().splitlines() if line.strip()]
+    kept, dropped = [], 0
+    for line in (db_dir / RECORD_FILE).read_text().splitlines():
+        try:
+            index, body = json.loads(line)
+            ms.database.TuningRecord.from_json(body, workloads[index])
+            kept.append(line)
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            dropped += 1
+    tmp = db_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, db_dir / RECORD_FILE)
+    log.warning("%s: dropped %d record(s) that did not replay against their workload; kept %d", db_dir, dropped,
+                len(kept))
+    return ms.database.JSONDatabase(*paths, allow_missing=True)
 
 
 def _chunk_records(db_dir: Path, chosen: list[dict[str, Any]]) -> list[int]:

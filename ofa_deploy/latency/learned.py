@@ -484,7 +484,8 @@ def estimate_target(target: str, source: str, space: str | None = None, cfg: Fit
     except (OSError, ValueError) as err:
         raise OfaDeployError(f"--estimate-from {src.name}: {path} is unreadable ({err}); {hint}") from None
     reason = mismatch(data, database_sha256=current_database_hash(src.name), tvm_version=installed_tvm_version(),
-                      space=get_space(space or data.get("space")).name, n_classes=None)
+                      space=get_space(space or data.get("space")).name, n_classes=None,
+                      data_layout=src.data_layout)
     if reason is not None:
         raise OfaDeployError(f"--estimate-from {src.name}: {path} is stale ({reason}); {hint}")
     if timing_source(data) == "emulated":

@@ -35,7 +35,7 @@ from ofa_deploy.atomic import write_json
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace, get_space
-from ofa_deploy.tuning_logs.database import current_database_hash, current_transfer_hashes
+from ofa_deploy.tuning_logs.database import current_database_hash, current_transfer_hashes, target_data_layout
 from ofa_deploy.tuning_logs.folders import target_dir
 from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
@@ -225,12 +225,17 @@ def save_model(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: str | None,
-             space: str, n_classes: int | None, transfer_sha256: list[str] | None = None) -> str | None:
+             space: str, n_classes: int | None, transfer_sha256: list[str] | None = None,
+             data_layout: str | None = None) -> str | None:
     """Why a saved model does not describe the code compiled now (None: it does).
 
     ``transfer_sha256``: the other devices' databases a build borrows from now; a model that
     recorded what it was built with is stale when they changed (older models did not record it).
+    ``data_layout``: the layout builds use now; models from before the field timed NCHW modules.
     """
+    if data_layout is not None and data.get("data_layout", "NCHW") != data_layout:
+        return (f"it timed {data.get('data_layout', 'NCHW')} modules and builds are {data_layout} now "
+                "(other kernels, other speeds)")
     if data.get("space") != space:
         return f"it models space {data.get('space')}, not {space}"
     if n_classes is not None and n_classes > int(data.get("n_classes") or 0):
@@ -273,7 +278,7 @@ def load_measured_model(target_name: str, space: str | SearchSpace, n_classes: i
     sp = get_space(space)
     model = MeasuredLatencyModel.load(path)  # OfaDeployError (exit 2) naming the file when damaged
     reason = mismatch(model.meta, database_sha256=current_database_hash(target_name),
-                      transfer_sha256=current_transfer_hashes(target_name),
+                      transfer_sha256=current_transfer_hashes(target_name), data_layout=target_data_layout(target_name),
                       tvm_version=installed_tvm_version(), space=sp.name, n_classes=n_classes)
     if reason is None and not model.complete:
         reason = "it is a partial profile (some workloads were not timed)"
@@ -339,7 +344,8 @@ def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: in
     try:
         model = MeasuredLatencyModel.load(folder / MODEL_FILE)
         reason = mismatch(model.meta, database_sha256=model.meta.get("database_sha256"),
-                          tvm_version=installed_tvm_version(), space=get_space(space).name, n_classes=n_classes)
+                          tvm_version=installed_tvm_version(), space=get_space(space).name, n_classes=n_classes,
+                          data_layout=target_data_layout(target_name))
     except OfaDeployError as err:
         reason = str(err)
     if reason is not None or not model.complete:

@@ -272,6 +272,10 @@ def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
                              f"allowed --resolutions: {','.join(map(str, data.get('resolutions', [])))}")
     if data.get("space") != run.space.name:
         raise OfaDeployError(f"--adapt-from {folder}: it models space {data.get('space')}, not {run.space.name}")
+    if data.get("data_layout", "NCHW") != run.spec.data_layout:
+        raise OfaDeployError(f"--adapt-from {folder}: its tables timed {data.get('data_layout', 'NCHW')} modules and "
+                             f"{run.spec.name} builds {run.spec.data_layout} (other kernels); re-profile that device, "
+                             f"or profile this one without --adapt")
     if timing_source(data) == "emulated":
         raise OfaDeployError(f"--adapt-from {folder}: its tables are EMULATED timings (qemu), not a device's speed; "
                              "choose a device folder whose model was measured")
@@ -457,7 +461,7 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
     tuned = sum(v["tuned_funcs"] for v in done.values())
     total = sum(v["total_funcs"] for v in done.values())
     data = {
-        "format": FORMAT_VERSION, **run.identity,
+        "format": FORMAT_VERSION, **run.identity, "data_layout": run.spec.data_layout,
         "tvm_target_built": next((v["tvm_target"] for v in done.values()), None),
         "database_dir": str(run.database) if run.database is not None else None,
         "resolutions": list(cfg.resolutions),

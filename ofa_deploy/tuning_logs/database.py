@@ -28,9 +28,10 @@ from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 
 from .folders import nearest_devices, target_dir, target_identity
-from .layout import DATABASE_FILES, FAILED_RUN_SECS, PACKED, RECORD_FILE, WORKLOAD_FILE
+from .layout import DATABASE_FILES, FAILED_RUN_SECS, PACKED, RECORD_FILE, STATE_FILE, WORKLOAD_FILE
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 def is_packed(database_dir: str | Path) -> bool:
@@ -79,9 +80,46 @@ def resolve_database(database_dir: str | Path) -> Path | None:
     return dest
 
 
+def database_data_layout(database_dir: str | Path) -> str | None:
+    """The data layout (``NCHW``/``NHWC``) a database folder's workloads are in; None when unknown.
+
+    ``tune`` writes it into tune_state.json. A state file without the field means ``NCHW``: every
+    database before the field existed was tuned in NCHW. Unknown: no database, or no state file
+    (a cache copy, a database made by hand).
+    """
+    path = Path(database_dir)
+    if not ((path / RECORD_FILE).is_file() or is_packed(path)):
+        return None
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(state.get("data_layout", "NCHW")) if isinstance(state, dict) else None
+
+
+def target_data_layout(target_name: str) -> str:
+    """The layout modules for this target are built in (:attr:`TargetSpec.data_layout`)."""
+    from ofa_deploy.targets import get_target
+
+    return get_target(target_name).data_layout
+
+
 def default_database(target_name: str) -> Path | None:
-    """The target's database in ``tuning_logs/<target>/`` as a folder TVM can read (unpacked if shipped gzipped)."""
-    return resolve_database(target_dir(target_name))
+    """The target's database in ``tuning_logs/<target>/`` as a folder TVM can read (unpacked if shipped gzipped).
+
+    None when the folder has none, or one in another data layout than the target's builds: its
+    workloads are other functions, it would schedule nothing (warned once per process).
+    """
+    folder = target_dir(target_name)
+    layout, wanted = database_data_layout(folder), target_data_layout(target_name)
+    if layout is not None and layout != wanted:
+        if str(folder) not in _warned:
+            _warned.add(str(folder))
+            log.warning("%s holds a database tuned in %s; %s modules are built in %s, so none of its schedules "
+                        "apply and it is not used. Move it away and re-tune: 'ofa-deploy tune --target %s'",
+                        folder, layout, target_name, wanted, target_name)
+        return None
+    return resolve_database(folder)
 
 
 def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path]]:
@@ -90,13 +128,19 @@ def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path
     Only CPU databases serve CPU targets and GPU ones GPU targets (a trace's thread bindings do
     not transfer between the two), and a CPU's only CPUs of its vector width where both are known
     (:attr:`DeviceIdentity.vector_bits`: AVX-512 schedules on a 128-bit ISA ran slower than the
-    rule schedules). The label is the folder's name, recorded in metadata.json.
+    rule schedules), and only databases in the data layout the target builds in (other layouts'
+    workloads are other functions). The label is the folder's name, recorded in metadata.json.
     """
     me = target_identity(target_name)
     is_gpu = me.arch == "cuda"
+    layout = target_data_layout(target_name)
     found = []
     for folder, identity in nearest_devices(me, exclude=target_dir(target_name)):
         if (identity.arch == "cuda") != is_gpu:
+            continue
+        if database_data_layout(folder) not in (None, layout):
+            log.debug("%s: tuned in %s, %s builds %s: not borrowed", folder.name, database_data_layout(folder),
+                      target_name, layout)
             continue
         if None not in (me.vector_bits, identity.vector_bits) and me.vector_bits != identity.vector_bits:
             log.debug("%s: %d-bit vectors, %s has %d: its schedules are not borrowed", folder.name,
