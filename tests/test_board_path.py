@@ -63,7 +63,7 @@ def emulated_model(resolutions=(128,), key: str = BOARD) -> dict:
 
     rng = np.random.default_rng(0)
     workloads = {w.key: emulated_record(float(rng.uniform(5, 50)), key) for w in space_workloads(SPACE, resolutions)}
-    return {"format": 1, "target": TARGET, "tvm_target": {"kind": "llvm"}, "tvm_version": installed_tvm_version(),
+    return {"format": 1, "data_layout": "NHWC", "target": TARGET, "tvm_target": {"kind": "llvm"}, "tvm_version": installed_tvm_version(),
             "database_sha256": None, "space": SPACE, "n_classes": 1000, "resolutions": list(resolutions),
             "tvm_threads": None, "timing_source": "emulated", "device": board_identity(key).to_json(),
             "created": "2026-01-01T00:00:00+00:00", "workloads": workloads, "tuned_funcs": 1, "total_funcs": 2,

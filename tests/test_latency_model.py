@@ -40,7 +40,7 @@ def fake_model(resolutions=RES, db: str | None = None, seed: int = 0, drop: tupl
                          "source": "measured", "device": "x86_64 (2 threads)", "tuned_funcs": 3, "total_funcs": 4,
                          "tvm_target": {"kind": "llvm"}}
                  for w in space_workloads(SPACE, list(resolutions)) if w.key not in drop}
-    return {"format": 1, "target": "x86-host", "tvm_target": {"kind": "llvm"}, "tvm_version": installed_tvm_version(),
+    return {"format": 1, "data_layout": "NHWC", "target": "x86-host", "tvm_target": {"kind": "llvm"}, "tvm_version": installed_tvm_version(),
             "database_sha256": db, "space": SPACE, "n_classes": 1000, "resolutions": list(resolutions),
             "created": "2026-01-01T00:00:00+00:00", "workloads": workloads, "tuned_funcs": 3, "total_funcs": 4,
             "calibration": {"a": A, "b": B, "n": 3, "rms_pct": 2.5, "max_pct": 4.0, "seed": 0, "points": []}}

@@ -71,7 +71,7 @@ def fake_profile(hw: Hardware, eff: RooflineEfficiency, resolutions=(160, 224), 
     layers = workload_layers(SPACE, resolutions)
     work = {k: {"median_ms": synthetic_ms(ls, hw, eff) * float(np.exp(rng.normal(0, noise))), "std_ms": 0.0,
                 "n": 5, "source": "measured"} for k, ls in layers.items()}
-    return {"format": 1, "target": "x86-host", "tvm_target": {"kind": "llvm", "mcpu": "fake", "num-cores": 2},
+    return {"format": 1, "data_layout": "NHWC", "target": "x86-host", "tvm_target": {"kind": "llvm", "mcpu": "fake", "num-cores": 2},
             "tvm_version": installed_tvm_version(), "database_sha256": None, "space": SPACE, "n_classes": 1000,
             "resolutions": list(resolutions), "created": "2026-01-01T00:00:00+00:00", "workloads": work,
             "calibration": {"a": 1.0, "b": 0.0, "n": 0, "rms_pct": None, "max_pct": None, "points": []}}

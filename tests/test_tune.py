@@ -221,8 +221,9 @@ def test_rerun_polishes_once_then_tunes_nothing_new(tuned):
     polished = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
                            progress=False)
     state = json.loads((db / STATE_FILE).read_text())
-    assert polished.tasks_skipped == first.tasks_total
-    assert 0 < polished.trials <= 4 * first.tasks_total
+    # a task a seed beat by > 1 % is reopened and tuned on (here: siblings in the shipped r224 database)
+    assert polished.tasks_skipped + polished.tasks_tuned == first.tasks_total
+    assert 0 < polished.trials <= 4 * first.tasks_total + 2 * polished.tasks_tuned
     assert all(entry["polished"] for entry in state["tasks"].values())
     before = (db / RECORD_FILE).read_bytes()
     again = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=2, keys=(HEAD,),
