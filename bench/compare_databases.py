@@ -28,7 +28,7 @@ from pathlib import Path
 from ofa_deploy.compile import build_module, time_interleaved
 from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input
 from ofa_deploy.search_space import random_subnet
-from ofa_deploy.targets import get_target
+from ofa_deploy.targets import DATA_LAYOUTS, get_target
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.tuning_logs.database import resolve_database, transfer_databases
 from ofa_deploy.tuning_logs.identity import host_identity
@@ -85,8 +85,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", required=True, help="database folder A (before; packed or plain), or 'none'")
     parser.add_argument("--b", required=True, help="database folder B (after), or 'none'")
-    parser.add_argument("--layout-a", choices=("NCHW", "NHWC"), default=None, help="A's data layout (default: the target's)")
-    parser.add_argument("--layout-b", choices=("NCHW", "NHWC"), default=None, help="B's data layout (default: the target's)")
+    for side in ("a", "b"):
+        parser.add_argument(f"--layout-{side}", choices=DATA_LAYOUTS, default=None,
+                            help=f"{side.upper()}'s data layout (default: the target's)")
     parser.add_argument("--label-a", default="before")
     parser.add_argument("--label-b", default="after")
     parser.add_argument("--calls", type=int, default=300, help="calls per module, in turns")

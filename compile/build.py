@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.targets import TargetSpec, get_target
+from ofa_deploy.targets import DATA_LAYOUTS, TargetSpec, get_target
 from ofa_deploy.tuning_logs.database import (best_records, check_database_target, database_data_layout, database_hash,
                                              file_sha256)
 
@@ -65,8 +65,8 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
         raise OfaDeployError(f"ONNX file not found: {onnx_path}")
     shape = _check_shape(input_shape)
     layout = data_layout or spec.data_layout
-    if layout not in ("NCHW", "NHWC"):
-        raise OfaDeployError(f"data_layout must be NCHW or NHWC, got {layout!r}")
+    if layout not in DATA_LAYOUTS:
+        raise OfaDeployError(f"data_layout must be one of {', '.join(DATA_LAYOUTS)}; got {layout!r}")
     env: dict[str, str] = {}
     if spec.kind == "cuda":
         nvcc_dir = str(Path(find_nvcc()).parent)  # TVM runs "nvcc" from PATH

@@ -10,9 +10,9 @@ See ``builtin.py`` for the entries and where their peak figures come from.
 from .hostcpu import HostCpu, detect_host_cpu
 from .parse import get_target, parse_tvm_string
 from .registry import all_targets, list_targets, register_target
-from .spec import KINDS, TargetSpec
+from .spec import DATA_LAYOUTS, KINDS, TargetSpec
 
 __all__ = [
-    "HostCpu", "KINDS", "TargetSpec", "all_targets", "detect_host_cpu", "get_target",
+    "DATA_LAYOUTS", "HostCpu", "KINDS", "TargetSpec", "all_targets", "detect_host_cpu", "get_target",
     "list_targets", "parse_tvm_string", "register_target",
 ]

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 Kind = Literal["cpu", "cuda", "vta"]
 KINDS: tuple[str, ...] = ("cpu", "cuda", "vta")
+DATA_LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC")  # activation layouts a module can be built in
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.relax.frontend.onnx import from_onnx
 
+from ofa_deploy.targets import DATA_LAYOUTS
+
 from .schedules import Report, is_scheduled, schedule_module
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,6 @@ def make_target(target_dict: dict[str, Any], target_name: str) -> tvm.target.Tar
                      system_cpu, target_dict.get("mcpu"))
             target_dict["mcpu"] = system_cpu
     return tvm.target.Target(target_dict)
-
-
-DATA_LAYOUTS = ("NCHW", "NHWC")
 
 
 @mutator

@@ -50,7 +50,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.support.popen_pool import PopenPoolExecutor
 
-from ofa_deploy.atomic import owner_tag
+from ofa_deploy.atomic import owner_tag, write_text
 from ofa_deploy.tuning_logs.layout import FAILED_RUN_SECS
 
 log = logging.getLogger(__name__)
@@ -402,9 +402,7 @@ def _open_database(db_dir: Path) -> Any:
             kept.append(line)
         except (RuntimeError, ValueError, IndexError, TypeError):
             dropped += 1
-    tmp = db_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, db_dir / RECORD_FILE)
+    write_text(db_dir / RECORD_FILE, "".join(line + "\n" for line in kept))
     log.warning("%s: dropped %d record(s) that did not replay against their workload; kept %d", db_dir, dropped,
                 len(kept))
     return ms.database.JSONDatabase(*paths, allow_missing=True)

@@ -200,6 +200,11 @@ def timing_source(data: dict[str, Any]) -> str:
     return "emulated" if data.get("timing_source") == "emulated" else "measured"
 
 
+def model_data_layout(data: dict[str, Any]) -> str:
+    """The layout of the modules a saved model timed (models from before the field: NCHW)."""
+    return str(data.get("data_layout", "NCHW"))
+
+
 def describe_basis(data: dict[str, Any]) -> str:
     """One line saying what the estimate is built on, shown next to ``source`` in search output.
 
@@ -233,8 +238,8 @@ def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: 
     recorded what it was built with is stale when they changed (older models did not record it).
     ``data_layout``: the layout builds use now; models from before the field timed NCHW modules.
     """
-    if data_layout is not None and data.get("data_layout", "NCHW") != data_layout:
-        return (f"it timed {data.get('data_layout', 'NCHW')} modules and builds are {data_layout} now "
+    if data_layout is not None and model_data_layout(data) != data_layout:
+        return (f"it timed {model_data_layout(data)} modules and builds are {data_layout} now "
                 "(other kernels, other speeds)")
     if data.get("space") != space:
         return f"it models space {data.get('space')}, not {space}"
@@ -362,4 +367,5 @@ def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: in
 
 
 __all__ = ["Calibration", "MeasuredLatencyModel", "describe_basis", "fit_affine", "load_measured_model",
-           "load_nearest_model", "mismatch", "nearest_model", "save_model", "tables_from_workloads", "timing_source"]
+           "load_nearest_model", "mismatch", "model_data_layout", "nearest_model", "save_model",
+           "tables_from_workloads", "timing_source"]

@@ -49,8 +49,8 @@ from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
 from ofa_deploy.tuning_logs.identity import check_folder, claim_folder
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 
-from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, save_model, tables_from_workloads,
-                       timing_source)
+from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, model_data_layout, save_model,
+                       tables_from_workloads, timing_source)
 from .tables import lookup
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,8 @@ def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
                              f"allowed --resolutions: {','.join(map(str, data.get('resolutions', [])))}")
     if data.get("space") != run.space.name:
         raise OfaDeployError(f"--adapt-from {folder}: it models space {data.get('space')}, not {run.space.name}")
-    if data.get("data_layout", "NCHW") != run.spec.data_layout:
-        raise OfaDeployError(f"--adapt-from {folder}: its tables timed {data.get('data_layout', 'NCHW')} modules and "
+    if model_data_layout(data) != run.spec.data_layout:
+        raise OfaDeployError(f"--adapt-from {folder}: its tables timed {model_data_layout(data)} modules and "
                              f"{run.spec.name} builds {run.spec.data_layout} (other kernels); re-profile that device, "
                              f"or profile this one without --adapt")
     if timing_source(data) == "emulated":

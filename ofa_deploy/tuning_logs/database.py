@@ -138,9 +138,9 @@ def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path
     for folder, identity in nearest_devices(me, exclude=target_dir(target_name)):
         if (identity.arch == "cuda") != is_gpu:
             continue
-        if database_data_layout(folder) not in (None, layout):
-            log.debug("%s: tuned in %s, %s builds %s: not borrowed", folder.name, database_data_layout(folder),
-                      target_name, layout)
+        tuned_in = database_data_layout(folder)
+        if tuned_in not in (None, layout):
+            log.debug("%s: tuned in %s, %s builds %s: not borrowed", folder.name, tuned_in, target_name, layout)
             continue
         if None not in (me.vector_bits, identity.vector_bits) and me.vector_bits != identity.vector_bits:
             log.debug("%s: %d-bit vectors, %s has %d: its schedules are not borrowed", folder.name,
