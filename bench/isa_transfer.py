@@ -35,15 +35,9 @@ from ofa_deploy.search_space import random_subnet  # noqa: E402
 from ofa_deploy.targets import get_target  # noqa: E402
 from ofa_deploy.tuning_logs.database import default_database, transfer_databases  # noqa: E402
 from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
-from ofa_deploy.workloads import block_key  # noqa: E402
+from ofa_deploy.workloads import net_key  # noqa: E402
 
 SSE_ONLY = "-avx,-avx2,-fma,-avx512f"
-
-
-def subnet_keys(kernel: int, expand: int, depth: int, r: int) -> tuple[str, ...]:
-    """The workloads (stem, blocks, head) of a uniform subnet: what tuning it natively covers."""
-    blocks = [block_key(r, s, j == 0, kernel, expand) for s in range(5) for j in range(min(depth, 2))]
-    return (f"r{r}/stem", *blocks, f"r{r}/head")
 
 
 def main() -> int:
@@ -68,14 +62,15 @@ def main() -> int:
         for name, cfg in SUBNETS.items():
             if name.split()[0] not in args.subnets.split(","):
                 continue
-            k, e, d = cfg.ks[0], cfg.e[0], cfg.d[0]
+            k, e = cfg.ks[0], cfg.e[0]
             onnx_path = Path(tmp) / f"{cfg.id}.onnx"
             export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
             x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
-            native_db = work / f"sse-{cfg.id}"
+            # a uniform subnet's tasks are those of the cover net of its kernel and expand (workloads.cover_nets)
+            native_db = work / f"sse-{sse.data_layout}-{cfg.id}"
             tune_target(f"llvm -mcpu={me.mcpu} -mattr={SSE_ONLY}",
                         database_dir=native_db, resolutions=(cfg.image_size,), trials_per_task=args.trials,
-                        keys=subnet_keys(k, e, d, cfg.image_size), settings=TuneSettings(warm_start=0),
+                        keys=(net_key(cfg.image_size, k, e),), settings=TuneSettings(warm_start=0),
                         progress=False)
             builds = {
                 "full ISA, tuned": dict(target=full, database_dir=full_db, transfer_databases=sources[1:]),

@@ -15,6 +15,15 @@ same fused kernels as inside a network.
 
 Each workload exports to a small ONNX model with seeded random weights (latency does not depend
 on the values), cached under a content-hashed name so repeated runs do not export again.
+
+**Edges in the network's layout.** Where modules compute in NHWC (CPU targets), a network is
+NHWC between its blocks; only its input is NCHW. A block exported with NCHW edges would be
+compiled with a transpose at each end and its residual add left outside the projection
+convolution (the add meets the NCHW input), i.e. not the kernels it runs inside a network. So
+``layout="NHWC"`` workloads take (blocks, head) and give (stem, blocks) channels-last tensors:
+the exported model permutes at its edges, and the build folds those permutes against the ones
+the layout conversion adds (``compile/worker/build.py``, ``_FoldTransposes``), leaving exactly
+the network's fused functions.
 """
 
 from __future__ import annotations
@@ -46,11 +55,12 @@ class Workload:
     key: str  # stable id, e.g. "r224/s2-first/k5-e4", "r224/stem", "r224/head", "r224/net/k5-e4"
     kind: WorkloadKind
     resolution: int
-    input_shape: tuple[int, int, int, int]  # batch 1, NCHW
+    input_shape: tuple[int, int, int, int]  # batch 1, in ``layout`` (a stem's or net's input is always the NCHW image)
     stage: int = -1  # blocks only
     first: bool = False  # first block of its stage (stride and input width differ from the later ones)
     kernel: int = 0  # blocks and nets (a net: every block's)
     expand: int = 0
+    layout: str = "NCHW"  # layout of the tensors between blocks, at this workload's edges (see the module docstring)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "input_shape": list(self.input_shape)}
@@ -99,24 +109,38 @@ def cover_nets(space: str | SearchSpace, resolutions: tuple[int, ...] | list[int
 
 
 def space_workloads(space: str | SearchSpace, resolutions: tuple[int, ...] | list[int],
-                    n_classes: int | None = None) -> list[Workload]:
-    """All distinct workloads of ``space`` at ``resolutions`` (stem, 90 blocks, head per resolution)."""
+                    n_classes: int | None = None, layout: str = "NCHW") -> list[Workload]:
+    """All distinct workloads of ``space`` at ``resolutions`` (stem, 90 blocks, head per resolution).
+
+    ``layout``: the layout the target's modules compute in (``TargetSpec.data_layout``); the
+    workloads' edges are in it, so each compiles to the kernels it runs inside a network.
+    """
+    from .targets import DATA_LAYOUTS
+
+    if layout not in DATA_LAYOUTS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"layout: {layout!r} is not a data layout; allowed: {', '.join(DATA_LAYOUTS)}")
     sp = _checked(space, resolutions)
+
+    def shape(c: int, h: int, w: int) -> tuple[int, int, int, int]:
+        return (1, h, w, c) if layout == "NHWC" else (1, c, h, w)
+
     out: list[Workload] = []
     for r in resolutions:
         # Input shapes come from the cost counter, the one place that knows the network's shapes.
         layers = {layer.name: layer for layer in count_costs(SubnetConfig.max(sp.name, r), n_classes).layers}
-        out.append(Workload(f"r{r}/stem", "stem", r, (1, 3, r, r)))
+        out.append(Workload(f"r{r}/stem", "stem", r, (1, 3, r, r), layout=layout))
         for stage in range(sp.n_stages):
             for first in (True, False):
                 slot = stage * sp.max_depth + (0 if first else 1)
                 c, h, w = layers[f"blocks.{slot + 1}.expand"].in_shape
                 for k in sp.kernel_choices:
                     for e in sp.expand_choices:
-                        out.append(Workload(block_key(r, stage, first, k, e), "block", r, (1, c, h, w),
-                                            stage, first, k, e))
+                        out.append(Workload(block_key(r, stage, first, k, e), "block", r, shape(c, h, w),
+                                            stage, first, k, e, layout))
         c, h, w = layers["final_expand_layer"].in_shape
-        out.append(Workload(f"r{r}/head", "head", r, (1, c, h, w)))
+        out.append(Workload(f"r{r}/head", "head", r, shape(c, h, w), layout=layout))
     return out
 
 
@@ -136,6 +160,19 @@ class _Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return forward_head(self, x)
+
+
+class _ChannelsLastEdges(nn.Module):
+    """``inner`` (NCHW, as torch computes) seen from outside with channels-last tensors at the
+    chosen edges: the input permuted in, a 4-D output permuted out."""
+
+    def __init__(self, inner: nn.Module, nhwc_in: bool, nhwc_out: bool) -> None:
+        super().__init__()
+        self.inner, self.nhwc_in, self.nhwc_out = inner, nhwc_in, nhwc_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x.permute(0, 3, 1, 2) if self.nhwc_in else x)
+        return y.permute(0, 2, 3, 1) if self.nhwc_out and y.dim() == 4 else y
 
 
 def workload_module(w: Workload, space: str | SearchSpace, n_classes: int | None = None,
@@ -159,6 +196,8 @@ def workload_module(w: Workload, space: str | SearchSpace, n_classes: int | None
         se = sp.se_channels(mid) if spec.use_se else None
         stride = spec.stride if w.first else 1
         module = ResidualBlock(MBConv(cin, spec.out_channels, w.kernel, stride, mid, spec.act, se, sp.bn_eps))
+    if w.layout == "NHWC":  # the stem takes the NCHW image, as a network does; the head gives logits
+        module = _ChannelsLastEdges(module, nhwc_in=w.kind != "stem", nhwc_out=w.kind != "head")
     return module.eval()
 
 

@@ -123,3 +123,41 @@ def test_cover_nets_hold_every_block_variant_and_nhwc_tuning_uses_them(monkeypat
     assert "r128/head" in keys["NCHW"] and not any("/net/" in k for k in keys["NCHW"])
     picked = tune._workload_models(sp.name, (128,), ("r128/head", "r128/net/k3-e3"), None, False, "NHWC")
     assert [m["key"] for m in picked] == ["r128/head", "r128/net/k3-e3"]  # either kind, when asked by key
+
+
+def test_nhwc_workloads_have_channels_last_edges_and_compute_the_same():
+    """profile times NHWC targets' pieces with NHWC edges (the network's layout between blocks): the
+    stem takes the NCHW image and gives NHWC, blocks take and give NHWC, the head takes NHWC."""
+    import torch
+
+    from ofa_deploy.errors import ConfigError
+    from ofa_deploy.workloads import space_workloads, workload_module
+
+    space = "ofa_mbv3_d234_e346_k357_w1.0"
+    nchw = {w.key: w for w in space_workloads(space, (128,))}
+    nhwc = {w.key: w for w in space_workloads(space, (128,), layout="NHWC")}
+    assert nchw.keys() == nhwc.keys() and {w.layout for w in nhwc.values()} == {"NHWC"}
+    for key, w in nhwc.items():
+        n, c, h, width = nchw[key].input_shape
+        assert w.input_shape == ((n, c, h, width) if w.kind == "stem" else (n, h, width, c)), key
+    torch.manual_seed(0)
+    for key in ("r128/stem", "r128/s2-first/k7-e6", "r128/head"):
+        x = torch.randn(nchw[key].input_shape)
+        with torch.no_grad():
+            ref = workload_module(nchw[key], space)(x)
+            got = workload_module(nhwc[key], space)(x if key.endswith("stem") else x.permute(0, 2, 3, 1))
+        assert torch.equal(got, ref if ref.dim() == 2 else ref.permute(0, 2, 3, 1)), key
+    with pytest.raises(ConfigError, match="layout: 'NWHC' .* allowed: NCHW, NHWC"):
+        space_workloads(space, (128,), layout="NWHC")
+
+
+def test_profile_timings_of_another_layout_are_not_reused(tmp_path):
+    """A partial profile of NCHW modules (or one from before the field) is not resumed by an NHWC run."""
+    from ofa_deploy.latency.profile import _reusable
+    from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
+
+    identity = {"target": "x86-host", "space": "s", "data_layout": "NHWC"}
+    for saved_layout, reused in (("NCHW", False), (None, False), ("NHWC", True)):
+        saved = {**identity, "data_layout": saved_layout} if saved_layout else {"target": "x86-host", "space": "s"}
+        (tmp_path / PARTIAL_FILE).write_text(json.dumps({**saved, "workloads": {"r128/head": {"median_ms": 1.0}}}))
+        assert bool(_reusable(tmp_path, identity)[0]) is reused, saved_layout

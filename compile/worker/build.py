@@ -91,6 +91,78 @@ def _clip_to_min_max(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.
     return mod
 
 
+_ELEMENTWISE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum"})
+
+
+def _op_name(expr: relax.Expr) -> str | None:
+    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
+
+
+@mutator
+class _FoldTransposes(PyExprMutator):  # type: ignore[misc]
+    """Cancel transposes that undo each other, so a model whose edges are already NHWC computes
+    entirely in NHWC.
+
+    Why: ``ofa-deploy profile`` times one block at a time, exported with NHWC edges
+    (``Workload.layout``) because between blocks a network is NHWC. Its ONNX permutes to NCHW at
+    the input and back at the output; ConvertLayout then adds the opposite transposes around the
+    convolutions, and the residual add stays in NCHW between two of them, outside the projection
+    convolution that it is fused into inside a network. Two rewrites, each exact:
+
+    - ``permute(x, identity)`` -> ``x``;
+    - ``permute(permute(x, q), p)`` -> ``x`` when the two compose to the identity (else one permute);
+    - ``permute(op(permute(a, q), permute(b, q')), p)`` for an elementwise ``op`` on equal shapes
+      -> ``op(permute(permute(a, q), p), permute(permute(b, q'), p))``, which the first rule folds.
+
+    A whole network (input NCHW, one transpose in, one before the classifier) has no such pairs:
+    its fused functions are the same with and without this pass.
+    """
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if _op_name(call) != "relax.permute_dims" or call.attrs.axes is None:
+            return call
+        axes = [int(a) for a in call.attrs.axes]
+        if axes == list(range(len(axes))):  # ConvertLayout leaves these where it absorbed an edge permute
+            return call.args[0]
+        inner = self._bound(call.args[0])
+        if _op_name(inner) == "relax.permute_dims" and inner.attrs.axes is not None:
+            return self._compose(inner, axes)
+        if _op_name(inner) in _ELEMENTWISE:
+            operands = [self._bound(a) for a in inner.args]
+            same_shape = all(len(a.ty.shape) == len(axes) for a in inner.args) and \
+                len({tuple(int(d) for d in a.ty.shape) for a in inner.args}) == 1
+            if same_shape and all(_op_name(o) == "relax.permute_dims" and o.attrs.axes is not None
+                                  for o in operands):
+                args = [self.builder_.normalize(self._compose(o, axes)) for o in operands]
+                return relax.Call(inner.op, args, inner.attrs)
+        return call
+
+    def _bound(self, expr: relax.Expr) -> relax.Expr:
+        """The expression a dataflow variable is bound to (the variable itself if it has none)."""
+        if isinstance(expr, relax.Var):
+            value = self.lookup_binding(expr)
+            return value if value is not None else expr
+        return expr
+
+    @staticmethod
+    def _compose(inner: relax.Call, axes: list[int]) -> relax.Expr:
+        """``permute(inner, axes)`` where ``inner = permute(x, q)``: x itself, or one permute of x."""
+        q = [int(a) for a in inner.attrs.axes]
+        combined = [q[a] for a in axes]
+        if combined == list(range(len(combined))):
+            return inner.args[0]
+        return relax.op.permute_dims(inner.args[0], combined)
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldTransposes")
+def _fold_transposes(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mod[gv] = _FoldTransposes().visit_expr(func)
+    return mod
+
+
 def prepare(mod: tvm.IRModule, target: tvm.target.Target, data_layout: str = "NCHW") -> tvm.IRModule:
     """Legalize + fuse, identical to the pre-tuning part of static_shape_tuning_pipeline.
 
@@ -107,7 +179,7 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target, data_layout: str = "NC
     passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
     if data_layout == "NHWC":
         passes += [_clip_to_min_max, relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
-                   relax.transform.CanonicalizeBindings()]
+                   _fold_transposes, relax.transform.DeadCodeElimination(), relax.transform.CanonicalizeBindings()]
     passes.append(relax.get_pipeline("zero"))
     with target:
         return tvm.transform.Sequential(passes)(mod)

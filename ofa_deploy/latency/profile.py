@@ -105,10 +105,12 @@ def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, thread
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
             "database_sha256": db_hash, "transfer_sha256": current_transfer_hashes(spec.name), "space": space,
-            "n_classes": n_classes, "tvm_threads": threads, "timing_source": timing_source}
+            "n_classes": n_classes, "tvm_threads": threads, "timing_source": timing_source,
+            "data_layout": spec.data_layout}
 
 
-IDENTITY_DEFAULTS = {"timing_source": "measured"}  # what a file from before a field existed meant by its absence
+# What a file from before a field existed meant by its absence.
+IDENTITY_DEFAULTS = {"timing_source": "measured", "data_layout": "NCHW"}  # what a file from before a field existed meant by its absence
 
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -342,7 +344,7 @@ def _start(cfg: ProfileConfig) -> _Run:
                     "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name, spec.name)
     identity = _identity(spec, db_hash, sp.name, n_classes, None if remote else tvm_threads(settings.num_threads),
                          remote.source if remote else "measured")
-    workloads = space_workloads(sp, cfg.resolutions, n_classes)
+    workloads = space_workloads(sp, cfg.resolutions, n_classes, spec.data_layout)  # edges in the network's layout
     if cfg.keys is not None:
         unknown = sorted(set(cfg.keys) - {w.key for w in workloads})
         if unknown:
@@ -461,7 +463,7 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
     tuned = sum(v["tuned_funcs"] for v in done.values())
     total = sum(v["total_funcs"] for v in done.values())
     data = {
-        "format": FORMAT_VERSION, **run.identity, "data_layout": run.spec.data_layout,
+        "format": FORMAT_VERSION, **run.identity,
         "tvm_target_built": next((v["tvm_target"] for v in done.values()), None),
         "database_dir": str(run.database) if run.database is not None else None,
         "resolutions": list(cfg.resolutions),
