@@ -150,6 +150,7 @@ def module_cache_dir(spec: TargetSpec, database_sha256: str | None,
     same file.
     """
     key = json.dumps({"tvm_target": spec.tvm_target_with_host(), "linker": linker_for(spec.cross_compiler),
+                      "data_layout": spec.data_layout,
                       "database_sha256": database_sha256, "tvm_version": installed_tvm_version(),
                       **({"transfer": list(transfer_sha256)} if transfer_sha256 else {})}, sort_keys=True)
     return cache_root() / "modules" / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -198,6 +199,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     so_paths = {it.key: cache / f"{file_sha256(it.onnx_path)}.so" for it in work}
     base = {"op": "profile", "target_name": spec.name, "tvm_target": spec.tvm_target_with_host(),
             "linker": linker_for(spec.cross_compiler), "input_name": input_name, "device": device,
+            "data_layout": spec.data_layout,  # what compile builds: the database's workloads are in it
             "database_dir": str(best_records(database_dir).resolve()) if database_dir is not None else None,
             "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer],
             "repeat": settings.repeat, "min_repeat_ms": settings.min_repeat_ms}

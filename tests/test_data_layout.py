@@ -161,3 +161,20 @@ def test_profile_timings_of_another_layout_are_not_reused(tmp_path):
         saved = {**identity, "data_layout": saved_layout} if saved_layout else {"target": "x86-host", "space": "s"}
         (tmp_path / PARTIAL_FILE).write_text(json.dumps({**saved, "workloads": {"r128/head": {"median_ms": 1.0}}}))
         assert bool(_reusable(tmp_path, identity)[0]) is reused, saved_layout
+
+
+def test_profile_builds_in_the_targets_layout(logs, monkeypatch):
+    """Every module profile times is built as compile builds it (NHWC on a CPU); a profile that built
+    the default layout would time other kernels than the database's and the deployed module's."""
+    from ofa_deploy.compile import profile
+
+    requests = []
+    monkeypatch.setattr(profile, "run_worker_polling", lambda request, **_kw: requests.append(request))
+    onnx = logs / "m.onnx"
+    onnx.write_bytes(b"not built: the worker is replaced")
+    with pytest.raises(OfaDeployError, match="returned 0 of 1 items"):
+        profile.time_workloads([("r128/head", onnx, (1, 4, 4, 960))], "x86-host", progress=False)
+    assert requests and requests[0]["data_layout"] == get_target("x86-host").data_layout == "NHWC"
+    key = profile.module_cache_dir(get_target("x86-host"), None)
+    monkeypatch.setattr(type(get_target("x86-host")), "data_layout", property(lambda _self: "NCHW"))
+    assert profile.module_cache_dir(get_target("x86-host"), None) != key  # modules of two layouts never share a file

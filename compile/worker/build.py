@@ -229,7 +229,7 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``build``: returns the facts BuildInfo needs."""
     mod = load_onnx(request["onnx_path"], request["input_name"], request["input_shape"])
     target = make_target(request["tvm_target"], request["target_name"])
-    mod = prepare(mod, target, request.get("data_layout", "NCHW"))
+    mod = prepare(mod, target, request["data_layout"])  # required: a default would silently build another layout
     mod, sources = schedule(mod, target, request.get("database_dir"), request.get("transfer_databases") or [])
     counts = sources.counts()
     total = len(sources.sources)
@@ -245,7 +245,7 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_export_") as workspace:
         executable.export_library(request["out_path"], workspace_dir=workspace, **kwargs)
     return {"tvm_version": tvm.__version__, "tvm_target": json.loads(str(target)),
-            "data_layout": request.get("data_layout", "NCHW"),
+            "data_layout": request["data_layout"],
             "tuned_funcs": counts["tuned"], "total_funcs": total, "schedule_sources": counts}
 
 

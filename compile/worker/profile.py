@@ -107,7 +107,7 @@ def _build_cached(item: dict[str, Any], request: dict[str, Any]) -> dict[str, An
             "onnx_path": item["onnx_path"], "target_name": request["target_name"],
             "tvm_target": request["tvm_target"], "linker": request["linker"], "out_path": tmp,
             "input_name": request["input_name"], "input_shape": item["input_shape"],
-            "database_dir": request.get("database_dir"),
+            "data_layout": request["data_layout"], "database_dir": request.get("database_dir"),
             "transfer_databases": request.get("transfer_databases") or [],
         })
         os.replace(tmp, so_path)

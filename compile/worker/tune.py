@@ -138,7 +138,7 @@ def _load_models(request: dict[str, Any], target: tvm.target.Target) -> list[tup
     from .build import load_onnx, prepare
 
     return [(m["key"], prepare(load_onnx(m["onnx_path"], request["input_name"], m["input_shape"]), target,
-                               request.get("data_layout", "NCHW")))
+                               request["data_layout"]))
             for m in request["models"]]
 
 

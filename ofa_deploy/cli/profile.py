@@ -49,8 +49,9 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
                     estimate_from: str | None, adapt: bool, adapt_from: str | None) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
-    Builds and times the stem, the 90 block variants and the head per resolution, then compiles
-    --calibrate random subnets end to end and fits measured = a * sum_of_blocks + b. Writes
+    Builds and times the stem, the 90 block variants and the head per resolution (their edges in
+    the layout the target computes in, NHWC on CPUs, so each compiles to the kernels it runs inside
+    a network), then compiles --calibrate random subnets end to end and fits measured = a * sum_of_blocks + b. Writes
     tuning_logs/<target>/latency_model.json, which 'ofa-deploy search' then uses for this target
     (while the database and TVM are unchanged). Interrupted runs resume.
 
