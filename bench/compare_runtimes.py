@@ -111,29 +111,33 @@ def bench_one(cfg: SubnetConfig, threads: int, repeat: int, work: Path, *, datab
             passes[name].append(timer())
     row.update({name: min(ms) for name, ms in passes.items()})
     row["passes"] = passes
+    if "tvm_tuned" in passes:  # within a round the two were timed seconds apart: the drift mostly cancels
+        row["tuned_per_round"] = statistics.median(t / o for t, o in zip(passes["tvm_tuned"], passes["onnxruntime"]))
     return row
 
 
 def table(results: dict[str, dict], threads: int, peak_gflops: float | None) -> str:
     cols = ["pytorch", "onnxruntime", "tvm_untuned", "tvm_tuned"]
     heads = ["pytorch ms", "onnxruntime ms", "TVM no database ms", "TVM tuned ms"]
-    lines = [f"| subnet | MMACs | {' | '.join(heads)} | TVM no database / ORT | TVM tuned / ORT | best TVM % of fp32 peak "
-             "| tuned build's schedules |",
-             "|" + "---|" * (len(cols) + 6)]
+    lines = [f"| subnet | MMACs | {' | '.join(heads)} | TVM no database / ORT | TVM tuned / ORT | same round, median "
+             "| best TVM % of fp32 peak | tuned build's schedules |",
+             "|" + "---|" * (len(cols) + 7)]
     for name, row in results.items():
         macs = row["macs"]
         cells = [f"{row[c]:.2f}" if c in row else "-" for c in cols]
         best = min(row["tvm_untuned"], row.get("tvm_tuned", float("inf")))
         peak = f"{100 * 2 * macs / (best * 1e-3) / (peak_gflops * 1e9):.2f} %" if peak_gflops else "-"
         tuned_ratio = f"{row['tvm_tuned'] / row['onnxruntime']:.2f}x" if "tvm_tuned" in row else "no database"
+        per_round = f"{row['tuned_per_round']:.2f}x" if "tuned_per_round" in row else "-"
         sources = ", ".join(f"{n} {k}" for k, n in row.get("sources", {}).items())
         lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['tvm_untuned'] / row['onnxruntime']:.2f}x | "
-                     f"{tuned_ratio} | {peak} | {sources} |")
+                     f"{tuned_ratio} | {per_round} | {peak} | {sources} |")
     ratios = [row["tvm_tuned"] / row["onnxruntime"] for row in results.values() if "tvm_tuned" in row]
     if ratios:
         geo = statistics.geometric_mean(ratios)
         lines.append(f"\nGeomean TVM tuned / ORT: **{geo:.2f}x** (no database: "
-                     f"{statistics.geometric_mean([r['tvm_untuned'] / r['onnxruntime'] for r in results.values()]):.2f}x)")
+                     f"{statistics.geometric_mean([r['tvm_untuned'] / r['onnxruntime'] for r in results.values()]):.2f}x; "
+                     f"same-round ratios: {statistics.geometric_mean([r['tuned_per_round'] for r in results.values() if 'tuned_per_round' in r]):.2f}x)")
     return "\n".join(lines)
 
 
@@ -157,7 +161,8 @@ def main() -> int:
         body = (f"Command: `python bench/compare_runtimes.py --threads {args.threads} --repeat {args.repeat} "
                 f"--rounds {args.rounds}`  \n"
                 f"Machine: {host_identity().describe()}; {args.threads} threads for every runtime; batch 1; medians, "
-                f"fastest of {args.rounds} interleaved turns per runtime; "
+                f"fastest of {args.rounds} interleaved turns per runtime (\"same round\": the median over rounds of "
+                f"tuned / ORT timed in the same round, seconds apart); "
                 f"fp32 peak {spec.peak_gflops_fp32} GFLOP/s ({spec.peak_source.split(';')[0]}).\n\n{text}\n")
         # one section per CPU: figures of two CPUs never share a table
         update_benchmarks_md(f"Runtime comparison (x86 host, {host_identity().mcpu})", body)

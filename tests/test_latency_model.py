@@ -235,6 +235,7 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
 
     identity["tvm_target"] = get_target("x86-host").tvm_target
     identity["tvm_threads"] = tvm_threads()  # timings of another thread count are not reused
+    identity["data_layout"] = get_target("x86-host").data_layout  # nor timings of modules of another layout
     from ofa_deploy.tuning_logs.database import current_transfer_hashes
 
     identity["transfer_sha256"] = current_transfer_hashes("x86-host")  # schedules borrowed from other devices
