@@ -83,12 +83,20 @@ class _ClipToMinMax(PyExprMutator):  # type: ignore[misc]
         return call
 
 
-@tvm.transform.module_pass(opt_level=0, name="ClipToMinMax")
-def _clip_to_min_max(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mod[gv] = _ClipToMinMax().visit_expr(func)
-    return mod
+def _relax_pass(mutator_cls: type, name: str) -> tvm.transform.Pass:
+    """A module pass that runs a fresh ``mutator_cls`` over every Relax function of the module."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mod[gv] = mutator_cls().visit_expr(func)
+        return mod
+
+    return run
+
+
+_clip_to_min_max = _relax_pass(_ClipToMinMax, "ClipToMinMax")
 
 
 _ELEMENTWISE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum"})
@@ -155,12 +163,7 @@ class _FoldTransposes(PyExprMutator):  # type: ignore[misc]
         return relax.op.permute_dims(inner.args[0], combined)
 
 
-@tvm.transform.module_pass(opt_level=0, name="FoldTransposes")
-def _fold_transposes(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mod[gv] = _FoldTransposes().visit_expr(func)
-    return mod
+_fold_transposes = _relax_pass(_FoldTransposes, "FoldTransposes")
 
 
 def prepare(mod: tvm.IRModule, target: tvm.target.Target, data_layout: str = "NCHW") -> tvm.IRModule:
