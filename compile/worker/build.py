@@ -115,12 +115,12 @@ class _FoldTransposes(PyExprMutator):  # type: ignore[misc]
     (``Workload.layout``) because between blocks a network is NHWC. Its ONNX permutes to NCHW at
     the input and back at the output; ConvertLayout then adds the opposite transposes around the
     convolutions, and the residual add stays in NCHW between two of them, outside the projection
-    convolution that it is fused into inside a network. Two rewrites, each exact:
+    convolution that it is fused into inside a network. Three rewrites, each exact:
 
     - ``permute(x, identity)`` -> ``x``;
     - ``permute(permute(x, q), p)`` -> ``x`` when the two compose to the identity (else one permute);
     - ``permute(op(permute(a, q), permute(b, q')), p)`` for an elementwise ``op`` on equal shapes
-      -> ``op(permute(permute(a, q), p), permute(permute(b, q'), p))``, which the first rule folds.
+      -> ``op(permute(permute(a, q), p), permute(permute(b, q'), p))``, which the second rule folds.
 
     A whole network (input NCHW, one transpose in, one before the classifier) has no such pairs:
     its fused functions are the same with and without this pass.
@@ -166,7 +166,7 @@ class _FoldTransposes(PyExprMutator):  # type: ignore[misc]
 _fold_transposes = _relax_pass(_FoldTransposes, "FoldTransposes")
 
 
-def prepare(mod: tvm.IRModule, target: tvm.target.Target, data_layout: str = "NCHW") -> tvm.IRModule:
+def prepare(mod: tvm.IRModule, target: tvm.target.Target, data_layout: str) -> tvm.IRModule:
     """Legalize + fuse, identical to the pre-tuning part of static_shape_tuning_pipeline.
 
     ``data_layout`` ``"NHWC"`` converts every convolution (and what lies between them) to
@@ -175,7 +175,7 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target, data_layout: str = "NC
     stride-2 depthwise convolution reads every other float along a row, which LLVM emits as
     scalar loads (7x7 s2 over 96 x 112 x 112: 1.07 ms tuned NCHW, 0.34 ms NHWC, 64 trials each,
     znver4). Tuning and building must use the same layout: the fused functions are the
-    database's workloads.
+    database's workloads, so the layout has no default here (the build and tune requests must name it).
     """
     if data_layout not in DATA_LAYOUTS:
         raise UserInputError(f"data_layout must be one of {', '.join(DATA_LAYOUTS)}; got {data_layout!r}")

@@ -110,7 +110,7 @@ def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, thread
 
 
 # What a file from before a field existed meant by its absence.
-IDENTITY_DEFAULTS = {"timing_source": "measured", "data_layout": "NCHW"}  # what a file from before a field existed meant by its absence
+IDENTITY_DEFAULTS = {"timing_source": "measured", "data_layout": "NCHW"}
 
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
