@@ -46,8 +46,9 @@ from tqdm import tqdm
 from ofa_deploy.atomic import sweep_stale, write_json
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.tuning_logs.database import (check_database_target, database_data_layout, database_hash, file_sha256,
-                                           repair_database, transfer_databases, unpack_in_place)
+from ofa_deploy.tuning_logs.database import (CACHE_PROTOCOLS, best_records, check_database_target, database_cache,
+                                             database_data_layout, database_hash, default_database, file_sha256,
+                                             repair_database, transfer_databases, unpack_in_place)
 from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
 from ofa_deploy.tuning_logs.identity import claim_folder
 from ofa_deploy.tuning_logs.layout import LOCK_FILE, RECORD_FILE, STATE_FILE
@@ -74,7 +75,13 @@ class TuneSettings:
     init_min_unmeasured: int = 16  # random candidates in the first population (MetaSchedule: 50)
     builder_timeout_s: float = 120.0  # per candidate; a slower build is a failed trial
     runner_timeout_s: float = 60.0  # per candidate (the RPC session timeout with --rpc)
-    number: int = 3  # runs per timing sample ...
+    cache: str | None = None  # how candidates are timed: "cold" (caches flushed of all but the kernel's input
+    # before each sample, one call per sample: its weights and output come from memory, as in a network) or
+    # "warm" (MetaSchedule's default: the kernel rerun with everything cached, which ranks the big early
+    # kernels by a speed they never reach in a network). None: the database's own, "cold" for a new one
+    # (CPU targets; GPUs are timed warm)
+    cold_samples: int = 10  # with "cold": timing samples per candidate (one call each)
+    number: int = 3  # with "warm": runs per timing sample ...
     repeat: int = 2  # ... samples per candidate ...
     min_repeat_ms: int = 40  # ... each at least this long (short kernels repeat more)
     seed: int = 0  # seeds the search (forked per task)
@@ -85,9 +92,12 @@ class TuneSettings:
     converged_gain: float = 0.01  # a round that improves a task's best by less than this stops the task
 
     def __post_init__(self) -> None:
-        for name in ("num_trials_per_iter", "population_size", "genetic_num_iters", "number", "repeat"):
+        for name in ("num_trials_per_iter", "population_size", "genetic_num_iters", "number", "repeat",
+                     "cold_samples"):
             if getattr(self, name) < 1:
                 raise OfaDeployError(f"tune settings: {name} must be >= 1, got {getattr(self, name)}")
+        if self.cache not in (None, *CACHE_PROTOCOLS):
+            raise OfaDeployError(f"--cache must be one of {', '.join(CACHE_PROTOCOLS)}; got {self.cache!r}")
 
 
 @dataclass
@@ -338,12 +348,51 @@ def tune_target(target: str, *, database_dir: str | Path | None = None, resoluti
     db = Path(database_dir).resolve()
     budget_s = budget_minutes * 60 if budget_minutes is not None else None
     identity = measuring_identity(spec.name, rpc_spec.key if rpc_spec else None)
-    transfer = [(label, str(path)) for label, path in transfer_databases(spec.name)
-                if Path(path).resolve() != db] if settings.warm_start else []
+    transfer = seed_databases(spec.name, db) if settings.warm_start else []
+    settings = dataclasses.replace(settings, cache=cache_protocol(spec, db, settings.cache))
     job = _Job(spec, db, tuple(resolutions), trials_per_task, budget_s, rpc_spec, space, chunk_tasks, n_classes, keys,
                settings, progress, linker, env, started, identity, transfer)
     with _locked(db):
         return _tune_locked(job)
+
+
+def seed_databases(target_name: str, db: Path) -> list[tuple[str, str]]:
+    """(label, folder) of the databases a new task's seed schedules come from, best source first.
+
+    This device's own folder when the run tunes into another one (a fresh folder, or a re-tune
+    with cold caches of a database timed warm: the same CPU's best schedules are the best start
+    there is, and the run re-times them its own way), then the nearest other devices'.
+    """
+    found = []
+    own = target_dir(target_name)
+    if own.resolve() != db.resolve():
+        own_db = default_database(target_name)
+        if own_db is not None:
+            found.append((own.name, str(best_records(own_db))))
+    return found + [(label, str(path)) for label, path in transfer_databases(target_name)
+                    if Path(path).resolve() != db.resolve()]
+
+
+def cache_protocol(spec: Any, db: Path, requested: str | None) -> str:
+    """How this run times candidates (:attr:`TuneSettings.cache`): the database's own protocol, else the request,
+    else ``cold``; GPUs are timed ``warm`` (the flush is a CPU one).
+
+    Raises:
+        OfaDeployError: the request differs from the protocol of the database's records (mixing the
+        two in one task would rank warm timings above cold ones of the same schedule), or asks a
+        GPU for ``cold``.
+    """
+    if spec.kind == "cuda":
+        if requested == "cold":
+            raise OfaDeployError(f"--cache cold: GPU targets ({spec.name}) are timed warm (the flush is a CPU one); "
+                                 "allowed: warm")
+        return "warm"
+    existing = database_cache(db)
+    if existing is not None and requested not in (None, existing):
+        raise OfaDeployError(f"--cache {requested}: database {db} was timed with {existing} caches (tune_state.json "
+                             f"'cache'), and one task's records must all be timed one way. Continue it with --cache "
+                             f"{existing}, or tune into a new folder (--database DIR)")
+    return existing or requested or "cold"
 
 
 @dataclass(frozen=True)
@@ -415,7 +464,7 @@ def _tune_locked(job: _Job) -> TuneReport:
     rates = _rates(state, job.runner_kind)
     total_trials, estimate = _announce(job, len(models), plan, tasks, pending, rates)
     state.update({"target": job.spec.name, "tvm_target": job.spec.tvm_target, "data_layout": job.spec.data_layout,
-                  "space": job.space,
+                  "cache": job.settings.cache, "space": job.space,
                   "settings": {"trials_per_task": job.trials, **dataclasses.asdict(job.settings)}})
     run = _Run()
     if _polish(job, state, tasks, plan, plan_path, rates, run):

@@ -178,3 +178,16 @@ def test_profile_builds_in_the_targets_layout(logs, monkeypatch):
     key = profile.module_cache_dir(get_target("x86-host"), None)
     monkeypatch.setattr(type(get_target("x86-host")), "data_layout", property(lambda _self: "NCHW"))
     assert profile.module_cache_dir(get_target("x86-host"), None) != key  # modules of two layouts never share a file
+
+
+def test_a_run_into_another_folder_seeds_from_this_devices_own_database_first(logs, tmp_path):
+    """A re-tune elsewhere (a fresh folder, or cold caches for a database timed warm) starts from this CPU's schedules."""
+    from ofa_deploy.compile.tune import seed_databases
+
+    own = _database(logs / host_identity().folder_name(), {"target": "x86-host", "data_layout": "NHWC"})
+    (own / WORKLOAD_FILE).write_text(json.dumps(["1", "bW9k"]) + "\n")
+    (own / RECORD_FILE).write_text(json.dumps([0, [[[], []], [1e-3], {"kind": "llvm"}, []]]) + "\n")
+    elsewhere = seed_databases("x86-host", tmp_path / "cold")
+    assert [label for label, _ in elsewhere][:1] == [own.name]
+    assert (Path(elsewhere[0][1]) / RECORD_FILE).read_text() == (own / RECORD_FILE).read_text()  # its best records
+    assert own.name not in [label for label, _ in seed_databases("x86-host", own)]  # never its own seed source

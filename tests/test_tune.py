@@ -121,6 +121,38 @@ def test_one_tuning_run_per_database(capsys, tmp_path):
     assert f"pid {os.getpid()}" in _one_error_line(err)
 
 
+@pytest.mark.parametrize("state, asked, refused", [
+    ({"target": "x86-host", "data_layout": "NHWC", "cache": "cold"}, "warm", "timed with cold caches"),
+    ({"target": "x86-host", "data_layout": "NHWC"}, "cold", "timed with warm caches"),  # before the field: warm
+])
+def test_a_database_is_never_timed_two_ways(state, asked, refused, capsys, tmp_path):
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE, STATE_FILE
+
+    db = _fake_database(tmp_path / "db", {"kind": "llvm", "keys": ["cpu"]})
+    (db / STATE_FILE).write_text(json.dumps(state))
+    before = (db / RECORD_FILE).read_bytes()
+    code, _, err = run_cli(["tune", *SMALL, "--cache", asked, "--database", str(db)], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and refused in line and f"--cache {state.get('cache', 'warm')}" in line
+    assert (db / RECORD_FILE).read_bytes() == before and json.loads((db / STATE_FILE).read_text()) == state
+
+
+def test_the_cache_protocol_is_the_databases_own_else_cold(tmp_path):
+    from ofa_deploy.compile.tune import cache_protocol
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.layout import STATE_FILE
+
+    cpu, gpu = get_target("x86-host"), get_target("cuda-sm80")
+    assert cache_protocol(cpu, tmp_path / "new", None) == "cold"
+    assert cache_protocol(cpu, tmp_path / "new", "warm") == "warm"
+    old = _fake_database(tmp_path / "old", {"kind": "llvm", "keys": ["cpu"]})
+    (old / STATE_FILE).write_text(json.dumps({"target": "x86-host"}))
+    assert cache_protocol(cpu, old, None) == "warm"  # continued the way it was timed
+    assert cache_protocol(gpu, tmp_path / "gpu", None) == "warm"
+    with pytest.raises(OfaDeployError, match="allowed: warm"):
+        cache_protocol(gpu, tmp_path / "gpu", "cold")
+
+
 # ---------------------------------------------------------------- repair of torn writes (no TVM)
 
 def test_repair_drops_only_a_torn_last_line(tmp_path):
@@ -186,6 +218,7 @@ def _head_onnx() -> tuple[Path, tuple[int, ...]]:
 @pytest.mark.tvm
 def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
     from ofa_deploy.compile import build_module
+    from ofa_deploy.compile.tune import TuneSettings
     from ofa_deploy.tuning_logs.database import database_hash
     from ofa_deploy.tuning_logs.layout import RECORD_FILE, STATE_FILE
 
@@ -200,6 +233,8 @@ def test_tune_writes_records_that_compile_applies(tuned, tmp_path):
     assert {r[0] for r in records} == set(range(report.tasks_total))  # every task measured
     state = json.loads((db / STATE_FILE).read_text())
     assert state["target"] == "x86-host" and len(state["tasks"]) == report.tasks_total
+    assert state["cache"] == "cold"  # a new database is timed with cold caches: one call per sample, 10 samples
+    assert {len(r[1][1]) for r in records if r[1][1][0] < 1e9} == {TuneSettings().cold_samples}
     assert state["measured"]["local"]["trials"] == report.trials
     assert state["tuned_resolutions"] == []  # one workload of 128 is not the whole resolution
 

@@ -295,10 +295,26 @@ def _cleanup(session: Any, remote_path: str | None) -> None:
             log.debug("could not remove %s on the device: %s", path, exc)
 
 
+def evaluator_config(settings: dict[str, Any]) -> ms.runner.EvaluatorConfig:
+    """How each candidate is timed (``TuneSettings.cache``; the parent always resolves it).
+
+    ``cold``: one call per sample, and before each the caches are flushed of every argument but
+    the first (the kernel's input, which the previous kernel of a network has just written): the
+    weights and the output come from memory, as in an inference. Timed warm, the tuner ranks the
+    big early kernels by a speed they never reach in a network (BENCHMARKS "Timing with cold caches").
+    """
+    if settings["cache"] == "cold":
+        return ms.runner.EvaluatorConfig(number=1, repeat=settings["cold_samples"], min_repeat_ms=0,
+                                         enable_cpu_cache_flush=True)
+    if settings["cache"] == "warm":
+        return ms.runner.EvaluatorConfig(number=settings["number"], repeat=settings["repeat"],
+                                         min_repeat_ms=settings["min_repeat_ms"], enable_cpu_cache_flush=False)
+    raise ValueError(f"settings.cache must be cold or warm, got {settings['cache']!r}")
+
+
 def _runner(request: dict[str, Any]) -> ms.runner.Runner:
     settings = request["settings"]
-    evaluator = ms.runner.EvaluatorConfig(number=settings["number"], repeat=settings["repeat"],
-                                          min_repeat_ms=settings["min_repeat_ms"], enable_cpu_cache_flush=False)
+    evaluator = evaluator_config(settings)
     rpc = request.get("rpc")
     if rpc:
         config = ms.runner.RPCConfig(tracker_host=rpc["host"], tracker_port=int(rpc["port"]),

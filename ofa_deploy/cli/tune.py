@@ -22,6 +22,10 @@ from .options import check_database_folder
                    "other devices (tuning_logs/, the repository's shipped folders included) and its structural "
                    "siblings; and, once, for each task tuned here already (the polish before the rounds: a task "
                    "they beat is reopened). 0: neither (start from random samples).")
+@click.option("--cache", type=click.Choice(["cold", "warm"]), default=None,
+              help="How candidates are timed: cold (weights and output flushed from the caches before each sample, "
+                   "as in a network's inference) or warm (MetaSchedule's default: rerun with everything cached). "
+                   "Default: the database's own protocol, cold for a new one (GPUs: warm).")
 @click.option("--budget-minutes", type=float, default=None,
               help="Stop starting work that would not finish within this many minutes; rerun to continue.")
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
@@ -39,7 +43,7 @@ from .options import check_database_folder
               "same hash; compile and search read it as is, the next tune unpacks it).")
 @click.pass_context
 def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, warm_start: int,
-                 budget_minutes: float | None,
+                 cache: str | None, budget_minutes: float | None,
                  resolutions: str, database: str | None, space: str | None, workloads: str | None, chunk_tasks: int,
                  no_progress: bool, pack: bool) -> None:
     """Tune the target's MetaSchedule database (XGBoost cost model) on the space's distinct tasks.
@@ -75,7 +79,7 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
     report = tune_target(target, database_dir=database, resolutions=res, trials_per_task=trials,
                          budget_minutes=budget_minutes, rpc=rpc, space=space, chunk_tasks=chunk_tasks,
                          keys=tuple(k for k in workloads.replace(" ", "").split(",") if k) if workloads else None,
-                         settings=TuneSettings(warm_start=warm_start), progress=False if no_progress else None)
+                         settings=TuneSettings(warm_start=warm_start, cache=cache), progress=False if no_progress else None)
     rate = (f", {report.seconds_per_trial:.2f} s/trial + {report.chunk_overhead_s:.0f} s per chunk (measured)"
             if report.seconds_per_trial is not None else "")
     click.echo(f"{report.database_dir}: {report.tasks_total} distinct tasks ({report.extracted_tasks} in "
@@ -99,7 +103,7 @@ def _pack(ctx: click.Context, target: str, database: str | None) -> None:
     from ofa_deploy.tuning_logs.folders import target_dir
     from ofa_deploy.tuning_logs.layout import DATABASE_FILES, PACKED
 
-    other = [p for p in ("rpc", "trials", "budget_minutes", "resolutions", "space", "workloads", "chunk_tasks")
+    other = [p for p in ("rpc", "trials", "cache", "budget_minutes", "resolutions", "space", "workloads", "chunk_tasks")
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if other:
         raise OfaDeployError(f"--{other[0].replace('_', '-')}: not used with --pack (nothing is tuned); allowed with "

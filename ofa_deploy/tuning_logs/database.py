@@ -97,6 +97,29 @@ def database_data_layout(database_dir: str | Path) -> str | None:
     return str(state.get("data_layout", "NCHW")) if isinstance(state, dict) else None
 
 
+CACHE_PROTOCOLS = ("cold", "warm")
+
+
+def database_cache(database_dir: str | Path) -> str | None:
+    """How a database folder's candidates were timed: ``cold`` or ``warm`` caches; None when unknown.
+
+    ``cold``: before each timing sample the caches are flushed of everything but the kernel's
+    input (its weights and output come from memory, as in a network's inference); ``warm``:
+    MetaSchedule's default, the kernel rerun with everything cached. Records timed one way must
+    never compete with records timed the other in one task. ``tune`` writes the field into
+    tune_state.json; a state file without it means ``warm`` (every database before it existed).
+    Unknown: no database, or no state file.
+    """
+    path = Path(database_dir)
+    if not ((path / RECORD_FILE).is_file() or is_packed(path)):
+        return None
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(state.get("cache", "warm")) if isinstance(state, dict) else None
+
+
 def target_data_layout(target_name: str) -> str:
     """The layout modules for this target are built in (:attr:`TargetSpec.data_layout`)."""
     from ofa_deploy.targets import get_target
