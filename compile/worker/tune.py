@@ -372,11 +372,15 @@ def tune_chunk(request: dict[str, Any]) -> dict[str, Any]:
         seeds = _warm_start(contexts, allotted, request, database, target, builder, runner,
                             int(settings["warm_start"]), polish=polish)
         seeded = sum(seeds)
-        remaining = int(request["max_trials_global"]) - seeded
-        per_task = max(n - k for n, k in zip(allotted, seeds))
+        # MetaSchedule caps every task at one max_trials_per_task: the smallest allotment left after the
+        # seeds, so that no task measures more than it was allotted (a task short of its allotment gets
+        # the rest in the parent's next round); a task its seeds used up is not searched.
+        left = [(c, float(t["weight"]), n - k) for c, t, n, k in zip(contexts, chosen, allotted, seeds) if n > k]
+        per_task = min((n for _, _, n in left), default=0)
+        remaining = min(int(request["max_trials_global"]) - seeded, per_task * len(left))
         if remaining > 0 and per_task > 0 and not polish:
             ms.tune_tasks(
-                tasks=contexts, task_weights=[float(t["weight"]) for t in chosen], work_dir=request["log_dir"],
+                tasks=[c for c, _, _ in left], task_weights=[w for _, w, _ in left], work_dir=request["log_dir"],
                 max_trials_global=remaining, max_trials_per_task=per_task,
                 num_trials_per_iter=int(settings["num_trials_per_iter"]), builder=builder, runner=runner,
                 database=database, cost_model=cost_model, task_scheduler="gradient")
