@@ -87,14 +87,7 @@ def database_data_layout(database_dir: str | Path) -> str | None:
     database before the field existed was tuned in NCHW. Unknown: no database, or no state file
     (a cache copy, a database made by hand).
     """
-    path = Path(database_dir)
-    if not ((path / RECORD_FILE).is_file() or is_packed(path)):
-        return None
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return str(state.get("data_layout", "NCHW")) if isinstance(state, dict) else None
+    return _state_field(database_dir, "data_layout", "NCHW")
 
 
 CACHE_PROTOCOLS = ("cold", "warm")
@@ -110,6 +103,12 @@ def database_cache(database_dir: str | Path) -> str | None:
     tune_state.json; a state file without it means ``warm`` (every database before it existed).
     Unknown: no database, or no state file.
     """
+    return _state_field(database_dir, "cache", "warm")
+
+
+def _state_field(database_dir: str | Path, name: str, before_the_field: str) -> str | None:
+    """A field of a database folder's tune_state.json; ``before_the_field`` when the state file lacks it
+    (written before the field existed); None without a database or a readable state file."""
     path = Path(database_dir)
     if not ((path / RECORD_FILE).is_file() or is_packed(path)):
         return None
@@ -117,7 +116,7 @@ def database_cache(database_dir: str | Path) -> str | None:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return str(state.get("cache", "warm")) if isinstance(state, dict) else None
+    return str(state.get(name, before_the_field)) if isinstance(state, dict) else None
 
 
 def target_data_layout(target_name: str) -> str:
