@@ -181,7 +181,7 @@ def test_profile_builds_in_the_targets_layout(logs, monkeypatch):
 
 
 def test_a_run_into_another_folder_seeds_from_this_devices_own_database_first(logs, tmp_path):
-    """A re-tune elsewhere (a fresh folder, or cold caches for a database timed warm) starts from this CPU's schedules."""
+    """A re-tune elsewhere (a fresh folder, or cold caches for a warm-timed database) starts from this CPU's best."""
     from ofa_deploy.compile.tune import seed_databases
 
     own = _database(logs / host_identity().folder_name(), {"target": "x86-host", "data_layout": "NHWC"})

@@ -79,7 +79,8 @@ def tune_command(ctx: click.Context, target: str, rpc: str | None, trials: int, 
     report = tune_target(target, database_dir=database, resolutions=res, trials_per_task=trials,
                          budget_minutes=budget_minutes, rpc=rpc, space=space, chunk_tasks=chunk_tasks,
                          keys=tuple(k for k in workloads.replace(" ", "").split(",") if k) if workloads else None,
-                         settings=TuneSettings(warm_start=warm_start, cache=cache), progress=False if no_progress else None)
+                         settings=TuneSettings(warm_start=warm_start, cache=cache),
+                         progress=False if no_progress else None)
     rate = (f", {report.seconds_per_trial:.2f} s/trial + {report.chunk_overhead_s:.0f} s per chunk (measured)"
             if report.seconds_per_trial is not None else "")
     click.echo(f"{report.database_dir}: {report.tasks_total} distinct tasks ({report.extracted_tasks} in "
