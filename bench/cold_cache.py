@@ -5,13 +5,18 @@ In a network the big early kernels never run warm: their weights and output come
 For the named fused functions of one subnet (default: the max subnet's largest ones), this:
 
 1. tunes each again with cold caches (``TuneSettings.cache = "cold"``: caches flushed of all but
-   the input before each sample, one call per sample), starting from this device's ``seeds``
-   best warm-timed records, re-timed cold, then ``trials`` more candidates;
-2. builds the network twice, with this device's database as it is ("warm-tuned") and with those
-   functions' cold-tuned best in their place, and times each function inside the running network
-   (a VM instrument around every call), the two builds alternating, ``rounds`` rounds.
+   the input before each sample, one call per sample), starting from the ``--database``'s
+   ``seeds`` best records, re-timed cold, then ``trials`` more candidates;
+2. builds the network twice, with that database as it is and with those functions' cold-tuned
+   best in their place, and times each function inside the running network (a VM instrument
+   around every call), the two builds alternating, ``rounds`` rounds.
 
-    python bench/cold_cache.py --subnet max --trials 80 --work runs/cold-cache
+The shipped database is timed cold since 2026-12-02; the warm-timed one this was measured against
+(BENCHMARKS "Timing with cold caches") is in git:
+
+    mkdir -p /tmp/warm && for f in database_tuning_record.json.gz database_workload.json.gz tune_state.json; do
+      git show 91dd51b:tuning_logs/x86_64-znver4-2c/$f > /tmp/warm/$f; done
+    python bench/cold_cache.py --subnet max --trials 80 --database /tmp/warm --work runs/cold-cache
 
 Reuses a function's cold database in ``--work`` when it has one (delete the folder to retune).
 """
@@ -29,8 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_runtimes import SUBNETS  # noqa: E402
-from vm_kernels import kernel_calls  # noqa: E402
+from vm_kernels import SUBNET_NAMES, kernel_calls, load_vm, prepared_subnet, subnet_named  # noqa: E402
 
 from ofa_deploy.compile.worker.tune import _cpu_intrinsics_only  # noqa: E402
 
@@ -39,18 +43,18 @@ _cpu_intrinsics_only()  # before anything imports tvm.s_tir.tensor_intrin
 import numpy as np  # noqa: E402
 import tvm  # noqa: E402
 import tvm.s_tir.tensor_intrin  # noqa: E402,F401 - registers the intrinsics the schedule rules use
-from tvm import relax, s_tir  # noqa: E402
+from tvm import s_tir  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
 from ofa_deploy.compile.toolchain import linker_for  # noqa: E402
 from ofa_deploy.compile.tune import TuneSettings  # noqa: E402
-from ofa_deploy.compile.worker.build import load_onnx, lowering_pipeline, make_target, prepare, schedule  # noqa: E402
+from ofa_deploy.compile.worker.build import make_target, schedule  # noqa: E402
 from ofa_deploy.compile.worker.seeds import measure_seeds  # noqa: E402
 from ofa_deploy.compile.worker.tune import _PoolBuilder, evaluator_config  # noqa: E402
-from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input  # noqa: E402
-from ofa_deploy.search_space import random_subnet  # noqa: E402
+from ofa_deploy.export import seeded_input  # noqa: E402
 from ofa_deploy.targets import get_target  # noqa: E402
-from ofa_deploy.tuning_logs.database import default_database  # noqa: E402
+from ofa_deploy.tuning_logs.database import database_cache, default_database, resolve_database  # noqa: E402
+from ofa_deploy.tuning_logs.folders import target_dir  # noqa: E402
 from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
 
 log = logging.getLogger("cold_cache")
@@ -60,16 +64,16 @@ DEFAULT_FUNCTIONS = ("fused_conv2d3_add3_relu", "fused_conv2d4_add4_relu1", "fus
                      "fused_conv2d6_add6_relu2")
 
 
-def cold_tune(func: tvm.tirx.PrimFunc, target: tvm.target.Target, warm_db: ms.database.Database, work: Path,
+def cold_tune(func: tvm.tirx.PrimFunc, target: tvm.target.Target, base_db: ms.database.Database, work: Path,
               seeds: int, trials: int) -> ms.database.Database:
-    """``func`` tuned with cold timing into ``work`` (its own folder), seeded with the warm database's best."""
+    """``func`` tuned with cold timing into ``work`` (its own folder), seeded with ``base_db``'s best."""
     settings = {**dataclasses.asdict(TuneSettings()), "cache": "cold"}
     runner = ms.runner.LocalRunner(evaluator_config=evaluator_config(settings))
     mod = tvm.IRModule({"main": func})
     if not (work / "database_tuning_record.json").is_file():
         (work / "artifacts").mkdir(parents=True, exist_ok=True)
         schedules = []
-        for record in warm_db.get_top_k(warm_db.commit_workload(mod), seeds):
+        for record in base_db.get_top_k(base_db.commit_workload(mod), seeds):
             sch = s_tir.Schedule(mod)
             record.trace.apply_to_schedule(sch, remove_postproc=False)
             schedules.append(sch)
@@ -88,10 +92,7 @@ def in_network_times(mods: dict[str, tvm.IRModule], target: tvm.target.Target, n
     """Per build: each named function's median time per call inside the network (us), and the whole network (ms)."""
     dev = tvm.cpu()
     x = tvm.runtime.tensor(seeded_input((1, 3, image_size, image_size)), dev)
-    vms = {}
-    for label, mod in mods.items():
-        with target:
-            vms[label] = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target)), dev)
+    vms = {label: load_vm(mod, target) for label, mod in mods.items()}
     outputs = [vm["main"](x).numpy() for vm in vms.values()]
     assert all(np.allclose(outputs[0], o, atol=1e-4) for o in outputs[1:]), "the builds disagree"
     per_call = {label: collections.defaultdict(list) for label in vms}
@@ -109,47 +110,48 @@ def in_network_times(mods: dict[str, tvm.IRModule], target: tvm.target.Target, n
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subnet", choices=[k.split()[0] for k in SUBNETS], default="max")
+    parser.add_argument("--subnet", choices=SUBNET_NAMES, default="max")
     parser.add_argument("--functions", default=",".join(DEFAULT_FUNCTIONS), help="fused function names")
-    parser.add_argument("--seeds", type=int, default=16, help="warm-timed best records re-timed cold first")
+    parser.add_argument("--database", type=Path, default=None,
+                        help="the database to compare against and seed from (default: this device's)")
+    parser.add_argument("--seeds", type=int, default=16, help="the database's best records re-timed cold first")
     parser.add_argument("--trials", type=int, default=80, help="cold-timed candidates tuned after the seeds")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--work", type=Path, default=Path("runs/cold-cache"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = next(c for k, c in SUBNETS.items() if k.split()[0] == args.subnet)
+    cfg = subnet_named(args.subnet)
     names = [n for n in args.functions.split(",") if n]
     spec = get_target("x86-host")
     target = make_target(spec.tvm_target, spec.name)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "m.onnx"
-        export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
-        mod = prepare(load_onnx(str(onnx_path), INPUT_NAME, [1, 3, cfg.image_size, cfg.image_size]), target,
-                      spec.data_layout)
-    warm_dir = default_database(spec.name)
-    if warm_dir is None:
-        raise SystemExit(f"no database for {spec.name} here: tune one first (ofa-deploy tune --target x86-host)")
-    warm_mod, _ = schedule(mod, target, str(warm_dir), [])
-    warm_db = ms.database.JSONDatabase(work_dir=str(warm_dir), allow_missing=False)
-    cold_mod = tvm.IRModule(dict(warm_mod.functions_items()), attrs=warm_mod.attrs)
+        mod = prepared_subnet(cfg, spec, target, Path(tmp) / "m.onnx")
+    base_dir = resolve_database(args.database) if args.database else default_database(spec.name)
+    if base_dir is None:
+        raise SystemExit(f"no database in {args.database or spec.name}: tune one first (ofa-deploy tune)")
+    timed = database_cache(args.database or target_dir(spec.name)) or "unknown"
+    base_mod, _ = schedule(mod, target, str(base_dir), [])
+    base_db = ms.database.JSONDatabase(work_dir=str(base_dir), allow_missing=False)
+    cold_mod = tvm.IRModule(dict(base_mod.functions_items()), attrs=base_mod.attrs)
     for name in names:
         plain = mod[name].with_attr("global_symbol", "main")
         started = time.monotonic()
-        cold_db = cold_tune(plain, target, warm_db, args.work / name, args.seeds, args.trials)
+        cold_db = cold_tune(plain, target, base_db, args.work / name, args.seeds, args.trials)
         best = cold_db.query_schedule(tvm.IRModule({"main": plain}), target=target, workload_name="main")
         log.info("%s: cold-tuned in %.0f s", name, time.monotonic() - started)
-        cold_mod[cold_mod.get_global_var(name)] = best.mod["main"].with_attrs(dict(warm_mod[name].attrs.items()))
-    kernels, whole = in_network_times({"warm": warm_mod, "cold": cold_mod}, target, names, args.rounds,
+        cold_mod[cold_mod.get_global_var(name)] = best.mod["main"].with_attrs(dict(base_mod[name].attrs.items()))
+    kernels, whole = in_network_times({"base": base_mod, "cold": cold_mod}, target, names, args.rounds,
                                       cfg.image_size)
     me = host_identity()
     print(f"\n{me.model_name} ({me.mcpu}), {spec.cores} threads; {args.subnet} subnet @{cfg.image_size}; "
-          f"in-network median per call, {args.rounds} rounds x 3 calls, builds alternating")
-    print("| function | warm-tuned (us) | cold-tuned (us) | cold / warm |\n|---|---|---|---|")
+          f"in-network median per call, {args.rounds} rounds x 3 calls, builds alternating; the database "
+          f"({base_dir}) was timed {timed}")
+    print(f"| function | database, {timed}-timed (us) | re-tuned cold (us) | cold / database |\n|---|---|---|---|")
     for n in names:
-        w, c = kernels["warm"][n], kernels["cold"][n]
+        w, c = kernels["base"][n], kernels["cold"][n]
         print(f"| {n} | {w:.0f} | {c:.0f} | {c / w:.2f} |")
-    print(f"| whole network (ms, median of the rounds' fastest) | {whole['warm']:.2f} | {whole['cold']:.2f} | "
-          f"{whole['cold'] / whole['warm']:.2f} |")
+    print(f"| whole network (ms, median of the rounds' fastest) | {whole['base']:.2f} | {whole['cold']:.2f} | "
+          f"{whole['cold'] / whole['base']:.2f} |")
     return 0
 
 

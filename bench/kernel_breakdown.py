@@ -20,40 +20,54 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_runtimes import SUBNETS  # noqa: E402
-from vm_kernels import kernel_calls  # noqa: E402
+from vm_kernels import SUBNET_NAMES, kernel_calls, load_vm, prepared_subnet, subnet_named  # noqa: E402
 
-STAGES = ((0, "stem + block 0 (112x112)"), (4, "blocks 1-4 (112 -> 56)"), (8, "blocks 5-8 (28)"),
-          (12, "blocks 9-12 (14)"), (16, "blocks 13-16 (14)"), (99, "blocks 17-20 + head (7)"))
+# Output resolution of each stage as a fraction of the image (MobileNetV3: stem /2, stages /4 /8 /16 /16 /32).
+STAGE_DIVISORS = (4, 8, 16, 16, 32)
 
 
-def stage_of(node: str) -> str:
+def stages(cfg: Any) -> list[tuple[int, str]]:
+    """(last block index, label) of the stem + first block and of each stage, for ``cfg``'s depths.
+
+    The exported subnet numbers its active blocks 0, 1, 2, ... (block 0 is the first block), so
+    a stage's blocks depend on the depths of the stages before it.
+    """
+    r = cfg.image_size
+    found, last = [(0, f"stem + block 0 ({r // 2}x{r // 2})")], 0
+    for i, (depth, div) in enumerate(zip(cfg.d, STAGE_DIVISORS)):
+        first, last = last + 1, last + depth
+        size = f"{r // (div // 2)} -> {r // div}" if i == 0 else f"{r // div}"
+        found.append((last, f"blocks {first}-{last} ({size})" + (" + head" if i == len(cfg.d) - 1 else "")))
+    return found
+
+
+def stage_of(node: str, table: list[tuple[int, str]]) -> str:
+    """The label of the stage an ORT node belongs to (the stem before block 0, the head after the last block)."""
     match = re.match(r"/blocks\.(\d+)/", node)
-    block = int(match.group(1)) if match else (-1 if node.startswith("/first_conv") else 99)
-    return next(name for last, name in STAGES if block <= last)
+    block = int(match.group(1)) if match else (-1 if node.startswith("/first_conv") else table[-1][0])
+    return next(name for last, name in table if block <= last)
 
 
-def tvm_convs(onnx_path: Path, size: int, runs: int) -> list[tuple[str, float]]:
-    """(function, median us per call) of every convolution kernel, in execution order."""
+def tvm_convs(cfg: Any, onnx_path: Path, runs: int) -> list[tuple[str, float]]:
+    """(function, median us per call) of every convolution kernel of ``cfg`` (its ONNX written to ``onnx_path``),
+    in execution order."""
     import tvm
-    from tvm import relax
 
-    from ofa_deploy.compile.worker.build import load_onnx, lowering_pipeline, make_target, prepare, schedule
-    from ofa_deploy.export import INPUT_NAME, seeded_input
+    from ofa_deploy.compile.worker.build import make_target, schedule
+    from ofa_deploy.export import seeded_input
     from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.database import default_database, transfer_databases
 
     spec = get_target("x86-host")
     target = make_target(spec.tvm_target, spec.name)
-    mod = prepare(load_onnx(str(onnx_path), INPUT_NAME, [1, 3, size, size]), target, spec.data_layout)
     own = default_database(spec.name)
-    mod, _ = schedule(mod, target, str(own) if own else None,
+    mod, _ = schedule(prepared_subnet(cfg, spec, target, onnx_path), target, str(own) if own else None,
                       [[label, str(path)] for label, path in transfer_databases(spec.name)])
-    with target:
-        vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target)), tvm.cpu())
-    x = tvm.runtime.tensor(seeded_input((1, 3, size, size)), tvm.cpu())
+    vm = load_vm(mod, target)
+    x = tvm.runtime.tensor(seeded_input((1, 3, cfg.image_size, cfg.image_size)), tvm.cpu())
     for _ in range(10):
         vm["main"](x)
     runs_calls = kernel_calls(vm, x, runs)
@@ -84,28 +98,26 @@ def ort_convs(onnx_path: Path, size: int, threads: int, runs: int, work: Path) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subnet", choices=[k.split()[0] for k in SUBNETS], default="max")
+    parser.add_argument("--subnet", choices=SUBNET_NAMES, default="max")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    from ofa_deploy.export import export_onnx
-    from ofa_deploy.search_space import random_subnet
     from ofa_deploy.tuning_logs.identity import host_identity
 
-    cfg = next(c for k, c in SUBNETS.items() if k.split()[0] == args.subnet)
+    cfg = subnet_named(args.subnet)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         onnx_path = work / "m.onnx"
-        export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
-        tvm_side = tvm_convs(onnx_path, cfg.image_size, args.runs)
+        tvm_side = tvm_convs(cfg, onnx_path, args.runs)  # writes the ONNX that ORT then runs
         ort_side = ort_convs(onnx_path, cfg.image_size, args.threads, args.runs, work)
     if len(tvm_side) != len(ort_side):
         raise SystemExit(f"{len(tvm_side)} TVM convolution kernels, {len(ort_side)} ORT Conv nodes: cannot pair")
-    sums: dict[str, list[float]] = {name: [0.0, 0.0] for _, name in STAGES}
+    table = stages(cfg)
+    sums: dict[str, list[float]] = {name: [0.0, 0.0] for _, name in table}
     for (_, t), (node, o) in zip(tvm_side, ort_side):
-        sums[stage_of(node)][0] += t
-        sums[stage_of(node)][1] += o
+        sums[stage_of(node, table)][0] += t
+        sums[stage_of(node, table)][1] += o
     me = host_identity()
     print(f"{me.model_name} ({me.mcpu}), {args.threads} threads; {args.subnet} subnet @{cfg.image_size}; "
           f"convolution kernels inside the network, median of {args.runs} runs")

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from ofa_deploy.tuning_logs.database import CACHE_PROTOCOLS
+
 from .options import check_database_folder
 
 
@@ -22,7 +24,7 @@ from .options import check_database_folder
                    "other devices (tuning_logs/, the repository's shipped folders included) and its structural "
                    "siblings; and, once, for each task tuned here already (the polish before the rounds: a task "
                    "they beat is reopened). 0: neither (start from random samples).")
-@click.option("--cache", type=click.Choice(["cold", "warm"]), default=None,
+@click.option("--cache", type=click.Choice(CACHE_PROTOCOLS), default=None,
               help="How candidates are timed: cold (weights and output flushed from the caches before each sample, "
                    "as in a network's inference) or warm (MetaSchedule's default: rerun with everything cached). "
                    "Default: the database's own protocol, cold for a new one (GPUs: warm).")
