@@ -7,6 +7,13 @@ of BENCHMARKS.md. Two TVM builds: "no database" (no tuning anywhere: rule-based 
 nearest other devices' schedules for what it lacks); the table says where the tuned build's
 schedules came from.
 
+ONNX Runtime and both TVM builds run in one process, called in turns (``compile.time_interleaved``;
+per turn and runtime one untimed call, then three timed: the call right after the other runtime ran
+1.5-3x slow, its thread pool still spinning on the cores): this VM's speed drifts by up to 2x within
+minutes, faster than runtimes timed one after the other can cancel. The ratio to ORT is the
+median of per-turn ratios (each TVM call against the ORT call of the same turn); its quartiles
+say how far single turns scatter. PyTorch eager is context only, timed on its own first.
+
     python bench/compare_runtimes.py --threads 2
 """
 
@@ -22,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ofa_deploy.compile import build_module, time_local
+from ofa_deploy.compile import BuildInfo, build_module, time_interleaved, turn_ratio
 from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input
 from ofa_deploy.search_space import SubnetConfig, random_subnet
 from ofa_deploy.search_space.costs import count_costs
@@ -41,6 +48,11 @@ SUBNETS = {
 }
 
 
+# Per turn, each runtime: SETTLE untimed calls, then BLOCK timed ones, back to back. The call right after
+# the other runtime's ran 1.5-3x slow on this VM (its pool still spinning on the 2 cores): not a speed.
+BLOCK, SETTLE = 3, 1
+
+
 def median_ms(fn, warmup: int, repeat: int) -> float:
     for _ in range(warmup):
         fn()
@@ -52,100 +64,87 @@ def median_ms(fn, warmup: int, repeat: int) -> float:
     return statistics.median(samples)
 
 
-def bench_one(cfg: SubnetConfig, threads: int, repeat: int, work: Path, *, database: Path | None = None,
-              transfer: list[tuple[str, Path]] | None = None,
-              runtimes: tuple[str, ...] = ("pytorch", "onnxruntime", "tvm_untuned", "tvm_tuned"),
-              rounds: int = 3) -> dict:
-    """Medians (ms) of ``runtimes`` for one subnet: every module built first, then timed in turns.
-
-    ``tvm_tuned`` is built as ``ofa-deploy compile`` builds: this device's ``database`` (default:
-    its tuning_logs folder) and, for what it lacks, the other devices' ``transfer`` databases
-    (default: the nearest shipped ones); ``tvm_untuned`` is a build with no database anywhere: every
-    function takes the rule-based default schedule (compile/worker/schedules.py).
-
-    A shared VM runs slow for tens of seconds at a time (BENCHMARKS.md, "Two threads are
-    noisier"), so one runtime timed once can land in a slow stretch its rival missed. Each runtime
-    is timed in ``rounds`` turns, interleaved (ORT, TVM, ORT, TVM, ...), and keeps its fastest median:
-    both sides get the same chances at the machine's fast state.
-    """
-    import onnxruntime as ort
-
-    model = random_subnet(cfg, seed=0)  # latency does not depend on weight values
+def export_subnet(cfg: SubnetConfig, work: Path) -> tuple[torch.nn.Module, Path]:
+    """``cfg``'s network with seed-0 weights (latency does not depend on their values) and its ONNX file."""
+    model = random_subnet(cfg, seed=0)
     onnx_path = work / f"{cfg.id}.onnx"
     export_onnx(model, cfg.image_size, onnx_path)
-    x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
-    timers: dict[str, object] = {}
-    row: dict = {}
-    if "pytorch" in runtimes:
-        xt = torch.from_numpy(x)
+    return model, onnx_path
 
-        def run_torch() -> float:
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                return median_ms(lambda: model(xt), 10, repeat)
 
-        timers["pytorch"] = run_torch
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    timers["onnxruntime"] = lambda: median_ms(lambda: session.run(None, {INPUT_NAME: x}), 10, repeat)
+def build_for_host(onnx_path: Path, cfg: SubnetConfig, out: Path, *, database: Path | None = None,
+                   transfer: list[tuple[str, Path]] | None = None, tuned: bool = True) -> BuildInfo:
+    """``cfg``'s module for this CPU as ``ofa-deploy compile`` builds it: this device's ``database`` (default: its
+    tuning_logs folder) and, for what it lacks, the other devices' ``transfer`` databases (default: the nearest
+    shipped ones). ``tuned=False``: no database anywhere, every function takes its rule-based default schedule."""
     spec = get_target("x86-host")
     shape = (1, 3, cfg.image_size, cfg.image_size)
-    tvm_repeat = max(3, repeat // 5)  # each sample is 3 runs
-    if "tvm_untuned" in runtimes:
-        untuned = build_module(onnx_path, spec, work / f"{cfg.id}.so", input_name=INPUT_NAME, input_shape=shape,
-                               transfer_databases=())
-        timers["tvm_untuned"] = lambda: time_local(untuned.so_path, x, repeat=tvm_repeat, number=3,
-                                                   num_threads=threads).median_ms
-    if "tvm_tuned" in runtimes:
-        database = default_database(spec.name) if database is None else database
-        transfer = transfer_databases(spec.name) if transfer is None else transfer
-        tuned = build_module(onnx_path, spec, work / f"{cfg.id}.tuned.so", input_name=INPUT_NAME, input_shape=shape,
-                             database_dir=database, transfer_databases=transfer)
-        timers["tvm_tuned"] = lambda: time_local(tuned.so_path, x, repeat=tvm_repeat, number=3,
-                                                 num_threads=threads).median_ms
-        row["sources"] = {k: v for k, v in tuned.schedule_sources.items() if v}
-    passes: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(rounds):
-        for name, timer in timers.items():
-            passes[name].append(timer())
-    row.update({name: min(ms) for name, ms in passes.items()})
-    row["passes"] = passes
-    if "tvm_tuned" in passes:  # within a round the two were timed seconds apart: the drift mostly cancels
-        row["tuned_per_round"] = statistics.median(t / o for t, o in zip(passes["tvm_tuned"], passes["onnxruntime"]))
+    if not tuned:
+        return build_module(onnx_path, spec, out, input_name=INPUT_NAME, input_shape=shape, transfer_databases=())
+    return build_module(onnx_path, spec, out, input_name=INPUT_NAME, input_shape=shape,
+                        database_dir=default_database(spec.name) if database is None else database,
+                        transfer_databases=transfer_databases(spec.name) if transfer is None else transfer)
+
+
+def against_ort(so_paths: list[Path], onnx_path: Path, cfg: SubnetConfig, threads: int, calls: int,
+                block: int = BLOCK, settle: int = SETTLE) -> tuple[list[float], list[list[float]]]:
+    """Per-call ms of ORT and of each module, all called in turns in one process with ``threads`` threads."""
+    x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
+    *modules, ort_ms = time_interleaved(so_paths, x, onnx_paths=[onnx_path], calls=calls, block=block,
+                                        settle=settle, num_threads=threads)
+    return ort_ms, modules
+
+
+def bench_one(cfg: SubnetConfig, threads: int, calls: int, work: Path, *, block: int = BLOCK, settle: int = SETTLE,
+              pytorch: bool = True) -> dict:
+    """Medians (ms) of ORT, the untuned and the tuned build (in turns), per-turn ratios to ORT, PyTorch eager."""
+    model, onnx_path = export_subnet(cfg, work)
+    row: dict = {}
+    if pytorch:
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(seeded_input((1, 3, cfg.image_size, cfg.image_size)))
+        with torch.no_grad():
+            row["pytorch"] = median_ms(lambda: model(xt), 10, calls)
+    untuned = build_for_host(onnx_path, cfg, work / f"{cfg.id}.so", tuned=False)
+    tuned = build_for_host(onnx_path, cfg, work / f"{cfg.id}.tuned.so")
+    row["sources"] = {k: v for k, v in tuned.schedule_sources.items() if v}
+    ort_ms, (untuned_ms, tuned_ms) = against_ort([untuned.so_path, tuned.so_path], onnx_path, cfg, threads, calls,
+                                                 block, settle)
+    row.update(onnxruntime=statistics.median(ort_ms), tvm_untuned=statistics.median(untuned_ms),
+               tvm_tuned=statistics.median(tuned_ms), untuned_ratio=turn_ratio(untuned_ms, ort_ms),
+               tuned_ratio=turn_ratio(tuned_ms, ort_ms))
+    q1, _, q3 = statistics.quantiles([t / o for t, o in zip(tuned_ms, ort_ms)], n=4)
+    row["tuned_quartiles"] = (q1, q3)
     return row
 
 
-def table(results: dict[str, dict], threads: int, peak_gflops: float | None) -> str:
+def table(results: dict[str, dict], peak_gflops: float | None) -> str:
     cols = ["pytorch", "onnxruntime", "tvm_untuned", "tvm_tuned"]
     heads = ["pytorch ms", "onnxruntime ms", "TVM no database ms", "TVM tuned ms"]
-    lines = [f"| subnet | MMACs | {' | '.join(heads)} | TVM no database / ORT | TVM tuned / ORT | same round, median "
+    lines = [f"| subnet | MMACs | {' | '.join(heads)} | TVM no database / ORT | TVM tuned / ORT | tuned / ORT quartiles "
              "| best TVM % of fp32 peak | tuned build's schedules |",
              "|" + "---|" * (len(cols) + 7)]
     for name, row in results.items():
         macs = row["macs"]
         cells = [f"{row[c]:.2f}" if c in row else "-" for c in cols]
-        best = min(row["tvm_untuned"], row.get("tvm_tuned", float("inf")))
+        best = min(row["tvm_untuned"], row["tvm_tuned"])
         peak = f"{100 * 2 * macs / (best * 1e-3) / (peak_gflops * 1e9):.2f} %" if peak_gflops else "-"
-        tuned_ratio = f"{row['tvm_tuned'] / row['onnxruntime']:.2f}x" if "tvm_tuned" in row else "no database"
-        per_round = f"{row['tuned_per_round']:.2f}x" if "tuned_per_round" in row else "-"
+        q1, q3 = row["tuned_quartiles"]
         sources = ", ".join(f"{n} {k}" for k, n in row.get("sources", {}).items())
-        lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['tvm_untuned'] / row['onnxruntime']:.2f}x | "
-                     f"{tuned_ratio} | {per_round} | {peak} | {sources} |")
-    ratios = [row["tvm_tuned"] / row["onnxruntime"] for row in results.values() if "tvm_tuned" in row]
-    if ratios:
-        geo = statistics.geometric_mean(ratios)
-        lines.append(f"\nGeomean TVM tuned / ORT: **{geo:.2f}x** (no database: "
-                     f"{statistics.geometric_mean([r['tvm_untuned'] / r['onnxruntime'] for r in results.values()]):.2f}x; "
-                     f"same-round ratios: {statistics.geometric_mean([r['tuned_per_round'] for r in results.values() if 'tuned_per_round' in r]):.2f}x)")
+        lines.append(f"| {name} | {macs / 1e6:.1f} | {' | '.join(cells)} | {row['untuned_ratio']:.2f}x | "
+                     f"**{row['tuned_ratio']:.2f}x** | {q1:.2f}-{q3:.2f} | {peak} | {sources} |")
+    geo = statistics.geometric_mean([row["tuned_ratio"] for row in results.values()])
+    geo_untuned = statistics.geometric_mean([row["untuned_ratio"] for row in results.values()])
+    lines.append(f"\nGeomean TVM tuned / ORT: **{geo:.2f}x** (no database: {geo_untuned:.2f}x)")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing turns per runtime (fastest kept)")
+    parser.add_argument("--calls", type=int, default=100, help="turns")
+    parser.add_argument("--block", type=int, default=BLOCK, help="timed back-to-back calls per runtime and turn")
+    parser.add_argument("--settle", type=int, default=SETTLE, help="untimed calls before them, per runtime and turn")
     parser.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -153,16 +152,20 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in SUBNETS.items():
-            results[name] = bench_one(cfg, args.threads, args.repeat, Path(tmp), rounds=args.rounds) | {"macs": count_costs(cfg).macs}
-            print(name, {k: v for k, v in results[name].items()}, flush=True)
-    text = table(results, args.threads, spec.peak_gflops_fp32)
+            results[name] = bench_one(cfg, args.threads, args.calls, Path(tmp), block=args.block,
+                                      settle=args.settle) | {
+                "macs": count_costs(cfg).macs}
+            print(name, results[name], flush=True)
+    text = table(results, spec.peak_gflops_fp32)
     print(text)
     if not args.no_write:
-        body = (f"Command: `python bench/compare_runtimes.py --threads {args.threads} --repeat {args.repeat} "
-                f"--rounds {args.rounds}`  \n"
-                f"Machine: {host_identity().describe()}; {args.threads} threads for every runtime; batch 1; medians, "
-                f"fastest of {args.rounds} interleaved turns per runtime (\"same round\": the median over rounds of "
-                f"tuned / ORT timed in the same round, seconds apart); "
+        body = (f"Command: `python bench/compare_runtimes.py --threads {args.threads} --calls {args.calls} "
+                f"--block {args.block} --settle {args.settle}`  \n"
+                f"Machine: {host_identity().describe()}; {args.threads} threads for every runtime; batch 1. ONNX "
+                f"Runtime and both TVM builds in one process, called in turns ({args.calls} turns; per turn and runtime "
+                f"{args.settle} untimed call(s), then {args.block} timed, back to back); medians of the calls; ratios to "
+                f"ORT: medians of per-turn ratios (quartiles: how "
+                f"single turns scatter). PyTorch eager timed alone first (context only). "
                 f"fp32 peak {spec.peak_gflops_fp32} GFLOP/s ({spec.peak_source.split(';')[0]}).\n\n{text}\n")
         # one section per CPU: figures of two CPUs never share a table
         update_benchmarks_md(f"Runtime comparison (x86 host, {host_identity().mcpu})", body)

@@ -2,7 +2,8 @@
 
 No ARM board is here, so the question "are x86-tuned schedules good aarch64 code?" is asked of
 the nearest thing that can be timed: this CPU restricted to 128-bit SSE vectors (NEON's width:
-``-mattr=-avx,-avx2,-fma,-avx512f``). For each subnet @224, four modules run here in one process:
+``-mattr=-avx,-avx2,-fma,-avx512f``: the target ``x86-host:-avx,-avx2,-fma,-avx512f``, a device of
+its own with its own tuning_logs folder). For each subnet @224, four modules run here in one process:
 
 * ``full ISA, tuned``: the host target with its own database (reference);
 * ``SSE, no database``: the restricted target, rule-based schedules only;
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
 from compare_runtimes import SUBNETS  # noqa: E402
 
-from ofa_deploy.compile import build_module, time_interleaved  # noqa: E402
+from ofa_deploy.compile import build_module, time_interleaved, turn_ratio  # noqa: E402
 from ofa_deploy.compile.tune import TuneSettings, tune_target  # noqa: E402
 from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input  # noqa: E402
 from ofa_deploy.search_space import random_subnet  # noqa: E402
@@ -88,8 +89,8 @@ def main() -> int:
             samples = time_interleaved(modules, x, calls=args.calls, num_threads=2)
             for label, ms in zip(builds, samples):
                 row[label] = statistics.median(ms)
-            row["transferred / native"] = statistics.median(t / n for t, n in zip(samples[2], samples[3]))
-            row["no database / native"] = statistics.median(u / n for u, n in zip(samples[1], samples[3]))
+            row["transferred / native"] = turn_ratio(samples[2], samples[3])
+            row["no database / native"] = turn_ratio(samples[1], samples[3])
             print(row, flush=True)
             rows.append(row)
     labels = ["full ISA, tuned", "SSE, no database", "SSE, transferred", "SSE, tuned natively"]

@@ -2,19 +2,21 @@
 
 Runs ``ofa-deploy tune --target x86-host`` into ``--database`` (a fresh folder: the run starts from
 an empty database of this device) for ``--budget-minutes`` and copies the database at each
-checkpoint (minutes of wall time since the run first started). Then, for every checkpoint, builds
-the max / mid / min subnets @224 with that copy exactly as ``ofa-deploy compile`` would (with
-``--warm-start`` runs, functions the copy lacks borrow schedules from the shipped databases, as a
-build does), times each against ONNX Runtime in the same process, same threads (medians), and
-reports the geomean ratio. Writes ``bench/results/tuning_curve_<cpu>.{csv,png}`` and the
-BENCHMARKS.md section.
+checkpoint (tuning minutes). Then, per subnet (max / mid / min @224), builds it with every
+checkpoint's copy exactly as ``ofa-deploy compile`` would (with ``--warm-start`` runs, functions
+the copy lacks borrow schedules from the shipped databases, as a build does) and with no database
+at all (minute 0), and times all of them and ONNX Runtime in turns in one process, same threads;
+reports medians and per-turn ratios to ORT, and their geomean per checkpoint. Writes
+``bench/results/tuning_curve_<cpu>[_empty].{csv,png}`` and the BENCHMARKS.md section.
 
     python bench/tuning_curve.py --database runs/curve-znver4 --budget-minutes 240 --checkpoints 10,30,60,120,240
     python bench/tuning_curve.py --database runs/curve-cold --warm-start 0 --budget-minutes 60 --checkpoints 10,30,60
 
-Resumable: rerun the same command after a kill; the tune continues, finished checkpoints stay
-(their clock is wall time since the first start, so a long pause shows up as a jump). With
-``--evaluate-only`` it times the checkpoints already there. Measure on an otherwise idle machine.
+Resumable: rerun the same command after a kill (or in a later session, with a larger
+``--budget-minutes``); the tune continues, finished checkpoints stay. The clock is tuning minutes:
+wall time while the tune ran, summed over runs (``curve_state.json``), so a pause between runs
+does not count. With ``--evaluate-only`` it times the checkpoints already there. Measure on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -32,10 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, publish  # noqa: E402
-from compare_runtimes import SUBNETS, bench_one  # noqa: E402
+from compare_runtimes import BLOCK, SETTLE, SUBNETS, against_ort, build_for_host, export_subnet  # noqa: E402
 
 from ofa_deploy.atomic import write_json  # noqa: E402
-from ofa_deploy.tuning_logs.database import repair_database, transfer_databases  # noqa: E402
+from ofa_deploy.compile import turn_ratio  # noqa: E402
+from ofa_deploy.tuning_logs.database import database_cache, repair_database, transfer_databases  # noqa: E402
 from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
 from ofa_deploy.tuning_logs.layout import DATABASE_FILES, RECORD_FILE  # noqa: E402
 
@@ -59,25 +63,34 @@ def snapshot(db: Path, dest: Path) -> None:
 
 def tune_with_checkpoints(args: argparse.Namespace, snaps: Path) -> None:
     state_path = snaps / STATE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"started": time.time()}
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    if "minutes" not in state:  # runs before the tuning-minute clock kept wall time since their start
+        state = {"minutes": (time.time() - state["started"]) / 60 if "started" in state else 0.0}
     write_json(state_path, state)
     checkpoints = [m for m in args.checkpoints if not (snaps / f"{m:g}min").is_dir()]
-    elapsed_min = (time.time() - state["started"]) / 60
-    left = args.budget_minutes - elapsed_min
+    left = args.budget_minutes - state["minutes"]
     if left <= 0.5 or not checkpoints:
         return
     cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", "--target", "x86-host", "--database", str(args.database),
            "--resolutions", "224", "--budget-minutes", f"{left:.1f}", "--warm-start", str(args.warm_start),
            "--trials", str(args.trials), "--no-progress"]
-    log.info("running: %s", " ".join(cmd))
+    log.info("running (%.1f tuning minutes done): %s", state["minutes"], " ".join(cmd))
     proc = subprocess.Popen(cmd)
+    base, start = state["minutes"], time.time()
+
+    def minutes() -> float:  # tuning minutes so far, saved as they pass: a kill loses at most a poll
+        state["minutes"] = base + (time.time() - start) / 60
+        write_json(state_path, state)
+        return state["minutes"]
+
     try:
         for m in checkpoints:
-            while proc.poll() is None and (time.time() - state["started"]) / 60 < m:
+            while proc.poll() is None and minutes() < m:
                 time.sleep(5)
             snapshot(args.database, snaps / f"{m:g}min")
             log.info("checkpoint %g min: %s", m, snaps / f"{m:g}min")
         proc.wait()
+        minutes()
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -85,30 +98,32 @@ def tune_with_checkpoints(args: argparse.Namespace, snaps: Path) -> None:
 
 
 def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
-    """Time the three subnets against ORT with every checkpoint's database."""
+    """Per subnet, every checkpoint's build and an empty database's (minute 0: rule schedules) timed against ORT,
+    all in turns in one process: the curve's points share the machine's state."""
     import tempfile
 
     transfer = transfer_databases("x86-host") if args.warm_start else []
+    points = [(m, snaps / f"{m:g}min") for m in args.checkpoints if (snaps / f"{m:g}min" / RECORD_FILE).is_file()]
     rows = []
-    for m in args.checkpoints:
-        db = snaps / f"{m:g}min"
-        if not db.is_dir():
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, cfg in SUBNETS.items():
-                r = bench_one(cfg, args.threads, args.repeat, Path(tmp), database=db if (db / RECORD_FILE).is_file()
-                              else None, transfer=transfer, runtimes=("onnxruntime", "tvm_tuned"))
-                records = sum(1 for _ in open(db / RECORD_FILE)) if (db / RECORD_FILE).is_file() else 0
-                rows.append({"minutes": m, "subnet": name, "records": records, "ort_ms": r["onnxruntime"],
-                             "tvm_ms": r["tvm_tuned"], "ratio": r["tvm_tuned"] / r["onnxruntime"],
-                             "sources": r["sources"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in SUBNETS.items():
+            _, onnx_path = export_subnet(cfg, Path(tmp))
+            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", tuned=False)]
+            builds += [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.{m:g}.so", database=db, transfer=transfer)
+                       for m, db in points]
+            ort_ms, tvm_ms = against_ort([b.so_path for b in builds], onnx_path, cfg, args.threads, args.calls)
+            for (m, db), build, ms in zip([(0.0, None), *points], builds, tvm_ms):
+                records = sum(1 for _ in open(db / RECORD_FILE)) if db is not None else 0
+                rows.append({"minutes": m, "subnet": name, "records": records, "ort_ms": statistics.median(ort_ms),
+                             "tvm_ms": statistics.median(ms), "ratio": turn_ratio(ms, ort_ms),
+                             "sources": {k: v for k, v in build.schedule_sources.items() if v}})
                 print(rows[-1], flush=True)
     return rows
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     cpu = host_identity()
-    out = REPO / "bench" / "results" / f"tuning_curve_{cpu.mcpu}{'' if args.warm_start else '_cold'}"
+    out = REPO / "bench" / "results" / f"tuning_curve_{cpu.mcpu}{'' if args.warm_start else '_empty'}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -137,17 +152,20 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     ax.axhline(1.0, color="gray", ls="--", label="ONNX Runtime")
     ax.set_xlabel("tuning minutes (2 cores)")
     ax.set_ylabel("latency ratio to ORT")
-    ax.set_title(f"{cpu.describe()}: {'warm start' if args.warm_start else 'cold start'}")
+    ax.set_title(f"{cpu.mcpu}, {cpu.cores} cores: {'warm start' if args.warm_start else 'from an empty database'}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     mode = (f"warm start (seeds from {', '.join(l for l, _ in transfer_databases('x86-host')) or 'nothing'}; "
-            "builds borrow what the checkpoint lacks)" if args.warm_start else "cold start (no other database used)")
-    publish(f"Tuning curve ({cpu.mcpu}, {'warm' if args.warm_start else 'cold'})", [
-        f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; medians of {args.repeat}. "
+            "builds borrow what the checkpoint lacks)" if args.warm_start else "no other database used, no seeds")
+    timing = database_cache(args.database) if (args.database / RECORD_FILE).is_file() else "?"
+    publish(f"Tuning curve ({cpu.mcpu}, {'warm start' if args.warm_start else 'from an empty database'})", [
+        f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; ORT and every point's build "
+        f"called in turns in one process ({args.calls} turns; per turn and runtime {SETTLE} untimed call, then "
+        f"{BLOCK} timed, back to back); medians of the calls, ratios: medians of per-turn ratios; minute 0: no database (rule schedules). "
         f"One `ofa-deploy tune --target x86-host --resolutions 224 --budget-minutes {args.budget_minutes:g} "
         f"--trials {args.trials} --warm-start {args.warm_start}` run into an empty database, copied at each "
-        f"checkpoint; {mode}.", "\n".join(lines),
+        f"checkpoint; {mode}; candidates timed {timing} (`tune --cache`).", "\n".join(lines),
         f"Rows: `{out.relative_to(REPO)}.csv`; plot: `{out.relative_to(REPO)}.png`."], not args.no_write)
 
 
@@ -159,7 +177,7 @@ def main() -> int:
     parser.add_argument("--warm-start", type=int, default=4)
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=200, help="turns: ORT and every checkpoint's build once each")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="Do not update BENCHMARKS.md.")
     args = parser.parse_args()

@@ -16,7 +16,7 @@ with one name: the parent side here writes the request and reads the reply, the 
 
 from .aarch64_runtime import build_deploy_app_aarch64, build_rpc_server_aarch64, fetch_aarch64_runtime
 from .binfmt import FatbinEntry, elf_machine, embedded_fatbins
-from .build import build_module, run_local, time_interleaved, time_local, validate_target_specs
+from .build import build_module, run_local, time_interleaved, time_local, turn_ratio, validate_target_specs
 from .emulate import emulated_rpc_server, run_emulated_aarch64
 from .rpc import RpcSpec, check_reachable, run_rpc, time_rpc
 from .tune import TuneReport, TuneSettings, tune_target
@@ -25,7 +25,7 @@ from .types import BuildInfo, LatencyMeasurement
 __all__ = [
     "BuildInfo", "FatbinEntry", "LatencyMeasurement", "build_deploy_app_aarch64", "build_module",
     "elf_machine", "embedded_fatbins", "fetch_aarch64_runtime", "run_emulated_aarch64",
-    "run_local", "time_interleaved", "time_local", "validate_target_specs",
+    "run_local", "time_interleaved", "time_local", "turn_ratio", "validate_target_specs",
     "RpcSpec", "build_rpc_server_aarch64", "check_reachable", "emulated_rpc_server", "run_rpc", "time_rpc",
     "TuneReport", "TuneSettings", "tune_target",
 ]

@@ -178,25 +178,43 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
 
 
 def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray, *, calls: int = 200, warmup: int = 10,
-                     num_threads: int | None = None,
-                     timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> list[list[float]]:
-    """Per-call milliseconds of several CPU modules called in turns in one process (``calls`` each).
+                     num_threads: int | None = None, onnx_paths: Sequence[str | Path] = (), block: int = 1,
+                     settle: int = 0, timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> list[list[float]]:
+    """Per-call milliseconds of several CPU modules called in turns in one process (``calls`` turns).
 
     For comparing modules on a machine whose speed drifts: the k-th samples of two modules were
-    taken within one turn, so their ratio is free of the drift (median of per-turn ratios).
+    taken within one turn, so their ratio is free of the drift (median of per-turn ratios, see
+    :func:`turn_ratio`). ``onnx_paths`` are timed in the same turns by ONNX Runtime with the same
+    number of threads (the reference runtime a user would otherwise ship); their samples follow
+    the modules'. Each turn calls every entry ``settle`` times untimed (the first calls after a
+    switch pay for the other runtime's threads still spinning), then ``block`` times timed, back
+    to back: ``calls * block`` samples each.
     """
-    if calls < 1 or warmup < 0 or not so_paths:
-        raise OfaDeployError(f"time_interleaved needs modules, calls >= 1 and warmup >= 0 (got {len(so_paths)} "
-                             f"modules, calls={calls}, warmup={warmup})")
+    if calls < 1 or warmup < 0 or block < 1 or settle < 0 or not so_paths:
+        raise OfaDeployError(f"time_interleaved needs modules, calls >= 1, block >= 1, settle >= 0 and warmup >= 0 "
+                             f"(got {len(so_paths)} modules, calls={calls}, block={block}, settle={settle}, "
+                             f"warmup={warmup})")
     paths = [str(_check_local_module(p, "cpu")[0].resolve()) for p in so_paths]
+    onnx = [str(Path(p).resolve()) for p in onnx_paths]
+    missing = [p for p in onnx if not Path(p).is_file()]
+    if missing:
+        raise OfaDeployError(f"ONNX model not found: {missing[0]}")
     env = {"TVM_NUM_THREADS": str(num_threads)} if num_threads else {}
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_time_") as tmp:
         in_path = Path(tmp) / "input.npy"
         np.save(in_path, _as_input(input))
-        reply = run_worker({"op": "time_interleaved", "so_paths": paths, "input_path": str(in_path),
-                            "calls": calls, "warmup": warmup}, what=f"timing {len(paths)} modules in turns",
-                           timeout=timeout, env=env)
+        reply = run_worker({"op": "time_interleaved", "so_paths": paths, "onnx_paths": onnx, "block": block,
+                            "settle": settle,
+                            "input_path": str(in_path), "calls": calls, "warmup": warmup},
+                           what=f"timing {len(paths) + len(onnx)} models in turns", timeout=timeout, env=env)
     return reply["samples_ms"]
+
+
+def turn_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over turns of ``a[k] / b[k]``: two runtimes' speed ratio with the machine's drift cancelled."""
+    if len(a) != len(b) or not a:
+        raise OfaDeployError(f"turn_ratio needs two equally long, non-empty sample lists (got {len(a)} and {len(b)})")
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def local_measurement(reply: dict[str, Any], device: str) -> LatencyMeasurement:

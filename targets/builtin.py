@@ -13,7 +13,7 @@ import); :data:`BUILTINS` lists them in registration order and the registry regi
 
 from __future__ import annotations
 
-from .hostcpu import detect_host_cpu, host_copy_bandwidth_gbps
+from .hostcpu import detect_host_cpu, host_copy_bandwidth_gbps, host_variant_name, switched_off
 from .spec import TargetSpec, VtaFabric
 
 _A64 = "aarch64-linux-gnu"
@@ -28,19 +28,26 @@ def _arm_cpu(mcpu: str, cores: int) -> dict:
     return {"kind": "llvm", "mtriple": _A64, "mcpu": mcpu, "num-cores": cores}
 
 
-def x86_host() -> TargetSpec:
-    cpu = detect_host_cpu()
+def x86_host(disabled: tuple[str, ...] = ()) -> TargetSpec:
+    """This machine; with ``disabled`` x86 features (``-mattr=-avx,...``) a target of its own
+    (``x86-host:-avx,...``): narrower vectors are other code, with their own database and tables."""
+    disabled = switched_off(disabled)
+    cpu = detect_host_cpu().restricted(disabled)
     peak = None if cpu.ghz is None else round(cpu.cores * cpu.ghz * cpu.fp32_flops_per_cycle, 1)
+    tvm_target = {"kind": "llvm", "mcpu": cpu.mcpu, "num-cores": cpu.cores}
+    if disabled:
+        tvm_target["mattr"] = [f"-{f}" for f in disabled]
+    restriction = f" with {','.join('-' + f for f in disabled)}" if disabled else ""
     return TargetSpec(
-        name="x86-host",
-        description=f"this machine: {cpu.model_name}, {cpu.cores} cores (llvm -mcpu={cpu.mcpu})",
-        tvm_target={"kind": "llvm", "mcpu": cpu.mcpu, "num-cores": cpu.cores},
+        name=host_variant_name(disabled),
+        description=f"this machine: {cpu.model_name}, {cpu.cores} cores (llvm -mcpu={cpu.mcpu}{restriction})",
+        tvm_target=tvm_target,
         host=None, kind="cpu", arch="x86_64", cross_compiler=None, cores=cpu.cores,
         peak_gflops_fp32=peak, peak_gbps=host_copy_bandwidth_gbps(cpu.model_name),
         peak_source=(f"estimated from /proc/cpuinfo: {cpu.cores} cores x {cpu.ghz} GHz x "
-                     f"{cpu.fp32_flops_per_cycle} FLOP/cycle (two FMA pipes of the widest ISA, an "
+                     f"{cpu.fp32_flops_per_cycle} FLOP/cycle (two FMA pipes of the widest ISA{restriction}, an "
                      "upper bound); DRAM bandwidth measured here (256 MiB numpy copy, one thread, cached)"),
-        aliases=("host", "local", "native", "llvm"),
+        aliases=() if disabled else ("host", "local", "native", "llvm"),
     )
 
 

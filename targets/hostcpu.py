@@ -8,9 +8,11 @@ wrong guess here costs nothing but a log line.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,61 @@ class HostCpu:
         if "avx" in self.flags:
             return 16
         return 8
+
+
+    def restricted(self, disabled: Iterable[str]) -> HostCpu:
+        """This CPU with x86 features switched off (``-mattr=-avx,...``): the flags LLVM's code may still use.
+
+        Raises:
+            OfaDeployError: a feature that cannot be switched off here, naming the allowed ones.
+        """
+        off: set[str] = set()
+        for feature in disabled:
+            if feature not in SWITCHABLE_FEATURES:
+                from ofa_deploy.errors import OfaDeployError
+
+                raise OfaDeployError(f"-mattr=-{feature}: x86-host can switch off only "
+                                     f"{', '.join('-' + f for f in SWITCHABLE_FEATURES)}")
+            off |= SWITCHABLE_FEATURES[feature]
+        return dataclasses.replace(self, flags=self.flags - off)
+
+
+HOST_NAME = "x86-host"  # the registry name that means "this machine"
+_AVX512 = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi",
+                     "avx512_vbmi2", "avx512_vnni", "avx512_bf16", "avx512_fp16"})
+# x86 features a user may switch off with -mattr=-f, each with the features LLVM drops with it
+# (AVX-512 needs AVX2, FMA and F16C; those need AVX), in /proc/cpuinfo spelling. Switching vector
+# ISAs off on the host is how we time 128- and 256-bit code where timings are real (#17).
+SWITCHABLE_FEATURES: dict[str, frozenset[str]] = {
+    "avx": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni"}) | _AVX512,
+    "avx2": frozenset({"avx2", "avx_vnni"}) | _AVX512,
+    "fma": frozenset({"fma"}) | _AVX512,
+    "f16c": frozenset({"f16c"}) | _AVX512,
+    "avx512f": _AVX512,
+}
+
+
+def switched_off(disabled: Iterable[str]) -> tuple[str, ...]:
+    """``disabled`` features in one order (SWITCHABLE_FEATURES', unknown ones last), each once: ``-avx2,-avx``
+    and ``-avx,-avx2`` are one target, one folder."""
+    known = list(SWITCHABLE_FEATURES)
+    return tuple(sorted(dict.fromkeys(disabled), key=lambda f: known.index(f) if f in known else len(known)))
+
+
+def host_variant_name(disabled: Iterable[str]) -> str:
+    """The target name of this machine with ``disabled`` features off: ``x86-host:-avx,-avx2`` (``x86-host``: none)."""
+    off = switched_off(disabled)
+    return HOST_NAME + (":" + ",".join(f"-{f}" for f in off) if off else "")
+
+
+def host_variant(name: str) -> tuple[str, ...] | None:
+    """The features a host target name switches off (``()`` for ``x86-host``), or None for any other target."""
+    if name == HOST_NAME:
+        return ()
+    head, sep, tail = name.partition(":")
+    if head != HOST_NAME or not sep:
+        return None
+    return switched_off(part.strip().lstrip("-") for part in tail.split(",") if part.strip())
 
 
 def _amd_mcpu(family: int, model: int) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ofa_deploy.errors import OfaDeployError
 
-from .hostcpu import detect_host_cpu
+from .hostcpu import HOST_NAME, detect_host_cpu, host_variant, switched_off
 from .registry import all_targets, known_targets_line, lookup_name
 from .spec import TargetSpec
 
@@ -63,13 +63,33 @@ def _check_keys(opts: dict[str, Any], allowed: tuple[str, ...], original: str) -
                              f"(supported for {opts['kind']}: {', '.join('-' + a for a in allowed)})")
 
 
+def _host_variant(disabled: tuple[str, ...], original: str) -> TargetSpec:
+    """This machine with x86 features switched off: a target of its own (``x86-host:-avx,...``)."""
+    from .builtin import x86_host
+
+    try:
+        return x86_host(disabled)
+    except OfaDeployError as exc:
+        raise _err(original, str(exc)) from None
+
+
 def _with_extras(spec: TargetSpec, opts: dict[str, Any], original: str) -> TargetSpec:
-    """Keep user's extra -mattr / -num-cores in the returned spec's tvm dict."""
-    tvm = dict(spec.tvm_target)
-    cores = spec.cores
+    """Keep user's extra -mattr / -num-cores in the returned spec's tvm dict.
+
+    On this machine (``x86-host``) features switched off (``-mattr=-avx,-avx2,...``) make another
+    target, ``x86-host:-avx,-avx2,...``: its code is other code (narrower vectors), so its
+    database, latency tables and folder must not be the host's.
+    """
     mattr = opts.get("mattr") or []
     if isinstance(mattr, str):
         mattr = [m for m in mattr.split(",") if m]
+    if spec.name == HOST_NAME:
+        disabled = switched_off(m[1:] for m in mattr if m.startswith("-"))
+        if disabled:
+            spec = _host_variant(disabled, original)
+            mattr = [m for m in mattr if not m.startswith("-")]
+    tvm = dict(spec.tvm_target)
+    cores = spec.cores
     if mattr:
         tvm["mattr"] = list(dict.fromkeys([*tvm.get("mattr", []), *mattr]))
     if "num-cores" in opts:
@@ -150,7 +170,8 @@ def get_target(target: str | dict[str, Any] | TargetSpec) -> TargetSpec:
     """Resolve what a user typed into a registered :class:`TargetSpec`.
 
     Accepts a registry name or alias (``cortex-a76``, ``rpi5``), a TVM tag
-    (``nvidia/jetson-agx-orin-64gb``), a classic TVM target string (``llvm``,
+    (``nvidia/jetson-agx-orin-64gb``), this machine with x86 features off (``x86-host:-avx,-avx2``:
+    what ``llvm -mattr=-avx,-avx2`` resolves to), a classic TVM target string (``llvm``,
     ``llvm -mcpu=cortex-a76``, ``llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a76 -mattr=+neon``,
     ``cuda -arch=sm_87``), a JSON target dict (as text or ``dict``), or a spec (returned as is).
     TVM 0.27 no longer parses the string form, so it is parsed here; extra ``-mattr`` flags are
@@ -168,4 +189,7 @@ def get_target(target: str | dict[str, Any] | TargetSpec) -> TargetSpec:
     spec = lookup_name(target)
     if spec is not None:
         return spec
+    disabled = host_variant(target.strip())
+    if disabled:  # a name this function gave out: "x86-host:-avx,-avx2"
+        return _host_variant(disabled, target)
     return resolve(target, original=target)

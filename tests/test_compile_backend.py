@@ -141,6 +141,37 @@ def test_time_interleaved_calls_each_module_in_turns(tiny, x86_module, tmp_path)
         time_interleaved([tmp_path / "missing.so"], tiny[1])
 
 
+@pytest.mark.tvm
+def test_time_interleaved_times_onnxruntime_in_the_same_turns(tiny, x86_module, tmp_path):
+    """ORT joins the turns as one more entry, after the modules; ``block`` calls per entry and turn."""
+    from ofa_deploy.compile import time_interleaved, turn_ratio
+
+    onnx_path, x, _ = tiny
+    tvm_ms, ort_ms = time_interleaved([x86_module.so_path], x, onnx_paths=[onnx_path], calls=4, block=3, settle=2,
+                                      warmup=1, num_threads=1)
+    assert len(tvm_ms) == len(ort_ms) == 12 and all(0 < ms < 1000 for ms in tvm_ms + ort_ms)  # settling is untimed
+    assert turn_ratio(tvm_ms, ort_ms) > 0
+    with pytest.raises(OfaDeployError, match="ONNX model not found"):
+        time_interleaved([x86_module.so_path], x, onnx_paths=[tmp_path / "missing.onnx"])
+    with pytest.raises(OfaDeployError, match="block >= 1"):
+        time_interleaved([x86_module.so_path], x, block=0)
+    with pytest.raises(OfaDeployError, match="settle >= 0"):
+        time_interleaved([x86_module.so_path], x, settle=-1)
+
+
+def test_turn_ratio_pairs_samples_of_the_same_turn():
+    """The median of per-turn ratios, not the ratio of medians: a slow turn slows both sides of its pair."""
+    from ofa_deploy.compile import turn_ratio
+
+    a, b = [2.0, 4.0, 20.0], [1.0, 2.0, 10.0]  # every turn: a is twice b, the machine slowed 5x in turn 3
+    assert turn_ratio(a, b) == 2.0
+    assert turn_ratio([3.0, 1.0, 1.0], [1.0, 1.0, 1.0]) == 1.0  # one outlier turn does not move the median
+    with pytest.raises(OfaDeployError, match="equally long"):
+        turn_ratio([1.0], [1.0, 2.0])
+    with pytest.raises(OfaDeployError, match="non-empty"):
+        turn_ratio([], [])
+
+
 def test_tvm_threads_precedence(monkeypatch):
     from ofa_deploy.compile.isolate import tvm_threads, usable_cores
 

@@ -49,13 +49,43 @@ def test_host_identity_reads_this_machine():
 
 
 def test_x86_host_resolves_to_the_folder_of_this_cpu(logs, monkeypatch):
-    monkeypatch.setattr(folders, "host_identity", lambda: ZNVER3)
+    monkeypatch.setattr(folders, "host_identity", lambda **_: ZNVER3)
     other = _device_folder(logs, ZNVER5)
     assert folders.target_dir("x86-host") == logs / "x86_64-znver3-2c"  # none yet: a new folder named after it
     mine = _device_folder(logs, ZNVER3, name="my-workstation")  # a folder may have any name: identity decides
     assert folders.target_dir("x86-host") == mine
     assert folders.target_dir("cortex-a76") == logs / "cortex-a76"  # named targets keep their registry name
     assert [f for f, _ in folders.nearest_devices(ZNVER3) if f.parent == logs] == [other]
+
+
+def test_this_cpu_with_vector_features_off_is_another_device_with_its_own_folder(logs):
+    """``x86-host:-avx,...`` (128-bit code on this CPU) never reads or extends the host's database or tables."""
+    from ofa_deploy.tuning_logs.database import check_database_target
+    from ofa_deploy.targets import get_target
+
+    sse_name = "x86-host:-avx,-avx2,-fma,-avx512f"
+    me, sse = folders.target_identity("x86-host"), folders.target_identity(sse_name)
+    assert sse.mattr == ("-avx", "-avx2", "-fma", "-avx512f") and me.mattr == ()
+    assert not sse.same_device(me) and "-mattr -avx,-avx2,-fma,-avx512f vs -" in "; ".join(sse.differences(me))
+    assert sse.vector_bits == 128 and not {"avx", "avx2", "fma", "avx512f"} & set(sse.isa)
+    assert sse.folder_name() == me.folder_name() + "-no-avx-no-avx2-no-fma-no-avx512f"
+    assert folders.target_dir(sse_name) == logs / sse.folder_name() != folders.target_dir("x86-host")
+    assert DeviceIdentity.from_json(sse.to_json(), "here") == sse
+    old = {k: v for k, v in me.to_json().items() if k != "mattr"}  # identity.json from before the field
+    assert DeviceIdentity.from_json(old, "here").same_device(me)
+    # Records tuned for the full ISA are refused for the narrow target, and the other way round.
+    host, narrow = get_target("x86-host"), get_target(sse_name)
+    db = logs / "db"
+    db.mkdir()
+    (db / RECORD_FILE).write_text(json.dumps([0, [[[], []], [1e-3], host.tvm_target, []]]) + "\n")
+    check_database_target(db, host.tvm_target, host.name)
+    with pytest.raises(OfaDeployError, match=r"tuned with -mattr=\(none off\), but target x86-host:-avx.* has "
+                                             r"-mattr=-avx,-avx2,-avx512f,-fma"):
+        check_database_target(db, narrow.tvm_target, narrow.name)
+    (db / RECORD_FILE).write_text(json.dumps([0, [[[], []], [1e-3], narrow.tvm_target, []]]) + "\n")
+    check_database_target(db, narrow.tvm_target, narrow.name)
+    with pytest.raises(OfaDeployError, match="other vector code"):
+        check_database_target(db, host.tvm_target, host.name)
 
 
 def test_nearest_devices_puts_the_same_architecture_first(logs):
@@ -79,13 +109,13 @@ def test_schedules_are_borrowed_only_from_devices_of_the_same_vector_width(logs,
         (f, i) for f, i in folders.nearest_devices(me, exclude=exclude) if f.parent == logs])
     monkeypatch.setattr(database, "resolve_database", lambda folder: folder)
     monkeypatch.setattr(database, "best_records", lambda folder: folder)
-    monkeypatch.setattr(folders, "host_identity", lambda: ZNVER3)
+    monkeypatch.setattr(folders, "host_identity", lambda **_: ZNVER3)
     monkeypatch.setattr(database, "target_identity", folders.target_identity)
     assert database.transfer_databases("cortex-a76") == []
     assert database.transfer_databases("x86-host") == []  # znver3 (AVX2): only znver5 (AVX-512) is there
     z3b = _device_folder(logs, replace(ZNVER3, cores=4), name="znver3-4c")
     assert database.transfer_databases("x86-host") == [("znver3-4c", z3b)]
-    monkeypatch.setattr(folders, "host_identity", lambda: replace(ZNVER5, cores=4))
+    monkeypatch.setattr(folders, "host_identity", lambda **_: replace(ZNVER5, cores=4))
     assert [label for label, _ in database.transfer_databases("x86-host")] == [z5.name]
     assert z3.name not in [label for label, _ in database.transfer_databases("x86-host")]
 

@@ -137,6 +137,42 @@ def test_user_spellings_resolve(text, name, mattr):
     assert spec.tvm_target.get("mattr") == mattr
 
 
+@pytest.mark.parametrize("text", ["llvm -mattr=-avx,-avx2,-fma,-avx512f",
+                                  "llvm -mcpu=native -mattr=-avx512f,-fma,-avx2,-avx",
+                                  "x86-host:-avx,-avx2,-fma,-avx512f", "x86-host:-fma,-avx512f,-avx,-avx2"])
+def test_host_with_vector_features_off_is_a_target_of_its_own(text):
+    """128-bit code on this CPU is other code: its own name (which resolves back to it), dict and peak."""
+    spec = get_target(text)
+    host = get_target("x86-host")
+    assert spec.name == "x86-host:-avx,-avx2,-fma,-avx512f" and get_target(spec.name).tvm_target == spec.tvm_target
+    assert spec.tvm_target["mattr"] == ["-avx", "-avx2", "-fma", "-avx512f"] and "mattr" not in host.tvm_target
+    assert spec.tvm_target["mcpu"] == host.tvm_target["mcpu"] and spec.aliases == ()
+    if host.peak_gflops_fp32 is not None:  # SSE: 4 lanes x (add + mul pipes) = 8 FLOP/cycle per core
+        per_cycle = detect_host_cpu().fp32_flops_per_cycle
+        assert spec.peak_gflops_fp32 == pytest.approx(host.peak_gflops_fp32 * 8 / per_cycle, abs=0.2)
+    plus = get_target("llvm -mattr=-avx512f,+sse4.2")  # added features stay extras of the variant
+    assert plus.name == "x86-host:-avx512f" and plus.tvm_target["mattr"] == ["-avx512f", "+sse4.2"]
+
+
+@pytest.mark.parametrize("text", ["llvm -mattr=-sse2", "x86-host:-neon"])
+def test_host_feature_that_cannot_be_switched_off_is_refused(text):
+    with pytest.raises(OfaDeployError, match=r"can switch off only -avx, -avx2, -fma, -f16c, -avx512f"):
+        get_target(text)
+
+
+def test_switching_a_feature_off_drops_what_llvm_drops_with_it():
+    from ofa_deploy.targets import HostCpu
+
+    cpu = HostCpu(mcpu="znver4", model_name="AMD EPYC", cores=2, ghz=2.6,
+                  flags=frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw"}))
+    assert cpu.fp32_flops_per_cycle == 64
+    assert cpu.restricted(["avx512f"]).flags == {"sse4_2", "avx", "avx2", "fma", "f16c"}
+    assert cpu.restricted(["avx512f"]).fp32_flops_per_cycle == 32
+    assert cpu.restricted(["fma"]).flags == {"sse4_2", "avx", "avx2", "f16c"}  # AVX-512 needs FMA
+    assert cpu.restricted(["avx"]).flags == {"sse4_2"} and cpu.restricted(["avx"]).fp32_flops_per_cycle == 8
+    assert cpu.restricted([]) == cpu
+
+
 def test_extra_mattr_does_not_leak_into_registry():
     derived = get_target("llvm -mcpu=cortex-a76 -mattr=+neon")
     base = get_target("cortex-a76")

@@ -57,9 +57,12 @@ def load_onnx(path: str, input_name: str, input_shape: list[int]) -> tvm.IRModul
 
 
 def make_target(target_dict: dict[str, Any], target_name: str) -> tvm.target.Target:
-    """``tvm.target.Target`` from the registry dict; ``x86-host`` gets LLVM's own CPU name."""
+    """``tvm.target.Target`` from the registry dict; ``x86-host`` (and its ``x86-host:-avx,...`` variants) gets
+    LLVM's own CPU name."""
+    from ofa_deploy.targets.hostcpu import host_variant
+
     target_dict = dict(target_dict)
-    if target_name == "x86-host":
+    if host_variant(target_name) is not None:
         system_cpu = tvm.target.codegen.llvm_get_system_cpu()
         if system_cpu and system_cpu != target_dict.get("mcpu"):
             log.info("x86-host: LLVM reports -mcpu=%s (registry guessed %s); using LLVM's",

@@ -52,26 +52,50 @@ def time(request: dict[str, Any]) -> dict[str, Any]:
             "threads": pool_threads()}
 
 
+def _onnxruntime_call(onnx_path: str, x: np.ndarray, threads: int) -> Any:
+    """One ONNX Runtime inference of ``onnx_path`` on ``x`` as a call, ``threads`` intra-op threads (ORT's defaults
+    otherwise, spinning included: what a user of ORT gets)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
+
+
 def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
-    """Worker op ``time_interleaved``: several modules in one process, one call each in turn, per-call ms.
+    """Worker op ``time_interleaved``: several modules in one process, in turns, per-call ms.
 
     A shared VM's speed drifts by up to 1.6x within seconds to minutes (BENCHMARKS.md), so two
     modules timed one after the other can land in different states. Called in turns (A B C, B C A,
-    C A B, ...) every module sees the same machine; compare them by their per-turn ratios.
+    C A B, ...) every module sees the same machine; compare them by their per-turn ratios. Each
+    turn calls every module ``settle`` times untimed, then ``block`` times timed, back to back: the
+    first call after a switch pays for the other runtime's thread pool still spinning on the cores
+    (a TVM call right after an ORT call ran up to 3x slow, BENCHMARKS.md), which is not either
+    runtime's speed. ``onnx_paths`` join the turns as ONNX Runtime sessions with as many threads as TVM's pool: the reference runtime timed in the
+    same process, same turns (its samples follow the modules' in the reply).
     """
     import time as clock
 
     loaded = [_load(path, "cpu") for path in request["so_paths"]]
-    vms, dev = [vm for vm, _ in loaded], loaded[0][1]
-    x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
+    dev = loaded[0][1]
+    x_np = np.load(request["input_path"])
+    x = tvm.runtime.tensor(x_np, dev)
+    calls = [(lambda vm=vm: vm["main"](x)) for vm, _ in loaded]
+    calls += [_onnxruntime_call(path, x_np, pool_threads()) for path in request.get("onnx_paths", [])]
+    block, settle = int(request.get("block", 1)), int(request.get("settle", 0))
     for _ in range(int(request["warmup"])):
-        for vm in vms:
-            vm["main"](x)
-    samples: list[list[float]] = [[] for _ in vms]
+        for call in calls:
+            call()
+    samples: list[list[float]] = [[] for _ in calls]
     for turn in range(int(request["calls"])):
-        for k in range(len(vms)):
-            i = (turn + k) % len(vms)
-            start = clock.perf_counter()
-            vms[i]["main"](x)
-            samples[i].append((clock.perf_counter() - start) * 1e3)
+        for k in range(len(calls)):
+            i = (turn + k) % len(calls)
+            for _ in range(settle):
+                calls[i]()
+            for _ in range(block):
+                start = clock.perf_counter()
+                calls[i]()
+                samples[i].append((clock.perf_counter() - start) * 1e3)
     return {"samples_ms": samples, "threads": pool_threads()}

@@ -18,7 +18,7 @@ from typing import Any
 
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import SearchSpace
-from ofa_deploy.tuning_logs.layout import HOST_TARGET
+from ofa_deploy.targets.hostcpu import host_variant
 
 from .base import LatencyModel, TableLatencyModel
 from .learned import guessed_model, load_estimated_model
@@ -64,7 +64,7 @@ def latency_model(target: str | Any, space: str | SearchSpace, n_classes: int | 
     measured = load_measured_model(spec.name, space, n_classes, label=name)
     if measured is not None:
         return measured
-    if getattr(spec, "kind", None) == "cpu" and getattr(spec, "name", None) == HOST_TARGET:
+    if getattr(spec, "kind", None) == "cpu" and host_variant(str(getattr(spec, "name", ""))) is not None:
         nearest = load_nearest_model(spec.name, space, n_classes, label=name)  # says so in one line
         if nearest is not None:
             return nearest

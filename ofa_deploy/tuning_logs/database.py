@@ -26,6 +26,7 @@ from typing import Callable
 from ofa_deploy.atomic import atomic_path
 from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.targets.hostcpu import host_variant
 
 from .folders import nearest_devices, target_dir, target_identity
 from .layout import DATABASE_FILES, FAILED_RUN_SECS, PACKED, RECORD_FILE, STATE_FILE, WORKLOAD_FILE
@@ -329,18 +330,30 @@ def _triple_arch(target: dict) -> str | None:
     return str(triple).split("-")[0] if triple else None
 
 
+def _switched_off(target: dict) -> list[str]:
+    """The ``-feature`` entries of a target dict's mattr, sorted (TVM records keep mattr as a list)."""
+    mattr = target.get("mattr") or []
+    return sorted(m for m in ([mattr] if isinstance(mattr, str) else mattr) if str(m).startswith("-"))
+
+
 def check_database_target(database_dir: str | Path, tvm_target: dict, target_name: str) -> None:
     """Refuse a database tuned for another target (TVM applies records regardless of target).
 
-    Compares kind, mcpu, CUDA arch and the triple's CPU architecture where both sides state them.
+    Compares kind, mcpu, CUDA arch, the triple's CPU architecture where both sides state them, and
+    the features switched off (``-mattr=-avx,...``: an AVX-512 database is not a 128-bit target's).
     For ``x86-host`` the registry's mcpu is a guess from /proc/cpuinfo (the build uses LLVM's
     answer), so an mcpu difference there is only logged.
     """
     notes: list[str] = []  # logged only when the database is not refused (one message, not two)
     for recorded in database_targets(database_dir):
+        if _switched_off(recorded) != _switched_off(tvm_target):
+            raise OfaDeployError(
+                f"database {database_dir} was tuned with -mattr={','.join(_switched_off(recorded)) or '(none off)'}, "
+                f"but target {target_name} has -mattr={','.join(_switched_off(tvm_target)) or '(none off)'}: other "
+                "vector code; use that target's own tuning_logs directory")
         for key in _TARGET_KEYS:
             if key in recorded and key in tvm_target and recorded[key] != tvm_target[key]:
-                if key == "mcpu" and target_name == "x86-host":
+                if key == "mcpu" and host_variant(target_name) is not None:
                     notes.append(f"database {database_dir} was tuned for -mcpu={recorded[key]}; x86-host is "
                                  f"{tvm_target[key]} (guess)")
                     continue

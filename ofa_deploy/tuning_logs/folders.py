@@ -4,7 +4,9 @@ A folder is a device's (identity.py): named targets (``cortex-a76``, ``cuda-sm80
 over RPC) keep the folder of their registry name, and ``x86-host`` ("this machine") resolves to
 the folder whose ``identity.json`` is this CPU, so two developers' machines (a ``znver3`` and a
 ``znver5``) never read or extend each other's database or latency model by accident. A CPU with
-no folder yet gets ``tuning_logs/<arch>-<mcpu>-<cores>c/`` the first time it tunes or profiles.
+no folder yet gets ``tuning_logs/<arch>-<mcpu>-<cores>c/`` the first time it tunes or profiles;
+this CPU with vector features switched off (``x86-host:-avx,...``) is a device of its own
+(``...-2c-no-avx-...``).
 """
 
 from __future__ import annotations
@@ -13,21 +15,24 @@ import logging
 from pathlib import Path
 
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.targets.hostcpu import host_variant
 
 from .identity import DeviceIdentity, host_identity, read_identity
-from .layout import HOST_TARGET, REPO_TUNING_LOGS, tuning_logs_dir
+from .layout import REPO_TUNING_LOGS, tuning_logs_dir
 
 log = logging.getLogger(__name__)
 
 
 def target_dir(target_name: str) -> Path:
     """The folder of everything tuned or profiled for one registry target (``x86-host``: this CPU's)."""
-    return host_dir() if target_name == HOST_TARGET else tuning_logs_dir() / target_name
+    disabled = host_variant(target_name)
+    return host_dir(disabled) if disabled is not None else tuning_logs_dir() / target_name
 
 
-def host_dir() -> Path:
-    """This machine's folder: the one whose identity is this CPU, else the new folder named after it."""
-    me = host_identity()
+def host_dir(disabled: tuple[str, ...] = ()) -> Path:
+    """This machine's folder (with ``disabled`` features off: that variant's): the one whose identity it is,
+    else the new folder named after it."""
+    me = host_identity(disabled=disabled)
     for folder, identity in device_folders():
         if identity.same_device(me):
             return folder
@@ -68,8 +73,9 @@ def nearest_devices(identity: DeviceIdentity, *, exclude: Path | None = None) ->
 def target_identity(target_name: str) -> DeviceIdentity:
     """The device a registry target names: this CPU for ``x86-host``, else its folder's identity.json,
     else what the registry says (a ``named`` identity: no device has claimed the folder yet)."""
-    if target_name == HOST_TARGET:
-        return host_identity()
+    disabled = host_variant(target_name)
+    if disabled is not None:
+        return host_identity(disabled=disabled)
     existing = read_identity(tuning_logs_dir() / target_name)
     if existing is not None:
         return existing
@@ -86,11 +92,11 @@ def measuring_identity(target_name: str, rpc_key: str | None = None) -> DeviceId
     What an RPC board reports about itself is added by the caller when it has asked (``report``).
     """
     if rpc_key:
-        base = target_identity(target_name) if target_name != HOST_TARGET else host_identity()
+        base = target_identity(target_name)
         return DeviceIdentity(kind="rpc", arch=base.arch, mcpu=base.mcpu, isa=base.isa, cores=base.cores,
-                              model_name=base.model_name, rpc_key=rpc_key)
-    if target_name == HOST_TARGET:
-        return host_identity()
+                              model_name=base.model_name, rpc_key=rpc_key, mattr=base.mattr)
+    if host_variant(target_name) is not None:
+        return target_identity(target_name)
     from ofa_deploy.targets import get_target
 
     spec = get_target(target_name)

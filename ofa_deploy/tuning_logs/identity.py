@@ -25,7 +25,7 @@ from typing import Any
 
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.targets.hostcpu import detect_host_cpu, usable_cores
+from ofa_deploy.targets.hostcpu import detect_host_cpu, switched_off, usable_cores
 
 from .layout import IDENTITY_FILE
 
@@ -55,10 +55,11 @@ class DeviceIdentity:
     rpc_key: str = ""  # tracker key of an RPC board
     report: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # what the device says of itself
     note: str = ""  # provenance remark, e.g. "reconstructed from the shipped database's records"
+    mattr: tuple[str, ...] = ()  # LLVM features the code is built without (-avx, ...): this CPU as a narrower one
 
     def same_device(self, other: "DeviceIdentity") -> bool:
-        return (self.kind, self.arch, self.mcpu, self.isa, self.cores, self.rpc_key) == \
-               (other.kind, other.arch, other.mcpu, other.isa, other.cores, other.rpc_key)
+        return (self.kind, self.arch, self.mcpu, self.isa, self.cores, self.rpc_key, self.mattr) == \
+               (other.kind, other.arch, other.mcpu, other.isa, other.cores, other.rpc_key, other.mattr)
 
     def differences(self, other: "DeviceIdentity") -> list[str]:
         """What differs, in words (for refusal messages)."""
@@ -67,6 +68,8 @@ class DeviceIdentity:
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
                 out.append(f"{name} {a or '-'} vs {b or '-'}")
+        if self.mattr != other.mattr:
+            out.append(f"-mattr {','.join(self.mattr) or '-'} vs {','.join(other.mattr) or '-'}")
         if self.isa != other.isa:
             only_a = sorted(set(self.isa) - set(other.isa))
             only_b = sorted(set(other.isa) - set(self.isa))
@@ -76,7 +79,8 @@ class DeviceIdentity:
     def describe(self) -> str:
         """One line a user recognises: 'AMD EPYC (x86_64, -mcpu=znver4, avx512f, 2 cores)'."""
         widest = next((f for f in ("avx512f", "avx2", "avx", "sve2", "sve", "asimd") if f in self.isa), "")
-        parts = [self.arch, f"-mcpu={self.mcpu}"] + ([widest] if widest else []) + \
+        parts = [self.arch, f"-mcpu={self.mcpu}"] + ([f"-mattr={','.join(self.mattr)}"] if self.mattr else []) + \
+                ([widest] if widest else []) + \
                 ([f"{self.cores} cores"] if self.cores else []) + ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
         return f"{self.model_name or self.mcpu} ({', '.join(parts)})"
 
@@ -98,7 +102,7 @@ class DeviceIdentity:
         """The ``tuning_logs/`` folder a measured device gets: ``x86_64-znver4-2c``, ``rpc-pi5``."""
         if self.kind == "rpc":
             return f"rpc-{self.rpc_key}"
-        return f"{self.arch}-{self.mcpu}-{self.cores}c"
+        return f"{self.arch}-{self.mcpu}-{self.cores}c" + "".join(f"-no-{f.lstrip('-')}" for f in self.mattr)
 
     def distance(self, other: "DeviceIdentity") -> float:
         """How far apart two devices are for transferring schedules (0: same device)."""
@@ -111,7 +115,7 @@ class DeviceIdentity:
         return d
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, **asdict(self), "isa": list(self.isa)}
+        return {"format": FORMAT, **asdict(self), "isa": list(self.isa), "mattr": list(self.mattr)}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "DeviceIdentity":
@@ -121,18 +125,21 @@ class DeviceIdentity:
             return cls(kind=str(data["kind"]), arch=str(data["arch"]), mcpu=str(data["mcpu"]),
                        isa=tuple(sorted(str(f) for f in data.get("isa", []))), cores=int(data.get("cores", 0)),
                        model_name=str(data.get("model_name", "")), rpc_key=str(data.get("rpc_key", "")),
-                       report=dict(data.get("report", {})), note=str(data.get("note", "")))
+                       report=dict(data.get("report", {})), note=str(data.get("note", "")),
+                       mattr=tuple(str(f) for f in data.get("mattr", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise OfaDeployError(f"{where}: device identity lacks or mistypes a field ({exc}); restore or delete it") \
                 from None
 
 
-def host_identity(mcpu: str | None = None) -> DeviceIdentity:
-    """This machine's CPU. ``mcpu``: LLVM's own name when the caller has it (the worker asks LLVM)."""
-    cpu = detect_host_cpu()
+def host_identity(mcpu: str | None = None, disabled: tuple[str, ...] = ()) -> DeviceIdentity:
+    """This machine's CPU. ``mcpu``: LLVM's own name when the caller has it (the worker asks LLVM).
+    ``disabled``: x86 features switched off (the ``x86-host:-avx,...`` targets): this CPU as a narrower one."""
+    disabled = switched_off(disabled)
+    cpu = detect_host_cpu().restricted(disabled)
     return DeviceIdentity(kind="cpu", arch=platform.machine(), mcpu=mcpu or cpu.mcpu,
                           isa=tuple(sorted(cpu.flags & CODEGEN_FLAGS)), cores=usable_cores(),
-                          model_name=cpu.model_name)
+                          model_name=cpu.model_name, mattr=tuple(f"-{f}" for f in disabled))
 
 
 def read_identity(folder: Path) -> DeviceIdentity | None:

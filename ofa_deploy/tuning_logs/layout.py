@@ -26,7 +26,6 @@ ESTIMATE_FILE = "estimated_model.json"  # profile --estimate-from: learned roofl
 IDENTITY_FILE = "identity.json"  # the device everything in the folder describes (identity.py)
 COST_MODEL_FILE = "cost_model.tar"  # tune: MetaSchedule's XGBoost cost model, kept across chunks and runs
 
-HOST_TARGET = "x86-host"  # the registry name that means "this machine": its folder is found by identity
 
 
 def tuning_logs_dir() -> Path:
