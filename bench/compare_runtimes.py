@@ -95,16 +95,15 @@ def against_ort(so_paths: list[Path], onnx_path: Path, cfg: SubnetConfig, thread
     return ort_ms, modules
 
 
-def bench_one(cfg: SubnetConfig, threads: int, calls: int, work: Path, *, block: int = BLOCK, settle: int = SETTLE,
-              pytorch: bool = True) -> dict:
+def bench_one(cfg: SubnetConfig, threads: int, calls: int, work: Path, *, block: int = BLOCK,
+              settle: int = SETTLE) -> dict:
     """Medians (ms) of ORT, the untuned and the tuned build (in turns), per-turn ratios to ORT, PyTorch eager."""
     model, onnx_path = export_subnet(cfg, work)
     row: dict = {}
-    if pytorch:
-        torch.set_num_threads(threads)
-        xt = torch.from_numpy(seeded_input((1, 3, cfg.image_size, cfg.image_size)))
-        with torch.no_grad():
-            row["pytorch"] = median_ms(lambda: model(xt), 10, calls)
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(seeded_input((1, 3, cfg.image_size, cfg.image_size)))
+    with torch.no_grad():
+        row["pytorch"] = median_ms(lambda: model(xt), 10, calls)
     untuned = build_for_host(onnx_path, cfg, work / f"{cfg.id}.so", tuned=False)
     tuned = build_for_host(onnx_path, cfg, work / f"{cfg.id}.tuned.so")
     row["sources"] = {k: v for k, v in tuned.schedule_sources.items() if v}
@@ -162,9 +161,9 @@ def main() -> int:
         body = (f"Command: `python bench/compare_runtimes.py --threads {args.threads} --calls {args.calls} "
                 f"--block {args.block} --settle {args.settle}`  \n"
                 f"Machine: {host_identity().describe()}; {args.threads} threads for every runtime; batch 1. ONNX "
-                f"Runtime and both TVM builds in one process, called in turns ({args.calls} turns; per turn and runtime "
-                f"{args.settle} untimed call(s), then {args.block} timed, back to back); medians of the calls; ratios to "
-                f"ORT: medians of per-turn ratios (quartiles: how "
+                f"Runtime and both TVM builds in one process, called in turns ({args.calls} turns; per turn and "
+                f"runtime {args.settle} untimed call(s), then {args.block} timed, back to back); medians of the calls; "
+                f"ratios to ORT: medians of per-turn ratios (quartiles: how "
                 f"single turns scatter). PyTorch eager timed alone first (context only). "
                 f"fp32 peak {spec.peak_gflops_fp32} GFLOP/s ({spec.peak_source.split(';')[0]}).\n\n{text}\n")
         # one section per CPU: figures of two CPUs never share a table

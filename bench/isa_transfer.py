@@ -27,12 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
-from compare_runtimes import SUBNETS  # noqa: E402
+from compare_runtimes import SUBNETS, export_subnet  # noqa: E402
 
 from ofa_deploy.compile import build_module, time_interleaved, turn_ratio  # noqa: E402
 from ofa_deploy.compile.tune import TuneSettings, tune_target  # noqa: E402
-from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input  # noqa: E402
-from ofa_deploy.search_space import random_subnet  # noqa: E402
+from ofa_deploy.export import INPUT_NAME, seeded_input  # noqa: E402
 from ofa_deploy.targets import get_target  # noqa: E402
 from ofa_deploy.tuning_logs.database import default_database, transfer_databases  # noqa: E402
 from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
@@ -64,8 +63,7 @@ def main() -> int:
             if name.split()[0] not in args.subnets.split(","):
                 continue
             k, e = cfg.ks[0], cfg.e[0]
-            onnx_path = Path(tmp) / f"{cfg.id}.onnx"
-            export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
+            _, onnx_path = export_subnet(cfg, Path(tmp))
             x = seeded_input((1, 3, cfg.image_size, cfg.image_size))
             # a uniform subnet's tasks are those of the cover net of its kernel and expand (workloads.cover_nets)
             native_db = work / f"sse-{sse.data_layout}-{cfg.id}"

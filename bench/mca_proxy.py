@@ -41,8 +41,7 @@ from common import publish  # noqa: E402
 from vm_kernels import SUBNET_NAMES, subnet_named  # noqa: E402
 
 from ofa_deploy.compile import build_module, time_interleaved, turn_ratio  # noqa: E402
-from ofa_deploy.export import INPUT_NAME, export_onnx, seeded_input  # noqa: E402
-from ofa_deploy.search_space import random_subnet  # noqa: E402
+from ofa_deploy.export import INPUT_NAME, seeded_input  # noqa: E402
 from ofa_deploy.targets import get_target  # noqa: E402
 from ofa_deploy.tuning_logs.database import best_records, default_database  # noqa: E402
 from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
@@ -104,19 +103,17 @@ def hot_loops(so_path: Path, objdump: str) -> dict[str, Loop]:
             functions[current].append((int(insn.group(1), 16), insn.group(2), insn.group(3)))
     best: dict[str, Loop] = {}
     for symbol, insns in functions.items():
+        index = {addr: j for j, (addr, _, _) in enumerate(insns)}
+        targets = [_branch_target(m, o) for _, m, o in insns]
         loops = []
-        for i, (addr, mnemonic, operands) in enumerate(insns):
-            target = _branch_target(mnemonic, operands)
-            if target is None or target >= addr:
-                continue
-            start = next((j for j, (a, _, _) in enumerate(insns) if a == target), None)
+        for i, ((addr, _, _), target) in enumerate(zip(insns, targets)):
+            start = index.get(target) if target is not None and target < addr else None
             if start is None:
-                continue
-            inner = all(_branch_target(m, o) is None or not (insns[start][0] <= _branch_target(m, o) < a)
-                        for a, m, o in insns[start:i])
-            if inner:
-                body = insns[start:i]
-                loops.append(Loop([_asm(m, o) for _, m, o in body], sum(flops_of(m, o) for _, m, o in body)))
+                continue  # not a backward branch within the function
+            if any(t is not None and target <= t < a for (a, _, _), t in zip(insns[start:i], targets[start:i])):
+                continue  # another loop's back edge inside: not innermost
+            body = insns[start:i]
+            loops.append(Loop([_asm(m, o) for _, m, o in body], sum(flops_of(m, o) for _, m, o in body)))
         loops = [lp for lp in loops if lp.flops > 0]
         if loops:
             top = max(loops, key=lambda lp: lp.flops)
@@ -155,7 +152,8 @@ def cycles_per_iteration(loop: Loop, triple: str, cpu: str, work: Path) -> float
 
 
 def kernel_flops(cfg, spec, onnx_path: Path) -> dict[str, float]:
-    """TIR FLOPs of every fused function of the subnet's module as ``compile`` prepares it for ``spec``."""
+    """TIR FLOPs of every fused function of the subnet's module as ``compile`` prepares it for ``spec``
+    (its ONNX is written to ``onnx_path`` on the way: the file the builds compile)."""
     import tvm
     from vm_kernels import prepared_subnet
 
@@ -177,7 +175,7 @@ def analyse(so_path: Path, machine: str, flops: dict[str, float], work: Path) ->
     """Estimated compute cycles of a build (sum over kernels of FLOPs / hot-loop rate) and what it covers."""
     objdump, triple, cpu = MACHINES[machine]
     loops = hot_loops(so_path, objdump)
-    cycles, covered, rates = 0.0, 0.0, {}
+    cycles, covered = 0.0, 0.0
     for name, loop in loops.items():
         if flops.get(name, 0) <= 0:
             continue
@@ -186,11 +184,9 @@ def analyse(so_path: Path, machine: str, flops: dict[str, float], work: Path) ->
         except RuntimeError as exc:  # an instruction the model lacks: the kernel is left out of the coverage
             log.warning("%s: %s", name, exc)
             continue
-        rate = loop.flops / per_iter  # FLOP/cycle of the hot loop
-        rates[name] = rate
-        cycles += flops[name] / rate
+        cycles += flops[name] / (loop.flops / per_iter)  # the kernel's FLOPs at its hot loop's FLOP/cycle
         covered += flops[name]
-    return {"cycles": cycles, "covered": covered / max(sum(flops.values()), 1.0), "rates": rates}
+    return {"cycles": cycles, "covered": covered / max(sum(flops.values()), 1.0)}
 
 
 def main() -> int:
@@ -213,10 +209,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         onnx_path = work / "net.onnx"
-        export_onnx(random_subnet(cfg, seed=0), cfg.image_size, onnx_path)
         for machine in MACHINES:
             spec = get_target(machine)
-            flops = kernel_flops(cfg, spec, work / "prepared.onnx")
+            flops = kernel_flops(cfg, spec, onnx_path)
             builds = {label: build_module(onnx_path, spec, work / f"{spec.name}-{label}.so", input_name=INPUT_NAME,
                                           input_shape=x.shape, transfer_databases=transfer)
                       for label, transfer in sources.items()}

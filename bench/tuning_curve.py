@@ -162,7 +162,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     publish(f"Tuning curve ({cpu.mcpu}, {'warm start' if args.warm_start else 'from an empty database'})", [
         f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; ORT and every point's build "
         f"called in turns in one process ({args.calls} turns; per turn and runtime {SETTLE} untimed call, then "
-        f"{BLOCK} timed, back to back); medians of the calls, ratios: medians of per-turn ratios; minute 0: no database (rule schedules). "
+        f"{BLOCK} timed, back to back); medians of the calls, ratios: medians of per-turn ratios; minute 0: no "
+        "database (rule schedules). "
         f"One `ofa-deploy tune --target x86-host --resolutions 224 --budget-minutes {args.budget_minutes:g} "
         f"--trials {args.trials} --warm-start {args.warm_start}` run into an empty database, copied at each "
         f"checkpoint; {mode}; candidates timed {timing} (`tune --cache`).", "\n".join(lines),

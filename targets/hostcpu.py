@@ -57,17 +57,17 @@ class HostCpu:
 
 
 HOST_NAME = "x86-host"  # the registry name that means "this machine"
-_AVX512 = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi",
+AVX512_FLAGS = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi",
                      "avx512_vbmi2", "avx512_vnni", "avx512_bf16", "avx512_fp16"})
 # x86 features a user may switch off with -mattr=-f, each with the features LLVM drops with it
 # (AVX-512 needs AVX2, FMA and F16C; those need AVX), in /proc/cpuinfo spelling. Switching vector
 # ISAs off on the host is how we time 128- and 256-bit code where timings are real (#17).
 SWITCHABLE_FEATURES: dict[str, frozenset[str]] = {
-    "avx": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni"}) | _AVX512,
-    "avx2": frozenset({"avx2", "avx_vnni"}) | _AVX512,
-    "fma": frozenset({"fma"}) | _AVX512,
-    "f16c": frozenset({"f16c"}) | _AVX512,
-    "avx512f": _AVX512,
+    "avx": frozenset({"avx", "avx2", "fma", "f16c", "avx_vnni"}) | AVX512_FLAGS,
+    "avx2": frozenset({"avx2", "avx_vnni"}) | AVX512_FLAGS,
+    "fma": frozenset({"fma"}) | AVX512_FLAGS,
+    "f16c": frozenset({"f16c"}) | AVX512_FLAGS,
+    "avx512f": AVX512_FLAGS,
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ofa_deploy.errors import OfaDeployError
 
-from .hostcpu import HOST_NAME, detect_host_cpu, host_variant, switched_off
+from .hostcpu import HOST_NAME, detect_host_cpu, host_variant
 from .registry import all_targets, known_targets_line, lookup_name
 from .spec import TargetSpec
 
@@ -84,7 +84,7 @@ def _with_extras(spec: TargetSpec, opts: dict[str, Any], original: str) -> Targe
     if isinstance(mattr, str):
         mattr = [m for m in mattr.split(",") if m]
     if spec.name == HOST_NAME:
-        disabled = switched_off(m[1:] for m in mattr if m.startswith("-"))
+        disabled = tuple(m[1:] for m in mattr if m.startswith("-"))
         if disabled:
             spec = _host_variant(disabled, original)
             mattr = [m for m in mattr if not m.startswith("-")]

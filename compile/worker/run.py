@@ -73,8 +73,9 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
     turn calls every module ``settle`` times untimed, then ``block`` times timed, back to back: the
     first call after a switch pays for the other runtime's thread pool still spinning on the cores
     (a TVM call right after an ORT call ran up to 3x slow, BENCHMARKS.md), which is not either
-    runtime's speed. ``onnx_paths`` join the turns as ONNX Runtime sessions with as many threads as TVM's pool: the reference runtime timed in the
-    same process, same turns (its samples follow the modules' in the reply).
+    runtime's speed. ``onnx_paths`` join the turns as ONNX Runtime sessions with as many threads
+    as TVM's pool: the reference runtime timed in the same process, same turns (its samples follow
+    the modules' in the reply).
     """
     import time as clock
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.targets.hostcpu import detect_host_cpu, switched_off, usable_cores
+from ofa_deploy.targets.hostcpu import AVX512_FLAGS, detect_host_cpu, switched_off, usable_cores
 
 from .layout import IDENTITY_FILE
 
@@ -35,11 +35,10 @@ FORMAT = 1
 # rest (security mitigations, virtualisation, ...) differ between hosts of one CPU and are ignored.
 CODEGEN_FLAGS = frozenset({
     "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c",
-    "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi", "avx512_vbmi2",
-    "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
     # aarch64 (/proc/cpuinfo "Features")
     "asimd", "asimdhp", "asimddp", "fphp", "sve", "sve2", "i8mm", "bf16",
-})
+}) | AVX512_FLAGS
 
 
 @dataclass(frozen=True)
