@@ -73,16 +73,19 @@ def export_subnet(cfg: SubnetConfig, work: Path) -> tuple[torch.nn.Module, Path]
 
 
 def build_for_host(onnx_path: Path, cfg: SubnetConfig, out: Path, *, database: Path | None = None,
-                   transfer: list[tuple[str, Path]] | None = None, tuned: bool = True) -> BuildInfo:
+                   transfer: list[tuple[str, Path]] | None = None, tuned: bool = True, own: bool = True) -> BuildInfo:
     """``cfg``'s module for this CPU as ``ofa-deploy compile`` builds it: this device's ``database`` (default: its
     tuning_logs folder) and, for what it lacks, the other devices' ``transfer`` databases (default: the nearest
-    shipped ones). ``tuned=False``: no database anywhere, every function takes its rule-based default schedule."""
+    shipped ones). ``own=False``: no database of this device (a CPU the repository has none for, before tuning).
+    ``tuned=False``: no database anywhere, every function takes its rule-based default schedule."""
     spec = get_target("x86-host")
     shape = (1, 3, cfg.image_size, cfg.image_size)
     if not tuned:
         return build_module(onnx_path, spec, out, input_name=INPUT_NAME, input_shape=shape, transfer_databases=())
+    if own and database is None:
+        database = default_database(spec.name)
     return build_module(onnx_path, spec, out, input_name=INPUT_NAME, input_shape=shape,
-                        database_dir=default_database(spec.name) if database is None else database,
+                        database_dir=database if own else None,
                         transfer_databases=transfer_databases(spec.name) if transfer is None else transfer)
 
 

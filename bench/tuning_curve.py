@@ -26,6 +26,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -98,8 +99,9 @@ def tune_with_checkpoints(args: argparse.Namespace, snaps: Path) -> None:
 
 
 def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
-    """Per subnet, every checkpoint's build and an empty database's (minute 0: rule schedules) timed against ORT,
-    all in turns in one process: the curve's points share the machine's state."""
+    """Per subnet, every checkpoint's build and minute 0's (no database of this device: the rule schedules, or with a
+    warm start the other devices' schedules and the rule for what they lack) timed against ORT, all in turns in one
+    process: the curve's points share the machine's state."""
     import tempfile
 
     transfer = transfer_databases("x86-host") if args.warm_start else []
@@ -108,7 +110,9 @@ def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in SUBNETS.items():
             _, onnx_path = export_subnet(cfg, Path(tmp))
-            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", tuned=False)]
+            # minute 0: what compile emits before any tuning here (the other devices' schedules with a warm start)
+            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", tuned=bool(transfer), own=False,
+                                     transfer=transfer)]
             builds += [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.{m:g}.so", database=db, transfer=transfer)
                        for m, db in points]
             ort_ms, tvm_ms = against_ort([b.so_path for b in builds], onnx_path, cfg, args.threads, args.calls)
@@ -158,12 +162,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     fig.savefig(out.with_suffix(".png"), dpi=120)
     mode = (f"warm start (seeds from {', '.join(l for l, _ in transfer_databases('x86-host')) or 'nothing'}; "
             "builds borrow what the checkpoint lacks)" if args.warm_start else "no other database used, no seeds")
+    minute0 = "the other devices' schedules, the rule for the rest" if args.warm_start else "rule schedules"
+    logs = os.environ.get("OFA_DEPLOY_TUNING_LOGS")
+    env = f"Run with `OFA_DEPLOY_TUNING_LOGS={logs}` (no folder of this CPU). " if logs else ""
     timing = database_cache(args.database) if (args.database / RECORD_FILE).is_file() else "?"
     publish(f"Tuning curve ({cpu.mcpu}, {'warm start' if args.warm_start else 'from an empty database'})", [
         f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; ORT and every point's build "
         f"called in turns in one process ({args.calls} turns; per turn and runtime {SETTLE} untimed call, then "
         f"{BLOCK} timed, back to back); medians of the calls, ratios: medians of per-turn ratios; minute 0: no "
-        "database (rule schedules). "
+        f"database of this CPU ({minute0}). {env}"
         f"One `ofa-deploy tune --target x86-host --resolutions 224 --budget-minutes {args.budget_minutes:g} "
         f"--trials {args.trials} --warm-start {args.warm_start}` run into an empty database, copied at each "
         f"checkpoint; {mode}; candidates timed {timing} (`tune --cache`).", "\n".join(lines),

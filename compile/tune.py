@@ -87,7 +87,8 @@ class TuneSettings:
     seed: int = 0  # seeds the search (forked per task)
     search_threads: int | None = None  # XGBoost / search threads; None: all cores
     warm_start: int = 4  # seed schedules measured first for a new task (other devices' records, siblings),
-    # and once for each task tuned here already (the polish before the rounds); 0: neither
+    # and once for each task tuned here already (the polish before the rounds); 0: neither. On CPUs a new
+    # task measures the rule schedule first in any case (one trial): the floor its best never falls below
     first_round: int = 8  # trials every task gets before any task gets more (rounds then double)
     converged_gain: float = 0.01  # a round that improves a task's best by less than this stops the task
 

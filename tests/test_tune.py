@@ -581,3 +581,28 @@ def test_builds_read_only_each_workloads_fastest_record(tmp_path, monkeypatch):
     with open(db / RECORD_FILE, "a") as f:  # a new record changes the database hash: a new copy
         f.write(_json.dumps([1, [["t1-ok"], [1e-3], target, []]]) + "\n")
     assert best_records(db) != best and len((best_records(db) / RECORD_FILE).read_text().splitlines()) == 3
+
+
+@pytest.mark.tvm
+def test_every_new_task_measures_the_rule_schedule_first(tmp_path):
+    """A database is never worse than none: each new CPU task's first record is the rule schedule a build without
+    a database emits (10- and 30-minute databases of random first trials ran slower than no database). With no
+    seeds and one trial per task, that one record is the rule's, built and run."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from ofa_deploy.compile.tune import TuneSettings, tune_target
+    from ofa_deploy.compile.worker.seeds import rule_seed, trace_key
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.layout import RECORD_FILE
+
+    db = tmp_path / "x86-host"
+    report = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=1, keys=(HEAD,),
+                         settings=TuneSettings(warm_start=0), progress=False)
+    records = ms.database.JSONDatabase(work_dir=str(db)).get_all_tuning_records()
+    assert len(records) == report.trials == report.tasks_total == len((db / RECORD_FILE).read_text().splitlines())
+    cores = get_target("x86-host").cores
+    ruled = [rec for rec in records if rule_seed(rec.workload.mod, cores)]
+    assert len(ruled) >= report.tasks_total - 1  # a task the rule changes nothing in (a reshape) is searched
+    for rec in ruled:
+        assert trace_key(rec.trace) == trace_key(rule_seed(rec.workload.mod, cores)[0].trace)
+        assert max(float(s) for s in rec.run_secs) < 1.0  # built and ran (a failed trial records 1e10)

@@ -36,7 +36,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from ofa_deploy.targets import DATA_LAYOUTS
 
-from .schedules import Report, is_scheduled, schedule_module
+from .schedules import Report, is_scheduled, schedule_module, target_cores
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,8 @@ def schedule(mod: tvm.IRModule, target: tvm.target.Target, database_dir: str | N
     rule). GPU targets: the own database; DLight schedules the rest during lowering (``default``).
     """
     if target.kind.name == "llvm":
-        cores = int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
-        return schedule_module(mod, target, database_dir, [(label, path) for label, path in transfer], cores)
+        return schedule_module(mod, target, database_dir, [(label, path) for label, path in transfer],
+                               target_cores(target))
     if database_dir:
         mod = apply_database(mod, target, database_dir)
     report = Report()

@@ -165,11 +165,26 @@ def replay(func: tvm.tirx.PrimFunc, trace: Any) -> s_tir.Schedule:
     return sch
 
 
+def target_cores(target: tvm.target.Target) -> int:
+    """The cores a target's code runs on (its ``num-cores``; 1 when it does not say): the rule's parallel grain."""
+    return int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
+
+
 def default_schedule(func: tvm.tirx.PrimFunc, cores: int) -> tvm.tirx.PrimFunc | None:
+    """:func:`rule_schedule`'s function, or None when the rule changes nothing."""
+    sch = rule_schedule(func, cores)
+    return None if sch is None else sch.mod["main"]
+
+
+def rule_schedule(func: tvm.tirx.PrimFunc, cores: int) -> s_tir.Schedule | None:
     """A schedule without any record: elementwise blocks inlined, outer loops parallel, inner vectorised.
 
     Reduction blocks (convolutions, means) put their reduction loops outside the innermost
     spatial loop, so that loop can be vectorised. Returns None when nothing applies.
+
+    A schedule (not just its function) because tuning measures it too: its trace is recorded as
+    the first candidate of every new task (:mod:`.seeds`), so a task's best record is never a
+    random schedule slower than what a build without any database would emit.
     """
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     blocks = _root_blocks(sch)
@@ -218,7 +233,7 @@ def default_schedule(func: tvm.tirx.PrimFunc, cores: int) -> tvm.tirx.PrimFunc |
             sch.unroll(loop)
         if reduce:
             sch.decompose_reduction(b, reduce[0])
-    return sch.mod["main"] if changed else None
+    return sch if changed else None
 
 
 def _is_reduce_loop(sch: s_tir.Schedule, block: Any, loop: Any) -> bool:

@@ -5,6 +5,10 @@ XGBoost model predicts at random until ~100 candidates are measured, so a fresh 
 first trials finding what a neighbouring task already knows. Before the search, each task that
 has no records of its own here measures a few *seed* schedules:
 
+0. on CPUs, the rule schedule a build uses where no database helps (:func:`.schedules.rule_schedule`),
+   whatever ``--warm-start``: a task with a handful of random trials otherwise replaced a good
+   rule schedule with a worse measured one, and a 10-minute database ran 1.77x ORT where no
+   database ran 1.38x (BENCHMARKS "Tuning curve"); measured, the rule is the floor of every task;
 1. the best records of the same workload in other devices' databases (another CPU tuned it:
    its schedule is usually good here too, see BENCHMARKS "Tuning");
 2. the best records of its structural siblings (same blocks, other shapes: another resolution,
@@ -29,7 +33,7 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
-from .schedules import MAX_SIBLINGS_TRIED, SCHEDULE_ERRORS, RecordIndex, replay
+from .schedules import MAX_SIBLINGS_TRIED, SCHEDULE_ERRORS, RecordIndex, replay, rule_schedule
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,17 @@ def loads_back(sch: Any, mod: tvm.IRModule) -> bool:
     except SCHEDULE_ERRORS as exc:
         log.debug("seed dropped, its record would not load back: %s", str(exc).splitlines()[-1][:200])
         return False
+
+
+def rule_seed(mod: tvm.IRModule, cores: int, measured: set[str] = frozenset()) -> list[Any]:
+    """Task ``mod``'s rule schedule as a seed (a list of one), or none: the rule changes nothing, does not
+    apply, or is ``measured`` here already."""
+    try:
+        sch = rule_schedule(mod["main"], cores)
+    except SCHEDULE_ERRORS as exc:
+        log.debug("rule schedule does not apply: %s", str(exc).splitlines()[-1][:200])
+        return []
+    return [] if sch is None or trace_key(sch.trace) in measured else [sch]
 
 
 def seed_schedules(mod: tvm.IRModule, own: RecordIndex | None, others: list[RecordIndex], limit: int,

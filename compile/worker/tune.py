@@ -467,28 +467,37 @@ def _warm_start(contexts: list[Any], allotted: list[int], request: dict[str, Any
                 builder: Any, runner: Any, per_task: int, *, polish: bool = False) -> list[int]:
     """Measure seed schedules (seeds.py); seeds committed per task.
 
-    Without ``polish``: the tasks that have no records here yet. Seeds are trials: a task gets at
-    most half of its ``allotted`` trials as seeds (the search needs the rest to improve on them),
-    and the chunk's search budget shrinks by what they used. With ``polish`` (a chunk of tasks
-    tuned here already, no search): every task, up to ``per_task`` seeds it has not measured.
+    Without ``polish``: the tasks that have no records here yet. On CPUs each first measures the
+    rule schedule (whatever ``per_task``, 0 included: a task's best record is then never slower
+    than what a build without a database emits), then up to ``per_task`` seeds from other
+    databases. Seeds are trials: a task gets at most half of its ``allotted`` trials as those
+    (the search needs the rest to improve on them), and the chunk's search budget shrinks by what
+    they used. With ``polish`` (a chunk of tasks tuned here already, no search): every task, up to
+    ``per_task`` seeds it has not measured, and the rule if it has not measured that either.
     """
-    from .schedules import RecordIndex
-    from .seeds import measure_seeds, measured_traces, seed_schedules
+    from .schedules import RecordIndex, target_cores
+    from .seeds import measure_seeds, measured_traces, rule_seed, seed_schedules, trace_key
 
     chosen = (list(range(len(contexts))) if polish
               else [i for i, c in enumerate(contexts) if not database.has_workload(c.mod)])
-    if per_task < 1 or not chosen:
+    with_rule = target.kind.name == "llvm"  # GPUs: DLight schedules what the database misses, not the rule
+    if not chosen or (per_task < 1 and not with_rule):
         return [0] * len(contexts)
     own = RecordIndex(label="own", database=database) if len(database) else None
     others = [RecordIndex.open(path, label) for label, path in request.get("transfer_databases") or []]
-    tasks = {}
+    tasks, rules = {}, 0
     for i in chosen:
+        measured = measured_traces(database, contexts[i].mod)
+        rule = rule_seed(contexts[i].mod, target_cores(target), measured) if with_rule else []
+        rules += len(rule)
         limit = per_task if polish else min(per_task, max(1, allotted[i] // 2))
-        measured = measured_traces(database, contexts[i].mod) if polish else set()
-        tasks[i] = seed_schedules(contexts[i].mod, own, others, limit, measured)
+        more = (seed_schedules(contexts[i].mod, own, others, limit, measured | {trace_key(s.trace) for s in rule})
+                if per_task >= 1 else [])
+        tasks[i] = rule + more
     n = measure_seeds([(contexts[i].mod, schedules) for i, schedules in tasks.items()], target, builder, runner,
                       database)
-    log.info("%s: %d seed schedules for %d tasks", "polish" if polish else "warm start", n, len(chosen))
+    log.info("%s: %d seed schedules for %d tasks (%d of them the rule's)", "polish" if polish else "warm start", n,
+             len(chosen), rules)
     return [len(tasks.get(i, [])) for i in range(len(contexts))]
 
 

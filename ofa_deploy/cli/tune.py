@@ -23,7 +23,8 @@ from .options import check_database_folder
               help="Seed schedules measured first for a task new here: the same task tuned on the nearest "
                    "other devices (tuning_logs/, the repository's shipped folders included) and its structural "
                    "siblings; and, once, for each task tuned here already (the polish before the rounds: a task "
-                   "they beat is reopened). 0: neither (start from random samples).")
+                   "they beat is reopened). 0: neither. On CPUs every new task also measures the schedule a build "
+                   "without a database would use, first: its best is never worse than that.")
 @click.option("--cache", type=click.Choice(CACHE_PROTOCOLS), default=None,
               help="How candidates are timed: cold (weights and output flushed from the caches before each sample, "
                    "as in a network's inference) or warm (MetaSchedule's default: rerun with everything cached). "
