@@ -22,6 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO / "tests" / "data" / "reference" / "ofa_mbv3"  # see tests/data/README.md
+# a real measured latency model (znver5, NCHW modules): plumbing test data, see tests/data/README.md
+SAMPLE_LATENCY_MODEL = REPO / "tests" / "data" / "latency_model_znver5_nchw.json"
 
 
 @pytest.fixture(scope="session")

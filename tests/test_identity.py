@@ -16,7 +16,7 @@ from ofa_deploy.tuning_logs import folders
 from ofa_deploy.tuning_logs.identity import (CODEGEN_FLAGS, DeviceIdentity, claim_folder, host_identity, read_identity,
                                              write_identity)
 from ofa_deploy.tuning_logs.layout import IDENTITY_FILE, MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
-from tests.conftest import run_cli
+from tests.conftest import SAMPLE_LATENCY_MODEL, run_cli
 
 AVX512 = ("avx", "avx2", "avx512f", "fma")
 ZNVER5 = DeviceIdentity(kind="cpu", arch="x86_64", mcpu="znver5", isa=AVX512, cores=2, model_name="AMD EPYC")
@@ -175,15 +175,14 @@ def test_tune_refuses_to_resume_in_another_devices_folder(logs, capsys):
 def other_model(logs) -> Path:
     """A device folder next to this machine's (same CPU, twice the cores) holding a latency model.
 
-    Its tables are the shipped znver5 model's, relabelled as timings of the layout builds use now:
-    test data for the plumbing (which model is found, what is said), not a claim about any CPU.
+    Its tables are a real (znver5, NCHW) model's from tests/data, relabelled as timings of the layout builds
+    use now: test data for the plumbing (which model is found, what is said), not a claim about any CPU.
     """
     from ofa_deploy.targets import get_target
-    from ofa_deploy.tuning_logs.layout import REPO_TUNING_LOGS
 
     me = host_identity()
     folder = _device_folder(logs, replace(me, cores=me.cores * 2))
-    data = json.loads((REPO_TUNING_LOGS / "x86_64-znver5-2c" / MODEL_FILE).read_text())
+    data = json.loads(SAMPLE_LATENCY_MODEL.read_text())
     data["data_layout"] = get_target("x86-host").data_layout
     (folder / MODEL_FILE).write_text(json.dumps(data))
     return folder

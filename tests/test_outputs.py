@@ -22,7 +22,7 @@ import torch
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.outputs import MANIFEST, OutputFolder, check_output_file
 from ofa_deploy.search_space import SubnetConfig
-from tests.conftest import REFERENCE_DIR, run_cli
+from tests.conftest import REFERENCE_DIR, SAMPLE_LATENCY_MODEL, run_cli
 
 REFERENCE_CKPT = REFERENCE_DIR / "ofa_mbv3_d234_e346_k357_w1.0.seed7.pth"
 SEARCH_FAST = ["--target", "x86-host", "--latency-ms", "15", "--population", "8", "--generations", "2",
@@ -316,9 +316,8 @@ LATENCY_MODEL_DAMAGE = {
 def test_a_damaged_latency_model_is_one_line(tmp_path, damage):
     from ofa_deploy.latency.measured import MeasuredLatencyModel
 
-    shipped = sorted(Path(__file__).resolve().parents[1].glob("tuning_logs/*/latency_model.json"))[0]
     path = tmp_path / "latency_model.json"
-    path.write_text(LATENCY_MODEL_DAMAGE[damage](shipped.read_text()))
+    path.write_text(LATENCY_MODEL_DAMAGE[damage](SAMPLE_LATENCY_MODEL.read_text()))
     with pytest.raises(OfaDeployError) as err:
         MeasuredLatencyModel.load(path)
     assert len(str(err.value).splitlines()) == 1 and str(path) in str(err.value)
@@ -337,8 +336,7 @@ def test_search_with_a_damaged_latency_model_is_one_line(tmp_path, capsys, monke
     monkeypatch.setenv("OFA_DEPLOY_TUNING_LOGS", str(tmp_path / "tl"))
     folder = _target_dir("x86-host")
     folder.mkdir(parents=True)
-    shipped = sorted(Path(__file__).resolve().parents[1].glob("tuning_logs/*/latency_model.json"))[0]
-    (folder / MODEL_FILE).write_text(LATENCY_MODEL_DAMAGE[damage](shipped.read_text()))
+    (folder / MODEL_FILE).write_text(LATENCY_MODEL_DAMAGE[damage](SAMPLE_LATENCY_MODEL.read_text()))
     code, _, err = run_cli(["search", *SEARCH_FAST, "-o", str(tmp_path / "out")], capsys)
     assert MODEL_FILE in _one_error_line(code, err)
     assert not (tmp_path / "out").exists()
