@@ -110,9 +110,9 @@ def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in SUBNETS.items():
             _, onnx_path = export_subnet(cfg, Path(tmp))
-            # minute 0: what compile emits before any tuning here (the other devices' schedules with a warm start)
-            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", tuned=bool(transfer), own=False,
-                                     transfer=transfer)]
+            # minute 0: what compile emits before any tuning here (the rule; with a warm start the other devices'
+            # schedules first)
+            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", own=False, transfer=transfer)]
             builds += [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.{m:g}.so", database=db, transfer=transfer)
                        for m, db in points]
             ort_ms, tvm_ms = against_ort([b.so_path for b in builds], onnx_path, cfg, args.threads, args.calls)

@@ -15,7 +15,7 @@ remaining function gets the best schedule we can find without measuring anything
     loop extents (:func:`fit_tile`).
 ``default``
     A rule: inline elementwise blocks, run the outer loops in parallel, vectorise the innermost
-    spatial loop (:func:`default_schedule`).
+    spatial loop (:func:`rule_schedule`).
 
 A function none of these can schedule stays ``unscheduled`` (counted, never hidden).
 """
@@ -170,12 +170,6 @@ def target_cores(target: tvm.target.Target) -> int:
     return int(target.attrs.get("num-cores", 1)) if "num-cores" in target.attrs else 1
 
 
-def default_schedule(func: tvm.tirx.PrimFunc, cores: int) -> tvm.tirx.PrimFunc | None:
-    """:func:`rule_schedule`'s function, or None when the rule changes nothing."""
-    sch = rule_schedule(func, cores)
-    return None if sch is None else sch.mod["main"]
-
-
 def rule_schedule(func: tvm.tirx.PrimFunc, cores: int) -> s_tir.Schedule | None:
     """A schedule without any record: elementwise blocks inlined, outer loops parallel, inner vectorised.
 
@@ -304,7 +298,8 @@ def schedule_module(mod: tvm.IRModule, target: tvm.target.Target, own: str | Non
         if new is not None:
             new, source = new
         else:
-            new = default_schedule(plain, cores)
+            rule = rule_schedule(plain, cores)
+            new = None if rule is None else rule.mod["main"]
             source = "default" if new is not None else "unscheduled"
         report.sources[name] = source
         if new is not None:

@@ -485,10 +485,10 @@ def _warm_start(contexts: list[Any], allotted: list[int], request: dict[str, Any
         return [0] * len(contexts)
     own = RecordIndex(label="own", database=database) if len(database) else None
     others = [RecordIndex.open(path, label) for label, path in request.get("transfer_databases") or []]
-    tasks, rules = {}, 0
+    tasks, rules, cores = {}, 0, target_cores(target)
     for i in chosen:
         measured = measured_traces(database, contexts[i].mod)
-        rule = rule_seed(contexts[i].mod, target_cores(target), measured) if with_rule else []
+        rule = rule_seed(contexts[i].mod, cores, measured) if with_rule else []
         rules += len(rule)
         limit = per_task if polish else min(per_task, max(1, allotted[i] // 2))
         more = (seed_schedules(contexts[i].mod, own, others, limit, measured | {trace_key(s.trace) for s in rule})
