@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -19,8 +20,11 @@ from ofa_deploy.tuning_logs.database import (best_records, check_database_target
 
 from .binfmt import elf_machine, embedded_fatbins
 from .isolate import run_worker
+from .speed import SteadyState, median_probe, steady_samples
 from .toolchain import find_nvcc, linker_for
 from .types import BuildInfo, LatencyMeasurement
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BUILD_TIMEOUT_S = 3600.0
 DEFAULT_RUN_TIMEOUT_S = 600.0
@@ -156,25 +160,38 @@ def run_local(so_path: str | Path, input: np.ndarray, *, device: str | None = No
 
 
 def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, number: int = 5,
-               num_threads: int | None = None, device: str | None = None,
+               num_threads: int | None = None, device: str | None = None, steady_wait_s: float = 10.0,
                timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> LatencyMeasurement:
     """Measure a module on this machine with TVM's time_evaluator (``source="measured"``).
 
     ``repeat`` samples, each the mean of ``number`` runs, after one discarded warm-up call.
-    ``num_threads`` sets TVM_NUM_THREADS (default: ``isolate.tvm_threads()``, all cores). Other load on
+    ``num_threads`` sets TVM_NUM_THREADS (default: ``isolate.tvm_threads()``, all cores). On a CPU
+    the samples are timed as ``profile`` times its tables (``compile.speed``): after waiting up to
+    ``steady_wait_s`` for the machine's steady state, only the samples the speed probe calls steady
+    count; a latency timed while the machine was slowed anyway is logged as such. Other load on
     the machine inflates the numbers: measure on an idle machine.
     """
     if repeat < 1 or number < 1:
         raise OfaDeployError(f"repeat and number must be >= 1 (got repeat={repeat}, number={number})")
     path, device = _check_local_module(so_path, device)
     env = {"TVM_NUM_THREADS": str(num_threads)} if num_threads else {}  # else run_worker's tvm_threads()
+    steady = SteadyState.for_host(num_threads) if device == "cpu" else None
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_time_") as tmp:
         in_path = Path(tmp) / "input.npy"
         np.save(in_path, _as_input(input))
         reply = run_worker({"op": "time", "so_path": str(path.resolve()), "input_path": str(in_path),
-                            "repeat": repeat, "number": number, "device": device},
-                           what=f"timing {path.name}", timeout=timeout, env=env)
-    return local_measurement(reply, device)
+                            "repeat": repeat, "number": number, "device": device,
+                            **(steady.request(steady_wait_s) if steady else {})},
+                           what=f"timing {path.name}", timeout=timeout + steady_wait_s if timeout else None, env=env)
+    if steady is None:
+        return local_measurement(reply, device)
+    steady.saw(reply)
+    m = local_measurement(reply, device, steady.floor_us)
+    if steady.contended(m.probe_us):
+        log.warning("%s was timed while this machine was slowed (speed probe %.2f us per launch, steady %.2f): "
+                    "%.3f ms is high, by up to 1.6x on a shared VM; measure again when the machine is quiet",
+                    path.name, m.probe_us, steady.floor_us, m.median_ms)
+    return m
 
 
 def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray, *, calls: int = 200, warmup: int = 10,
@@ -217,16 +234,21 @@ def turn_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def local_measurement(reply: dict[str, Any], device: str) -> LatencyMeasurement:
+def local_measurement(reply: dict[str, Any], device: str, floor_us: float | None = None) -> LatencyMeasurement:
     """A worker's timing reply (``samples_ms``, ``number``, ``threads``) on this machine as a measurement.
 
-    The CPU label carries the thread count TVM's pool reported, not the one asked for.
+    The CPU label carries the thread count TVM's pool reported, not the one asked for. A reply with
+    speed-probe readings (``probe_us``, one per sample) keeps only the samples timed in the steady
+    state against ``floor_us`` (``speed.steady_samples``: all of them if too few were).
     """
-    samples = reply["samples_ms"]
+    samples, probes = reply["samples_ms"], reply.get("probe_us") or []
+    if probes:
+        samples, probes = steady_samples(samples, probes, floor_us)
     where = "cuda:0" if device == "cuda" else f"{platform.machine()} ({reply['threads']} threads)"
     return LatencyMeasurement(
         median_ms=statistics.median(samples), std_ms=statistics.pstdev(samples) if len(samples) > 1 else 0.0,
-        n=len(samples), source="measured", runs_per_sample=reply["number"], device=where)
+        n=len(samples), source="measured", runs_per_sample=reply["number"], device=where,
+        probe_us=median_probe(probes))
 
 
 def validate_target_specs(specs: list[TargetSpec], *, timeout: float | None = 300.0) -> dict[str, str | None]:

@@ -9,13 +9,14 @@ each finished item to a results file that this side follows (which also drives t
 **Build once, time in passes.** Each model is built once into a content-hashed module cache
 (:func:`module_cache_dir`: target, linker, database and TVM version name the folder, the ONNX
 file's sha256 names the ``.so``), then the whole list is timed ``passes`` times, one pass after
-the other, and the fastest pass median is kept (:func:`fastest_pass`). Why: on a shared VM the
-host takes a slice of the CPU for tens of seconds at a time. Measured here (same module, fresh
-processes and one 40-block process): blocks of 4.5-4.8 ms, then 20 s at 5.7-5.9 ms, then
-4.6 ms again, so a single timing of any one model lands in the slow regime about one time in
-three. Passes minutes apart rarely all do, and a build interrupted by that is harmless. A killed
-run keeps its builds; a module whose last pass is done leaves the cache (unless
-``keep_modules``: a whole profile is ~2.5 GB of modules).
+the other, and the fastest of the passes timed in the machine's steady state is kept
+(:func:`fastest_pass`). Why: on a shared VM the host takes part of the CPU for tens of seconds
+at a time (models then run 1.3-1.6x slow). A speed probe read before every sample
+(``compile.speed``) recognises those spells: their samples are dropped, and a model timed only in
+them is timed again. The steady state itself still drifts by ~10 % over tens of minutes, which
+the probe also reads (BENCHMARKS.md, "Timing in the machine's steady state"). A killed run keeps
+its builds; a module whose last pass is done leaves the cache (unless ``keep_modules``: a whole
+profile is ~2.5 GB of modules).
 
 **On a board** (``remote``: ``ofa-deploy profile --rpc``) the same modules are cross-compiled
 here and timed on the device over TVM RPC, one session per chunk (worker/profile.py); the
@@ -49,6 +50,7 @@ from ofa_deploy.tuning_logs.database import (best_records, check_database_target
 from .build import local_measurement
 from .isolate import run_worker_polling
 from .rpc import EMULATED_REPEAT, RpcSpec, check_reachable, rpc_measurement
+from .speed import CONTENDED_RATIO, SteadyState, is_contended
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
 from .types import LatencyMeasurement
 
@@ -61,16 +63,23 @@ class ProfileSettings:
 
     repeat: int = 15  # samples per workload and pass; their median is the pass's timing
     min_repeat_ms: float = 40.0  # each sample runs the model back to back for at least this long
-    passes: int = 3  # timing passes over the whole list (minutes apart); the fastest pass is kept
+    passes: int = 3  # timing passes over the whole list (minutes apart); the fastest steady pass is kept
     chunk_size: int = 16  # workloads per worker process (start-up ~5 s is paid once per chunk)
     keep_modules: bool = False  # keep each module in the cache after its last pass (they weigh ~1-20 MB each)
     num_threads: int | None = None  # TVM_NUM_THREADS; None = isolate.tvm_threads() (all cores), as time_local
     timeout_per_item_s: float = 600.0  # a chunk's worker gets chunk_size x this
+    # Local CPU timings read a speed probe (compile.speed) and keep the samples timed in the steady state:
+    steady_wait_s: float = 5.0  # before each model, wait up to this long for the machine to be steady
+    retry_passes: int = 3  # then up to this many more passes for models whose every pass was contended
+    retry_wait_s: float = 60.0  # the wait before each model of those passes (slow spells last ~10-70 s)
 
     def __post_init__(self) -> None:
         if self.repeat < 1 or self.min_repeat_ms < 0 or self.chunk_size < 1 or self.passes < 1:
             raise OfaDeployError(f"profile settings: repeat >= 1, min_repeat_ms >= 0, passes >= 1 and chunk_size >= 1 "
                                  f"(got {self.repeat}, {self.min_repeat_ms}, {self.passes}, {self.chunk_size})")
+        if self.steady_wait_s < 0 or self.retry_passes < 0 or self.retry_wait_s < 0:
+            raise OfaDeployError(f"profile settings: steady_wait_s, retry_passes and retry_wait_s >= 0 (got "
+                                 f"{self.steady_wait_s}, {self.retry_passes}, {self.retry_wait_s})")
 
 
 @dataclass(frozen=True)
@@ -127,14 +136,20 @@ def remote_device(spec: TargetSpec) -> str:
 
 
 def fastest_pass(passes: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
-    """One model's timing from its passes: the fastest pass median (see the module docstring for why).
+    """One model's timing from its passes: the fastest pass of those timed in the steady state (see the
+    module docstring for why).
 
-    ``std_ms`` is the spread of the pass medians (how much the machine's speed moved), ``n``
-    counts every sample of every pass.
+    Passes timed while the speed probe read contended (against the calmest of them) do not count:
+    a model whose other passes were steady says nothing about its speed in them. ``std_ms`` is the
+    spread of all pass medians (how much the machine's speed moved), ``n`` counts every sample of
+    every pass.
     """
     if not passes:
         raise ValueError("no timing passes")
-    best = min(passes, key=lambda m: m.median_ms)
+    readings = [m.probe_us for m in passes if m.probe_us is not None]
+    calm = min(readings) if readings else None
+    steady = [m for m in passes if m.probe_us is None or not is_contended(m.probe_us, calm)]
+    best = min(steady, key=lambda m: m.median_ms)
     medians = [m.median_ms for m in passes]
     return dataclasses.replace(best, std_ms=statistics.pstdev(medians) if len(medians) > 1 else 0.0,
                                n=sum(m.n for m in passes))
@@ -174,6 +189,11 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     pass_index, measurement, record)`` is called as each timing finishes (``record`` has
     ``tuned_funcs``, ``total_funcs``, ``tvm_version``, ``tvm_target``), so a caller can persist
     partial results; a later failure raises OfaDeployError after those calls.
+
+    On this machine's CPU every sample is taken with a speed-probe reading (``compile.speed``):
+    each model waits up to ``settings.steady_wait_s`` for the steady state, keeps its steady
+    samples, and models whose every pass was contended get up to ``settings.retry_passes`` more
+    passes (pass indices from ``settings.passes`` on).
     """
     spec = get_target(target)
     device = local_device(spec) if remote is None else remote_device(spec)
@@ -209,10 +229,14 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
         if remote.emulated:  # an emulator's speed means nothing: the fewest runs that exercise the plumbing
             base.update(repeat=EMULATED_REPEAT, min_repeat_ms=0.0)
 
+    probe = SteadyState.for_host(settings.num_threads) if remote is None and device == "cpu" else None
+
     def measurement(record: dict[str, Any]) -> LatencyMeasurement:
-        if remote is None:
-            return local_measurement(record, device)
-        return rpc_measurement(record, remote.rpc, device, remote.emulated)
+        if remote is not None:
+            return rpc_measurement(record, remote.rpc, device, remote.emulated)
+        if probe is not None:
+            probe.saw(record)
+        return local_measurement(record, device, probe.floor_us if probe is not None else None)
     done = dict(passes_done or {})
     out: dict[str, list[LatencyMeasurement]] = {it.key: [] for it in work}
     disable = None if progress is None else not progress
@@ -220,18 +244,36 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     def built(it: WorkloadItem) -> bool:
         return so_paths[it.key].is_file() and Path(f"{so_paths[it.key]}.json").is_file()
 
-    rounds: list[tuple[str, list[WorkloadItem], int | None]] = [("build", [it for it in work if not built(it)], None)]
-    rounds += [(f"time pass {p + 1}/{settings.passes}", [it for it in work if done.get(it.key, 0) <= p], p)
-               for p in range(settings.passes)]
-    for name, todo, pass_index in rounds:
-        if not todo:
-            continue
+    def run_round(name: str, todo: list[WorkloadItem], pass_index: int | None, wait_s: float) -> None:
         with tqdm(total=len(todo), desc=f"profile {spec.name}: {name}", unit="model", file=sys.stderr,
                   disable=disable) as bar:
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start:start + settings.chunk_size]
-                _run_chunk(chunk, so_paths, {**base, "time": pass_index is not None}, env, settings, measurement,
-                           bar, lambda key, m, record, p=pass_index: _keep(key, p, m, record, out, on_result))
+                request = {**base, "time": pass_index is not None,
+                           **(probe.request(wait_s) if probe is not None and pass_index is not None else {})}
+                _run_chunk(chunk, so_paths, request, env, settings, measurement, bar,
+                           lambda key, m, record, p=pass_index: _keep(key, p, m, record, out, on_result))
+
+    todo = [it for it in work if not built(it)]
+    if todo:
+        run_round("build", todo, None, 0.0)
+    for p in range(settings.passes):
+        todo = [it for it in work if done.get(it.key, 0) <= p]
+        if todo:
+            run_round(f"time pass {p + 1}/{settings.passes}", todo, p, settings.steady_wait_s)
+    for r in range(settings.retry_passes if probe is not None else 0):
+        todo = [it for it in work if out[it.key] and probe.all_contended([m.probe_us for m in out[it.key]])]
+        if not todo:
+            break
+        log.info("%d models were timed contended in every pass (speed probe above %.2f x its floor %.3f us): "
+                 "timing them again (retry %d/%d)", len(todo), CONTENDED_RATIO, probe.floor_us, r + 1,
+                 settings.retry_passes)
+        run_round(f"retry {r + 1}/{settings.retry_passes}", todo, settings.passes + r, settings.retry_wait_s)
+    if probe is not None:
+        left = [it.key for it in work if out[it.key] and probe.all_contended([m.probe_us for m in out[it.key]])]
+        if left:
+            log.warning("%d models were timed only while the machine was slowed (%s ...): their latencies are "
+                        "high; time them again on a quieter machine", len(left), left[0])
     if not settings.keep_modules:  # every pass is with the caller now; a killed run never gets here
         for it in work:
             if out[it.key] and done.get(it.key, 0) + len(out[it.key]) >= settings.passes:

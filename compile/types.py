@@ -59,7 +59,9 @@ class LatencyMeasurement:
 
     ``source``: ``"measured"`` (real hardware, TVM time_evaluator), ``"emulated"`` (qemu: says
     nothing about device speed) or ``"estimated"`` (a model). ``n`` samples, each the mean of
-    ``runs_per_sample`` back-to-back runs.
+    ``runs_per_sample`` back-to-back runs. ``probe_us``: the speed probe's median reading while
+    those samples ran (``compile.speed``: a reading well above the machine's floor means it was
+    timed while the CPU was shared); None where nothing was probed (a board, a GPU, older records).
     """
 
     median_ms: float
@@ -68,6 +70,7 @@ class LatencyMeasurement:
     source: LatencySource
     runs_per_sample: int = 1
     device: str = ""
+    probe_us: float | None = None
 
     def __post_init__(self) -> None:
         if self.source not in ("measured", "emulated", "estimated"):

@@ -110,7 +110,8 @@ def test_time_local_reports_measured_latency(tiny, x86_module):
     from ofa_deploy.compile import time_local
 
     m = time_local(x86_module.so_path, tiny[1], repeat=5, number=2, num_threads=1)
-    assert m.source == "measured" and m.n == 5 and m.runs_per_sample == 2
+    # the samples the speed probe called steady (at least a third), with their median reading
+    assert m.source == "measured" and 2 <= m.n <= 5 and m.runs_per_sample == 2 and m.probe_us > 0
     assert 0 < m.median_ms < 1000 and m.std_ms >= 0 and "1 threads" in m.device
 
 

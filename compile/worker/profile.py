@@ -33,6 +33,7 @@ from ofa_deploy.atomic import owner_tag
 
 from .build import build
 from .run import _load, pool_threads
+from .speed_probe import SpeedProbe
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,30 @@ def time_module(so_path: str, input_shape: list[int], device: str, repeat: int, 
     vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
     return probe_and_time(lambda number, rep: vm.time_evaluator("main", dev, number=number, repeat=rep)(x).results,
                           repeat, min_repeat_ms)
+
+
+def time_module_steady(so_path: str, input_shape: list[int], repeat: int, min_repeat_ms: float, probe: SpeedProbe,
+                       floor_us: float | None, wait_s: float) -> tuple[list[float], int, list[float]]:
+    """:func:`time_module` on this CPU with a speed-probe reading before every sample (``compile.speed``).
+
+    Waits up to ``wait_s`` for the steady state first; returns the samples, the runs per sample and
+    one probe reading per sample (the parent keeps the steady samples).
+    """
+    vm, dev = _load(so_path, "cpu")
+    x = tvm.runtime.tensor(_input(input_shape), dev)
+    vm["main"](x)  # first call allocates the memory pools: not a sample
+    probe.wait_steady(floor_us, wait_s)
+    readings: list[float] = []
+
+    def evaluate(number: int, rep: int) -> list[float]:
+        seconds = []
+        for _ in range(rep):
+            readings.append(probe.read_us())
+            seconds += list(vm.time_evaluator("main", dev, number=number, repeat=1)(x).results)
+        return seconds
+
+    samples, number = probe_and_time(evaluate, repeat, min_repeat_ms)
+    return samples, number, readings[-len(samples):]  # the readings of the runs-per-sample probe are not samples
 
 
 def _input(input_shape: list[int], seed: int = 0) -> np.ndarray:
@@ -131,13 +156,20 @@ def profile(request: dict[str, Any]) -> dict[str, Any]:
     remote = request.get("rpc") is not None
     timer: Timer = (_remote_timer(request) if remote else
                     lambda so_path, shape, repeat, min_ms: time_module(so_path, shape, device, repeat, min_ms))
+    probe = SpeedProbe() if request["time"] and request.get("speed_probe") and not remote else None
     done = 0
     with open(results_path, "a") as out:
         for i, item in enumerate(items):
             record = {"key": item["key"], **_build_cached(item, request)}
-            if request["time"]:
+            if probe is not None:
+                samples, number, readings = time_module_steady(
+                    item["so_path"], item["input_shape"], int(request["repeat"]), float(request["min_repeat_ms"]),
+                    probe, request.get("probe_floor_us"), float(request.get("steady_wait_s", 0.0)))
+                record.update(probe_us=readings, probe_lowest_us=probe.lowest_us)
+            elif request["time"]:
                 samples, number = timer(item["so_path"], item["input_shape"], int(request["repeat"]),
                                         float(request["min_repeat_ms"]))
+            if request["time"]:
                 # the thread count is this process's pool: a remote board's is its server's, not known here
                 record.update(samples_ms=samples, number=number, threads=None if remote else pool_threads())
                 log.info("timed %d/%d %s: median %.4f ms (%d/%d functions tuned)", i + 1, len(items), item["key"],

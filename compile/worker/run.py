@@ -42,14 +42,29 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def time(request: dict[str, Any]) -> dict[str, Any]:
-    """Worker op ``time``: TVM time_evaluator; returns per-sample milliseconds."""
+    """Worker op ``time``: TVM time_evaluator; returns per-sample milliseconds.
+
+    With ``speed_probe`` (this machine's CPU): waits up to ``steady_wait_s`` for the steady state,
+    then reads the probe before every sample (``probe_us``, one per sample; ``compile.speed``).
+    """
     vm, dev = _load(request["so_path"], request.get("device", "cpu"))
     x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
     vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
-    evaluator = vm.time_evaluator("main", dev, number=request["number"], repeat=request["repeat"])
-    result = evaluator(x)
-    return {"samples_ms": [float(s) * 1e3 for s in result.results], "number": request["number"],
-            "threads": pool_threads()}
+    number, repeat = int(request["number"]), int(request["repeat"])
+    if not request.get("speed_probe"):
+        seconds = vm.time_evaluator("main", dev, number=number, repeat=repeat)(x).results
+        return {"samples_ms": [float(s) * 1e3 for s in seconds], "number": number, "threads": pool_threads()}
+    from .speed_probe import SpeedProbe
+
+    probe = SpeedProbe()
+    probe.wait_steady(request.get("probe_floor_us"), float(request.get("steady_wait_s", 0.0)))
+    evaluator = vm.time_evaluator("main", dev, number=number, repeat=1)
+    readings, samples = [], []
+    for _ in range(repeat):
+        readings.append(probe.read_us())
+        samples.append(float(evaluator(x).results[0]) * 1e3)
+    return {"samples_ms": samples, "number": number, "threads": pool_threads(), "probe_us": readings,
+            "probe_lowest_us": probe.lowest_us}
 
 
 def _onnxruntime_call(onnx_path: str, x: np.ndarray, threads: int) -> Any:

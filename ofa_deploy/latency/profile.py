@@ -211,17 +211,17 @@ def _finite(x: float) -> float | None:
 def _add_pass(entry: dict[str, Any], pass_index: int, m: Any) -> dict[str, Any]:
     """``entry`` (a workload record or calibration point) with pass ``pass_index`` added and its timing updated.
 
-    ``pass_ms`` lists the pass medians; ``median_ms``/``measured_ms`` is the fastest of them
+    ``pass_ms`` lists the pass medians; ``median_ms``/``measured_ms`` is the fastest of the steady ones
     (``compile.profile.fastest_pass``), ``std_ms`` their spread.
     """
     from ofa_deploy.compile.profile import fastest_pass
     from ofa_deploy.compile.types import LatencyMeasurement
 
     passes = [dict(p) for p in entry.get("passes", [])][:pass_index] + [m.to_dict()]
-    best = fastest_pass([LatencyMeasurement(**p) for p in passes])
-    return {**entry, "passes": passes, "pass_ms": [p["median_ms"] for p in passes], "median_ms": best.median_ms,
-            "std_ms": best.std_ms, "n": best.n, "runs_per_sample": best.runs_per_sample, "source": best.source,
-            "device": best.device}
+    kept = fastest_pass([LatencyMeasurement(**p) for p in passes])
+    return {**entry, "passes": passes, "pass_ms": [p["median_ms"] for p in passes], "median_ms": kept.median_ms,
+            "std_ms": kept.std_ms, "n": kept.n, "runs_per_sample": kept.runs_per_sample, "source": kept.source,
+            "device": kept.device}
 
 
 def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:

@@ -1,0 +1,120 @@
+"""Timing in the machine's steady state: the speed probe's rules and its remembered floor. Never imports TVM.
+
+A shared VM runs part of the time in a slow state (another tenant on our cores): subnets then
+time 1.3-1.6x slow, by a factor that differs from model to model, so no correction can undo it.
+Every local CPU timing of ``profile`` (tables, calibration) and of the accuracy bench therefore
+reads a speed probe (worker/speed_probe.py) before each sample: samples taken while the probe
+read more than :data:`CONTENDED_RATIO` x its steady reading (the *floor*) are dropped, a model
+whose every pass was contended is timed again later, and the worker pauses (bounded) while the
+machine is slow. The result is the machine's own speed, which is what a latency model predicts;
+a latency that was nevertheless timed contended says so (``LatencyMeasurement.probe_us``).
+
+The floor is the lowest probe reading ever seen for this CPU and thread count, remembered in the
+cache (:func:`recorded_floor`), so the first models of a run are judged like the last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from typing import Any, Sequence
+
+from ofa_deploy.atomic import write_text
+from ofa_deploy.cache import cache_root
+
+log = logging.getLogger(__name__)
+
+# Steady readings were 1.4-1.6 us per launch and contended ones 2.5-2.9 us on the development VM:
+# a reading above 1.3 x the floor is contended, with margin on both sides.
+CONTENDED_RATIO = 1.3
+FLOOR_FILE = "speed_probe_floor.json"
+MIN_STEADY_SHARE = 1 / 3  # a pass counts as steady with at least this share of its samples steady
+
+
+def is_contended(reading_us: float, floor_us: float | None) -> bool:
+    """Whether a probe reading says the machine was slowed (no floor known: never)."""
+    return floor_us is not None and reading_us > CONTENDED_RATIO * floor_us
+
+
+def steady_samples(samples_ms: Sequence[float], probe_us: Sequence[float],
+                   floor_us: float | None) -> tuple[list[float], list[float]]:
+    """The samples (and their probe readings) timed in the steady state, if enough were; else all of them.
+
+    Enough: :data:`MIN_STEADY_SHARE` of the samples, at least one.
+    """
+    keep = [(s, p) for s, p in zip(samples_ms, probe_us) if not is_contended(p, floor_us)]
+    if len(keep) < max(1, MIN_STEADY_SHARE * len(samples_ms)):
+        return list(samples_ms), list(probe_us)
+    return [s for s, _ in keep], [p for _, p in keep]
+
+
+def median_probe(probe_us: Sequence[float]) -> float | None:
+    return float(statistics.median(probe_us)) if probe_us else None
+
+
+def _floor_key(device_folder: str, threads: int) -> str:
+    return f"{device_folder}/{threads}t"
+
+
+def recorded_floor(device_folder: str, threads: int) -> float | None:
+    """The lowest probe reading remembered for this CPU (its tuning_logs folder name) and thread count."""
+    path = cache_root() / FLOOR_FILE
+    try:
+        value = json.loads(path.read_text()).get(_floor_key(device_folder, threads))
+    except (OSError, ValueError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def record_floor(device_folder: str, threads: int, floor_us: float) -> None:
+    """Remember ``floor_us`` if it is lower than the floor on record (atomic write)."""
+    old = recorded_floor(device_folder, threads)
+    if old is not None and old <= floor_us:
+        return
+    path = cache_root() / FLOOR_FILE
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    table[_floor_key(device_folder, threads)] = float(floor_us)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
+    log.info("speed probe floor for %s, %d threads: %.3f us per launch", device_folder, threads, floor_us)
+
+
+class SteadyState:
+    """The probe floor while timing on this machine: the remembered one, lowered (and remembered) by every
+    reading a worker reports."""
+
+    def __init__(self, folder: str, threads: int, floor_us: float | None) -> None:
+        self.folder, self.threads, self.floor_us = folder, threads, floor_us
+
+    @classmethod
+    def for_host(cls, num_threads: int | None = None) -> "SteadyState":
+        """This CPU (its tuning_logs folder name) with ``num_threads`` (None: ``isolate.tvm_threads()``)."""
+        from ofa_deploy.tuning_logs.identity import host_identity
+
+        from .isolate import tvm_threads
+
+        folder, threads = host_identity().folder_name(), tvm_threads(num_threads)
+        return cls(folder, threads, recorded_floor(folder, threads))
+
+    def request(self, wait_s: float) -> dict[str, Any]:
+        """What a timing worker needs: read the probe, wait up to ``wait_s`` for the steady state."""
+        return {"speed_probe": True, "probe_floor_us": self.floor_us, "steady_wait_s": wait_s}
+
+    def saw(self, reply: dict[str, Any]) -> None:
+        """Lower the floor to the lowest reading of a worker's reply, if lower."""
+        lowest = reply.get("probe_lowest_us")
+        if lowest and (self.floor_us is None or lowest < self.floor_us):
+            self.floor_us = float(lowest)
+            record_floor(self.folder, self.threads, self.floor_us)
+
+    def contended(self, probe_us: float | None) -> bool:
+        """Whether a measurement's reading says it was timed slowed (unprobed: no)."""
+        return probe_us is not None and is_contended(probe_us, self.floor_us)
+
+    def all_contended(self, probe_us: Sequence[float | None]) -> bool:
+        """Whether every one of a model's passes (their readings) was timed slowed."""
+        return all(p is not None and is_contended(p, self.floor_us) for p in probe_us)
