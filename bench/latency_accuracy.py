@@ -4,10 +4,11 @@ Draws ``--n`` seeded random subnets at the model's resolutions (seed 1000 by def
 from the calibration seed, and checked against the calibration subnets; a smaller ``--n`` is a
 prefix of a larger one), compiles each like ``ofa-deploy compile`` with the target's database,
 times it exactly as ``profile`` times its tables (``--passes`` passes over all subnets, the fastest
-of the passes timed in the machine's steady state kept: ``compile.profile.fastest_pass``), and compares with the model's prediction. Prints the share within +-10 %, MAPE,
-Kendall tau; writes ``bench/results/latency_accuracy_<device folder>.csv`` (one row per subnet with
-every pass; resumable: rerun the same command after a kill, builds are cached until timed) and a
-predicted-vs-measured scatter PNG beside it.
+of the passes timed in the machine's steady state kept: ``compile.profile.fastest_pass``), and
+compares with the model's prediction. Prints the share within +-10 %, MAPE, Kendall tau; writes
+``bench/results/latency_accuracy_<device folder>.csv`` (one row per subnet with every pass and its
+speed-probe reading; resumable: rerun the same command after a kill, builds are cached until
+timed) and a predicted-vs-measured scatter PNG beside it.
 
     ofa-deploy profile --target x86-host            # first: the model
     python bench/latency_accuracy.py --target x86-host --n 100

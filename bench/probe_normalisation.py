@@ -68,6 +68,16 @@ def _passes(entries: list[dict]) -> Passes:
     return np.array([p["median_ms"] for p in entries]), np.array([p["probe_us"] for p in entries])
 
 
+def _numbers(field: str) -> list[float]:
+    """A space-separated CSV field of latency_accuracy rows."""
+    return [float(v) for v in field.split()]
+
+
+def _row_config(row: dict[str, str]) -> SubnetConfig:
+    return SubnetConfig(ks=[int(v) for v in _numbers(row["ks"])], e=[int(v) for v in _numbers(row["e"])],
+                        d=[int(v) for v in _numbers(row["d"])], image_size=int(row["image_size"]))
+
+
 @click.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--rows", "rows_path", type=click.Path(exists=True, dir_okay=False), required=True,
@@ -79,17 +89,15 @@ def main(model_path: str, rows_path: str) -> None:
     work = {key: _passes(w["passes"]) for key, w in model["workloads"].items()}
     points = model["calibration"]["points"]
     calib = [_passes(p["passes"]) for p in points]
-    bench = [(np.array([float(v) for v in r["pass_ms"].split()]), np.array([float(v) for v in r["pass_probe_us"].split()]))
-             for r in rows]
+    bench = [(np.array(_numbers(r["pass_ms"])), np.array(_numbers(r["pass_probe_us"]))) for r in rows]
     floor = min(float(g[1].min()) for g in [*work.values(), *calib, *bench])
     k = elasticity(calib, floor)
     click.echo(f"probe floor {floor:.3f} us; elasticity k = {k:.2f} (calibration subnets; the bench's own would be "
                f"{elasticity(bench, floor):.2f}, not used)")
     cal_cfgs = configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in points], space)
-    bench_cfgs = configs_to_genes([SubnetConfig(ks=[int(v) for v in r["ks"].split()], e=[int(v) for v in r["e"].split()],
-                                                d=[int(v) for v in r["d"].split()], image_size=int(r["image_size"]))
-                                   for r in rows], space)
-    for name, timing in (("fastest steady pass (as profiled)", fastest), ("scaled to the probe floor, median", normalised)):
+    bench_cfgs = configs_to_genes([_row_config(r) for r in rows], space)
+    timings = (("fastest steady pass (as profiled)", fastest), ("scaled to the probe floor, median", normalised))
+    for name, timing in timings:
         table, fixed = tables_from_workloads(space, res, {key: timing(g, floor, k) for key, g in work.items()})
         cal = Calibration.fit(lookup(cal_cfgs, table, fixed, space), np.array([timing(g, floor, k) for g in calib]))
         predicted = cal.a * lookup(bench_cfgs, table, fixed, space) + cal.b

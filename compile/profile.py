@@ -229,14 +229,14 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
         if remote.emulated:  # an emulator's speed means nothing: the fewest runs that exercise the plumbing
             base.update(repeat=EMULATED_REPEAT, min_repeat_ms=0.0)
 
-    probe = SteadyState.for_host(settings.num_threads) if remote is None and device == "cpu" else None
+    steady = SteadyState.for_host(settings.num_threads) if remote is None and device == "cpu" else None
 
     def measurement(record: dict[str, Any]) -> LatencyMeasurement:
         if remote is not None:
             return rpc_measurement(record, remote.rpc, device, remote.emulated)
-        if probe is not None:
-            probe.saw(record)
-        return local_measurement(record, device, probe.floor_us if probe is not None else None)
+        if steady is not None:
+            steady.saw(record)
+        return local_measurement(record, device, steady.floor_us if steady is not None else None)
     done = dict(passes_done or {})
     out: dict[str, list[LatencyMeasurement]] = {it.key: [] for it in work}
     disable = None if progress is None else not progress
@@ -250,7 +250,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start:start + settings.chunk_size]
                 request = {**base, "time": pass_index is not None,
-                           **(probe.request(wait_s) if probe is not None and pass_index is not None else {})}
+                           **(steady.request(wait_s) if steady is not None and pass_index is not None else {})}
                 _run_chunk(chunk, so_paths, request, env, settings, measurement, bar,
                            lambda key, m, record, p=pass_index: _keep(key, p, m, record, out, on_result))
 
@@ -261,19 +261,21 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
         todo = [it for it in work if done.get(it.key, 0) <= p]
         if todo:
             run_round(f"time pass {p + 1}/{settings.passes}", todo, p, settings.steady_wait_s)
-    for r in range(settings.retry_passes if probe is not None else 0):
-        todo = [it for it in work if out[it.key] and probe.all_contended([m.probe_us for m in out[it.key]])]
+    def slowed() -> list[WorkloadItem]:  # timed in this call, and only while the machine was slowed
+        return [it for it in work if out[it.key] and steady.all_contended([m.probe_us for m in out[it.key]])]
+
+    for r in range(settings.retry_passes if steady is not None else 0):
+        todo = slowed()
         if not todo:
             break
         log.info("%d models were timed contended in every pass (speed probe above %.2f x its floor %.3f us): "
-                 "timing them again (retry %d/%d)", len(todo), CONTENDED_RATIO, probe.floor_us, r + 1,
+                 "timing them again (retry %d/%d)", len(todo), CONTENDED_RATIO, steady.floor_us, r + 1,
                  settings.retry_passes)
         run_round(f"retry {r + 1}/{settings.retry_passes}", todo, settings.passes + r, settings.retry_wait_s)
-    if probe is not None:
-        left = [it.key for it in work if out[it.key] and probe.all_contended([m.probe_us for m in out[it.key]])]
-        if left:
-            log.warning("%d models were timed only while the machine was slowed (%s ...): their latencies are "
-                        "high; time them again on a quieter machine", len(left), left[0])
+    left = slowed() if steady is not None else []
+    if left:
+        log.warning("%d models were timed only while the machine was slowed (%s ...): their latencies are "
+                    "high; time them again on a quieter machine", len(left), left[0].key)
     if not settings.keep_modules:  # every pass is with the caller now; a killed run never gets here
         for it in work:
             if out[it.key] and done.get(it.key, 0) + len(out[it.key]) >= settings.passes:

@@ -57,27 +57,29 @@ def _floor_key(device_folder: str, threads: int) -> str:
     return f"{device_folder}/{threads}t"
 
 
+def _floors() -> dict[str, Any]:
+    """The remembered floors (an unreadable or damaged file: none)."""
+    try:
+        table = json.loads((cache_root() / FLOOR_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
 def recorded_floor(device_folder: str, threads: int) -> float | None:
     """The lowest probe reading remembered for this CPU (its tuning_logs folder name) and thread count."""
-    path = cache_root() / FLOOR_FILE
-    try:
-        value = json.loads(path.read_text()).get(_floor_key(device_folder, threads))
-    except (OSError, ValueError):
-        return None
+    value = _floors().get(_floor_key(device_folder, threads))
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def record_floor(device_folder: str, threads: int, floor_us: float) -> None:
     """Remember ``floor_us`` if it is lower than the floor on record (atomic write)."""
-    old = recorded_floor(device_folder, threads)
-    if old is not None and old <= floor_us:
+    table, key = _floors(), _floor_key(device_folder, threads)
+    old = table.get(key)
+    if isinstance(old, (int, float)) and 0 < old <= floor_us:
         return
     path = cache_root() / FLOOR_FILE
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    table[_floor_key(device_folder, threads)] = float(floor_us)
+    table[key] = float(floor_us)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
     log.info("speed probe floor for %s, %d threads: %.3f us per launch", device_folder, threads, floor_us)
@@ -117,4 +119,4 @@ class SteadyState:
 
     def all_contended(self, probe_us: Sequence[float | None]) -> bool:
         """Whether every one of a model's passes (their readings) was timed slowed."""
-        return all(p is not None and is_contended(p, self.floor_us) for p in probe_us)
+        return all(self.contended(p) for p in probe_us)

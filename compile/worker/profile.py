@@ -57,36 +57,27 @@ def probe_and_time(evaluate: Callable[[int, int], Sequence[float]], repeat: int,
 
 
 def time_module(so_path: str, input_shape: list[int], device: str, repeat: int, min_repeat_ms: float,
-                seed: int = 0) -> tuple[list[float], int]:
-    """Per-sample milliseconds of one module on this machine (time_evaluator), and the runs per sample."""
-    vm, dev = _load(so_path, device)
-    x = tvm.runtime.tensor(_input(input_shape, seed), dev)
-    vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
-    return probe_and_time(lambda number, rep: vm.time_evaluator("main", dev, number=number, repeat=rep)(x).results,
-                          repeat, min_repeat_ms)
+                probe: SpeedProbe | None = None, floor_us: float | None = None,
+                wait_s: float = 0.0) -> tuple[list[float], int, list[float]]:
+    """Per-sample milliseconds of one module on this machine (time_evaluator), the runs per sample, and the
+    speed-probe readings.
 
-
-def time_module_steady(so_path: str, input_shape: list[int], repeat: int, min_repeat_ms: float, probe: SpeedProbe,
-                       floor_us: float | None, wait_s: float) -> tuple[list[float], int, list[float]]:
-    """:func:`time_module` on this CPU with a speed-probe reading before every sample (``compile.speed``).
-
-    Waits up to ``wait_s`` for the steady state first; returns the samples, the runs per sample and
-    one probe reading per sample (the parent keeps the steady samples).
+    With ``probe`` (this CPU, ``compile.speed``): waits up to ``wait_s`` for the steady state against
+    ``floor_us``, then reads the probe before every sample (one reading per sample; the parent keeps
+    the steady samples). Without: no readings.
     """
-    vm, dev = _load(so_path, "cpu")
+    vm, dev = _load(so_path, device)
     x = tvm.runtime.tensor(_input(input_shape), dev)
-    vm["main"](x)  # first call allocates the memory pools: not a sample
+    vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
+    if probe is None:
+        samples, number = probe_and_time(
+            lambda n, rep: vm.time_evaluator("main", dev, number=n, repeat=rep)(x).results, repeat, min_repeat_ms)
+        return samples, number, []
     probe.wait_steady(floor_us, wait_s)
     readings: list[float] = []
-
-    def evaluate(number: int, rep: int) -> list[float]:
-        seconds = []
-        for _ in range(rep):
-            readings.append(probe.read_us())
-            seconds += list(vm.time_evaluator("main", dev, number=number, repeat=1)(x).results)
-        return seconds
-
-    samples, number = probe_and_time(evaluate, repeat, min_repeat_ms)
+    samples, number = probe_and_time(lambda n, rep: probe.before_each(
+        lambda: vm.time_evaluator("main", dev, number=n, repeat=1)(x).results[0], rep, readings),
+        repeat, min_repeat_ms)
     return samples, number, readings[-len(samples):]  # the readings of the runs-per-sample probe are not samples
 
 
@@ -154,22 +145,22 @@ def profile(request: dict[str, Any]) -> dict[str, Any]:
     results_path = Path(request["results_path"])
     device = request.get("device", "cpu")
     remote = request.get("rpc") is not None
-    timer: Timer = (_remote_timer(request) if remote else
-                    lambda so_path, shape, repeat, min_ms: time_module(so_path, shape, device, repeat, min_ms))
     probe = SpeedProbe() if request["time"] and request.get("speed_probe") and not remote else None
+    floor_us, wait_s = request.get("probe_floor_us"), float(request.get("steady_wait_s", 0.0))
+    remote_timer = _remote_timer(request) if remote else None
     done = 0
     with open(results_path, "a") as out:
         for i, item in enumerate(items):
             record = {"key": item["key"], **_build_cached(item, request)}
-            if probe is not None:
-                samples, number, readings = time_module_steady(
-                    item["so_path"], item["input_shape"], int(request["repeat"]), float(request["min_repeat_ms"]),
-                    probe, request.get("probe_floor_us"), float(request.get("steady_wait_s", 0.0)))
-                record.update(probe_us=readings, probe_lowest_us=probe.lowest_us)
-            elif request["time"]:
-                samples, number = timer(item["so_path"], item["input_shape"], int(request["repeat"]),
-                                        float(request["min_repeat_ms"]))
             if request["time"]:
+                repeat, min_ms = int(request["repeat"]), float(request["min_repeat_ms"])
+                if remote_timer is not None:
+                    samples, number = remote_timer(item["so_path"], item["input_shape"], repeat, min_ms)
+                else:
+                    samples, number, readings = time_module(item["so_path"], item["input_shape"], device, repeat,
+                                                            min_ms, probe, floor_us, wait_s)
+                    if probe is not None:
+                        record.update(probe_us=readings, probe_lowest_us=probe.lowest_us)
                 # the thread count is this process's pool: a remote board's is its server's, not known here
                 record.update(samples_ms=samples, number=number, threads=None if remote else pool_threads())
                 log.info("timed %d/%d %s: median %.4f ms (%d/%d functions tuned)", i + 1, len(items), item["key"],

@@ -59,12 +59,10 @@ def time(request: dict[str, Any]) -> dict[str, Any]:
     probe = SpeedProbe()
     probe.wait_steady(request.get("probe_floor_us"), float(request.get("steady_wait_s", 0.0)))
     evaluator = vm.time_evaluator("main", dev, number=number, repeat=1)
-    readings, samples = [], []
-    for _ in range(repeat):
-        readings.append(probe.read_us())
-        samples.append(float(evaluator(x).results[0]) * 1e3)
-    return {"samples_ms": samples, "number": number, "threads": pool_threads(), "probe_us": readings,
-            "probe_lowest_us": probe.lowest_us}
+    readings: list[float] = []
+    seconds = probe.before_each(lambda: evaluator(x).results[0], repeat, readings)
+    return {"samples_ms": [float(s) * 1e3 for s in seconds], "number": number, "threads": pool_threads(),
+            "probe_us": readings, "probe_lowest_us": probe.lowest_us}
 
 
 def _onnxruntime_call(onnx_path: str, x: np.ndarray, threads: int) -> Any:

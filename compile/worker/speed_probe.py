@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable, TypeVar
 
 import numpy as np
 import tvm
@@ -26,6 +27,8 @@ ELEMENTS = 1 << 15  # 128 KiB of float32: a few us of work split over the pool
 LAUNCHES = 200  # launches per reading sample
 SAMPLES = 3  # samples per reading (their median)
 POLL_S = 0.25  # pause between readings while waiting for the steady state
+
+T = TypeVar("T")
 
 
 class SpeedProbe:
@@ -52,6 +55,14 @@ class SpeedProbe:
         reading = statistics.median(self._evaluator(*self._args).results) * 1e6
         self.lowest_us = min(self.lowest_us, reading)
         return reading
+
+    def before_each(self, sample: Callable[[], T], times: int, readings: list[float]) -> list[T]:
+        """``sample()`` ``times`` times, each right after a reading (appended to ``readings``)."""
+        results = []
+        for _ in range(times):
+            readings.append(self.read_us())
+            results.append(sample())
+        return results
 
     def wait_steady(self, floor_us: float | None, max_wait_s: float) -> float:
         """Read until the machine is in its steady state (against ``floor_us``, else this process's lowest
