@@ -15,8 +15,11 @@ How (every step survives a kill):
    database's stored workload hashes, count each task's records.
 3. Tune the tasks still short of ``trials_per_task`` records, largest weighted FLOPs first, a
    few at a time (one worker process per chunk: MetaSchedule keeps state in its process, and a
-   fresh process bounds what a crash can take). Records are appended as they are measured; a
-   finished chunk marks its tasks done in ``tune_state.json`` (atomic), so a task that
+   fresh process bounds what a crash can take). The worker opens a slice of the database (its
+   tasks' records and every other workload's best: TVM replays each record it opens, 31 s for a
+   whole CPU database; tuning_logs.database.slice_for_chunk), records are appended to the slice
+   as they are measured and merged into the database when the chunk ends (after a kill: when the
+   next run starts). A finished chunk marks its tasks done in ``tune_state.json`` (atomic), so a task that
    MetaSchedule finishes with fewer trials (a reshape has one schedule) is not retried forever.
 4. ``--budget-minutes``: before each chunk, the measured seconds per trial and per chunk decide
    whether it fits; the chunk shrinks to what fits, or the run stops and says what is left.
@@ -48,7 +51,8 @@ from ofa_deploy.cache import cache_root
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.tuning_logs.database import (CACHE_PROTOCOLS, best_records, check_database_target, database_cache,
                                              database_data_layout, database_hash, default_database, file_sha256,
-                                             repair_database, transfer_databases, unpack_in_place)
+                                             merge_chunk, repair_database, slice_for_chunk, transfer_databases,
+                                             unpack_in_place)
 from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
 from ofa_deploy.tuning_logs.identity import claim_folder
 from ofa_deploy.tuning_logs.layout import LOCK_FILE, RECORD_FILE, STATE_FILE
@@ -510,6 +514,9 @@ def _open_database(job: _Job) -> dict[str, Any]:
                              "valid for builds of that layout in an older ofa-deploy) and tune again")
     unpack_in_place(db)
     repair_database(db)
+    merged = merge_chunk(db)  # what a killed run's last chunk measured
+    if merged:
+        log.warning("%s: merged %d records measured by an interrupted tuning chunk", db, merged)
     if (db / RECORD_FILE).is_file():
         check_database_target(db, spec.tvm_target, spec.name)
     return state
@@ -739,10 +746,11 @@ def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
             shown += step
             bar.update(step)
 
+    chunk_db = slice_for_chunk(job.db, [t.hash for t in chunk])  # what TVM opens in seconds, not half a minute
     request = {
         "op": "tune_chunk", "die_with_parent": True, "parent_pid": os.getpid(),
         "plan_path": str(plan_path), "indices": [t.index for t in chunk], "remaining": [t.remaining for t in chunk],
-        "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name, "database_dir": str(job.db),
+        "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name, "database_dir": str(chunk_db),
         "log_dir": str(job.log_dir), "linker": job.linker,
         "max_trials_per_task": max(t.remaining for t in chunk), "max_trials_global": allotted,
         "settings": dataclasses.asdict(job.settings), "transfer_databases": job.transfer,
@@ -753,12 +761,15 @@ def _tune_chunk(job: _Job, chunk: list[_Task], plan_path: Path, rates: _Rates,
     try:
         reply = _run_watched(request, f"tuning {len(chunk)} {spec.name} tasks",
                              3 * (rates.overhead + allotted * rates.spt) + 600, job.env,
-                             _RecordCounter(job.db / RECORD_FILE), on_records)
+                             _RecordCounter(chunk_db / RECORD_FILE), on_records)
     except OfaDeployError as exc:
         log.error("a tuning chunk failed (its %d tasks stay untuned; rerun to retry): %s", len(chunk), exc)
-        repair_database(job.db)  # the worker may have died mid-append
         bar.update(allotted - shown)
         return None, time.monotonic() - chunk_start
+    finally:
+        # What it measured, also when it failed or Ctrl-C / SIGTERM stopped it (the worker is dead by
+        # now; a torn last line is dropped). Only a kill -9 of this process leaves the slice to the next run.
+        merge_chunk(job.db)
     wall = time.monotonic() - chunk_start
     bar.update(allotted - shown)
     return reply, wall

@@ -205,6 +205,9 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
 
     Search picked the subnet on that prediction, so a large error means the budget may not hold on
     this device: the warning names the model, the device it describes and the command that fixes it.
+    A model whose timings are referred to one speed state of the machine (``speed_scaling``) is
+    compared at the speed probe's reading of this timing: the prediction moves, the measurement
+    stays as measured.
     Timings are compared only with a model timed the same way: a device's latency with a model of
     measured code (or a roofline), an emulated one (qemu over ``--rpc-emulated``) only with a model
     profiled under the emulator, as plumbing: recorded with ``source: emulated``, never warned about.
@@ -228,6 +231,13 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
     if not np.isfinite(predicted):  # e.g. a resolution the measured model does not cover
         return None
     measured = float(latency["median_ms"])
+    scaling, probe_us = getattr(model, "scaling", None), latency.get("probe_us")
+    at_reference = predicted
+    if scaling is not None and probe_us:  # the model's latencies are of one speed state: compare in this one
+        predicted = scaling.at(at_reference, probe_us)
+        log.info("latency model: %.2f ms at its reference speed state, %.2f ms at this timing's probe reading "
+                 "(%.2f us vs %.2f us, k %.2f)", at_reference, predicted, probe_us, scaling.reference_us,
+                 scaling.elasticity)
     error = (predicted - measured) / measured
     basis = getattr(model, "basis", "")
     model_device = getattr(model, "meta", {}).get("device")
@@ -243,7 +253,9 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
                     "hold on this device; fix: 'ofa-deploy profile --target %s%s' (or '--adapt' for a quick one)",
                     measured, predicted, 100 * error, basis, spec.name, board)
     return {"predicted_ms": round(predicted, 3), "measured_ms": round(measured, 3), "error_pct": round(100 * error, 1),
-            "basis": basis, "source": source, "same_device": not other_board}
+            "basis": basis, "source": source, "same_device": not other_board,
+            # the model's own figure (its reference speed state) when predicted_ms was moved to this timing's
+            "predicted_at_reference_ms": round(at_reference, 3) if predicted != at_reference else None}
 
 
 UNTUNED_WARN_SHARE = 0.5  # compile warns when this device's database scheduled less than half the functions

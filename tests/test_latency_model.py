@@ -19,6 +19,7 @@ from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.latency import TableLatencyModel, latency_model
 from ofa_deploy.latency import measured as measured_mod
 from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel, fit_affine, save_model
+from ofa_deploy.latency.speed_state import SpeedScaling, passes_of
 from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, ProxyAccuracy, evolution_search,
                                nsga_search, write_outputs)
 from ofa_deploy.search.operators import mutate
@@ -279,14 +280,6 @@ def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
     assert code == 2 and ("analytic-only" in err or "does not run on this machine" in err)
 
 
-def steadiest(passes: list[dict]) -> float:
-    """The timing ``profile`` keeps from stored passes: the fastest of those not timed contended."""
-    from ofa_deploy.compile.profile import fastest_pass
-    from ofa_deploy.compile.types import LatencyMeasurement
-
-    return fastest_pass([LatencyMeasurement(**p) for p in passes]).median_ms
-
-
 @pytest.mark.tvm
 def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog):
     """12 real workloads (r128, untuned) built once and timed in passes, 2 subnets compiled and timed end to end."""
@@ -316,11 +309,21 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
     assert not list(modules.glob("*/*.so")) and not list(modules.glob("*/*.json"))
     meta = report.model.meta
     assert report.timed == 12 and set(meta["workloads"]) == set(keys)
+    scaling = SpeedScaling.from_dict(meta["speed_scaling"])
+
+    def referred(entry: dict) -> float:
+        """The timing ``profile`` keeps: the median of the steady passes, referred to the lowest reading."""
+        return scaling.timing(passes_of(entry))
+
     for key, w in meta["workloads"].items():
         assert w["source"] == "measured" and w["median_ms"] > 0 and w["tuned_funcs"] == 0 and w["total_funcs"] > 0
-        assert w["pass_ms"][0] == first.model.meta["workloads"][key]["median_ms"] and len(w["pass_ms"]) == 2
-        assert w["median_ms"] == steadiest(w["passes"]) and 2 <= w["n"] <= 10  # the steady samples of 2 x 5
+        assert w["pass_ms"][0] == first.model.meta["workloads"][key]["pass_ms"][0] and len(w["pass_ms"]) == 2
+        assert w["median_ms"] == pytest.approx(referred(w)) and 2 <= w["n"] <= 10  # the steady samples of 2 x 5
         assert all(p["probe_us"] > 0 for p in w["passes"])  # every pass read the speed probe
+    # every pass was probed: timings referred to the lowest reading; 2 subnets x 2 passes are too few to fit k
+    readings = [p["probe_us"] for e in [*meta["workloads"].values(), *report.calibration] for p in e["passes"]]
+    assert meta["speed_scaling"]["reference_us"] == min(readings) and not meta["speed_scaling"]["fitted"]
+    assert "referred to probe" in report.model.basis
     stem = meta["workloads"]["r128/stem"]["median_ms"]
     assert all(w["median_ms"] > stem / 50 for w in meta["workloads"].values())  # no empty modules
     cal = report.model.calibration
@@ -328,7 +331,7 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
     for p in report.calibration:
         cfg_p = SubnetConfig.from_dict(p["config"])
         assert p["table_ms"] == pytest.approx(python_sum(cfg_p, meta), rel=1e-12)
-        assert p["measured_ms"] == steadiest(p["passes"]) > 0 and len(p["pass_ms"]) == 2
+        assert p["measured_ms"] == pytest.approx(referred(p)) and p["measured_ms"] > 0 and len(p["pass_ms"]) == 2
         assert p["predicted_ms"] == pytest.approx(cal.a * p["table_ms"] + cal.b)
         assert p["residual_pct"] == pytest.approx((p["predicted_ms"] / p["measured_ms"] - 1) * 100)
     rel = np.array([p["residual_pct"] for p in report.calibration])

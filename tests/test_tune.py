@@ -183,6 +183,72 @@ def test_repair_refuses_a_record_of_a_missing_workload(tmp_path):
         repair_database(db)
 
 
+# ---------------------------------------------------------------- a chunk's slice of the database (no TVM)
+
+def _record(index: int, secs: float, tag: int) -> str:
+    return json.dumps([index, [[[tag], []], [secs], {"kind": "llvm"}, []]]) + "\n"
+
+
+def test_a_chunk_opens_a_slice_and_everything_it_measured_reaches_the_database(tmp_path):
+    """The slice holds the chunk's tasks' records and each other workload's best; merging appends only the new ones."""
+    from ofa_deploy.tuning_logs.database import merge_chunk, slice_for_chunk
+    from ofa_deploy.tuning_logs.layout import CHUNK_DIR, COST_MODEL_FILE, RECORD_FILE, WORKLOAD_FILE
+
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / WORKLOAD_FILE).write_text("".join(json.dumps([h, "bW9k"]) + "\n" for h in ("100", "101", "102")))
+    old = [_record(0, 3e-3, 1), _record(1, 2e-3, 2), _record(0, 1e-3, 3), _record(1, 1e10, 4), _record(1, 1e-3, 5),
+           _record(2, 1e10, 6)]
+    (db / RECORD_FILE).write_text("".join(old))
+    (db / COST_MODEL_FILE).write_bytes(b"model v1")
+    chunk = slice_for_chunk(db, ["101", "109"])  # 109: a task without records yet
+    assert chunk == db / CHUNK_DIR and (chunk / WORKLOAD_FILE).read_bytes() == (db / WORKLOAD_FILE).read_bytes()
+    sliced = (chunk / RECORD_FILE).read_text().splitlines(keepends=True)
+    # every record of 101 (failed ones too: never measured again), 100's best only, nothing of 102 (all failed)
+    assert sorted(sliced) == sorted([old[1], old[3], old[4], old[2]])
+    assert (chunk / COST_MODEL_FILE).read_bytes() == b"model v1"
+    # the worker: a new workload (109) committed after the copied ones, records of both tasks, a new cost model
+    with open(chunk / WORKLOAD_FILE, "a") as f:
+        f.write(json.dumps(["109", "bW9k"]) + "\n")
+    new = [_record(1, 0.5e-3, 7), _record(3, 2e-3, 8)]
+    with open(chunk / RECORD_FILE, "a") as f:
+        f.write("".join(new) + new[0][:20])  # and a torn line: the worker was killed mid-append
+    (chunk / COST_MODEL_FILE).write_bytes(b"model v2")
+    assert merge_chunk(db) == 2 and not chunk.exists()
+    assert (db / WORKLOAD_FILE).read_text().splitlines()[3] == json.dumps(["109", "bW9k"])
+    assert (db / RECORD_FILE).read_text() == "".join(old) + "".join(new)  # 109 is workload 3 here too
+    assert (db / COST_MODEL_FILE).read_bytes() == b"model v2"
+    assert merge_chunk(db) == 0  # nothing left to merge
+    again = slice_for_chunk(db, ["109"])  # merged, then killed before the slice was removed: nothing twice
+    with open(again / RECORD_FILE, "a") as f:
+        f.write(new[1])
+    assert merge_chunk(db) == 0 and (db / RECORD_FILE).read_text() == "".join(old) + "".join(new)
+
+
+def test_a_killed_chunk_is_merged_by_the_next_slice_and_renumbered_by_hash(tmp_path):
+    from ofa_deploy.tuning_logs.database import merge_chunk, slice_for_chunk
+    from ofa_deploy.tuning_logs.layout import CHUNK_DIR, RECORD_FILE, WORKLOAD_FILE
+
+    db = _fake_database(tmp_path / "db", {"kind": "llvm"}, n_records=2)
+    chunk = slice_for_chunk(db, ["555"])
+    with open(chunk / WORKLOAD_FILE, "a") as f:
+        f.write(json.dumps(["555", "bW9k"]) + "\n")
+    with open(chunk / RECORD_FILE, "a") as f:
+        f.write(_record(1, 1e-3, 9))
+    # meanwhile the database gained the same workload at another index (never happens under the lock: checked anyway)
+    with open(db / WORKLOAD_FILE, "a") as f:
+        f.write(json.dumps(["777", "bW9k"]) + "\n" + json.dumps(["555", "bW9k"]) + "\n")
+    before = (db / RECORD_FILE).read_text()
+    again = slice_for_chunk(db, ["123"])  # the next run's first chunk merges the leftover first
+    assert (db / RECORD_FILE).read_text() == before + _record(2, 1e-3, 9)
+    assert len((db / WORKLOAD_FILE).read_text().splitlines()) == 3  # "555" matched by hash, not appended twice
+    assert merge_chunk(db) == 0 and not again.exists()
+    half = db / CHUNK_DIR
+    half.mkdir()
+    (half / RECORD_FILE).write_text(_record(0, 1e-3, 10))  # a slice killed while it was made: no slice.json
+    assert merge_chunk(db) == 0 and not half.exists() and (db / RECORD_FILE).read_text() == before + _record(2, 1e-3, 9)
+
+
 def test_budget_fit_takes_tasks_in_order():
     from ofa_deploy.compile.tune import _Task, _fit
 
@@ -339,15 +405,16 @@ def test_tune_an_arm_target_through_an_rpc_tracker(rpc_tracker, tmp_path, capsys
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume(tmp_path):
     from ofa_deploy.compile import build_module
-    from ofa_deploy.tuning_logs.layout import RECORD_FILE
+    from ofa_deploy.tuning_logs.layout import CHUNK_DIR, RECORD_FILE
 
     db = tmp_path / "db"
+    measuring = db / CHUNK_DIR / RECORD_FILE  # the chunk's slice of the (empty) database: its records arrive here
     cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", *SMALL, "--database", str(db)]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if (db / RECORD_FILE).is_file() and (db / RECORD_FILE).read_bytes().count(b"\n") >= 2:
+            if measuring.is_file() and measuring.read_bytes().count(b"\n") >= 2:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()
@@ -360,13 +427,13 @@ def test_kill_9_mid_run_then_resume(tmp_path):
         time.sleep(0.2)
     assert not any(alive(p) for p in workers), "the tuning worker outlived its killed parent"
 
-    kept = (db / RECORD_FILE).read_bytes()
+    kept = measuring.read_bytes()
     kept = kept[:kept.rfind(b"\n") + 1]  # complete lines written before the kill
-    with open(db / RECORD_FILE, "ab") as f:
+    with open(measuring, "ab") as f:
         f.write(kept.splitlines()[0][:40])  # a torn write on top
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "dropped 1 torn line" in done.stderr
+    assert "dropped 1 torn line" in done.stderr and "merged" in done.stderr  # the killed chunk's records kept
     after = (db / RECORD_FILE).read_bytes()
     assert after.startswith(kept)  # nothing measured before the kill was lost
     assert all(json.loads(line) for line in after.splitlines())
@@ -386,7 +453,9 @@ def test_builder_timeouts_are_failed_trials_not_a_failed_run(tmp_path):
     report = tune_target("x86-host", database_dir=db, resolutions=(128,), trials_per_task=1, keys=(HEAD,),
                          settings=TuneSettings(builder_timeout_s=0.001), progress=False)
     records = [json.loads(line) for line in (db / RECORD_FILE).read_text().splitlines()]
-    assert report.trials == report.trials_failed == len(records) == report.tasks_total
+    # Every candidate failed, the rule schedule each new task measures first included (1 trial + that seed).
+    assert report.trials == report.trials_failed == len(records) >= report.tasks_total
+    assert len({r[0] for r in records}) == report.tasks_total
     assert all(r[1][1][0] >= 1e9 for r in records)  # MetaSchedule's mark of a failed candidate
     # A chunk in which nothing could be measured leaves its tasks to the next run.
     assert report.tasks_failed == report.tasks_total and report.tasks_tuned == 0

@@ -15,7 +15,8 @@ Two worker ops, driven chunk by chunk by the parent (compile/tune.py):
 
 ``tune_chunk``
     ``ms.tune_tasks`` with the XGBoost cost model over a subset of the plan, into the JSON
-    database. Measured records are appended as they arrive, so a killed chunk keeps them.
+    database the parent gives it: the chunk's slice of the device's database, which the parent
+    merges back. Measured records are appended as they arrive, so a killed chunk keeps them.
 
 Costs on a 2-core machine that shape the defaults here:
 

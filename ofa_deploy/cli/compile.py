@@ -56,6 +56,9 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
         line += f", latency {meta['latency']['median_ms']:.2f} ms ({meta['latency']['source']})"
         if meta["latency"]["source"] == "emulated":
             line += " - emulated: not a device speed"
+        prediction = meta.get("latency_prediction")
+        if prediction:  # at this timing's speed state when the model is speed-referred
+            line += f"; the latency model predicted {prediction['predicted_ms']:.2f} ms ({prediction['error_pct']:+.1f} %)"
     click.echo(line)
     if "vta" in meta:  # say plainly what runs where: the module is ARM-only, the VTA figures are a model's
         from ofa_deploy.latency.vta import describe_offload

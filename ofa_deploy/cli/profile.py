@@ -30,9 +30,9 @@ from .options import SEED, parse_resolutions
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the calibration subnets.")
 @click.option("--passes", type=click.IntRange(min=1), default=ProfileSettings().passes, show_default=True,
-              help="Timing passes over all models (each built once); the fastest of the passes timed in the "
-                   "machine's steady state counts. A shared machine's speed drifts for tens of seconds at a "
-                   "time: one pass is noisy.")
+              help="Timing passes over all models (each built once); the median of the passes timed in the "
+                   "machine's steady state counts, each referred to one speed state by the speed probe's reading "
+                   "(a board's: the fastest). A shared machine's speed drifts: one pass is noisy.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
 @click.option("--estimate-from", "estimate_from", default=None, metavar="SOURCE",
               help="For a target with no device here: learn roofline efficiencies on SOURCE's profiled model "

@@ -6,6 +6,10 @@ MetaSchedule database and timed with TVM's time_evaluator; see :mod:`ofa_deploy.
 an affine correction ``measured = a * table_sum + b`` fitted on subnets compiled and timed end to
 end (the sum of isolated blocks misses VM overhead and cache effects between blocks).
 
+Timings taken on this machine with the speed probe are referred to one speed state of it
+(``speed_scaling``, :mod:`.speed_state`): predictions are latencies in that state, and
+:meth:`SpeedScaling.at` says what they become at another probe reading.
+
 Prediction is a table lookup (:func:`.tables.lookup`) then the affine map, so a batch of 10,000
 subnets takes a few milliseconds, and because ``a > 0`` the exact fastest subnet of the table
 (:func:`.tables.argmin_additive`) is the fastest of the model too. The numbers are a model's
@@ -39,6 +43,7 @@ from ofa_deploy.tuning_logs.database import current_database_hash, current_trans
 from ofa_deploy.tuning_logs.folders import target_dir
 from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
+from .speed_state import SpeedScaling
 from .tables import argmin_additive, lookup
 
 log = logging.getLogger(__name__)
@@ -130,6 +135,7 @@ class MeasuredLatencyModel:
         self.target, self.resolutions, self.basis = target, tuple(resolutions), basis
         self.foreign_device: str | None = None  # set when it stands in for a device without a model
         self.meta = meta or {}
+        self.scaling = SpeedScaling.from_dict(self.meta.get("speed_scaling"))  # None: timings not speed-referred
         if self.timing_source == "emulated":  # an emulator's tables: its predictions are no speed either
             self.source = "emulated"
         self.complete = bool(np.isfinite(self.fixed_supported()).all()
@@ -220,7 +226,9 @@ def describe_basis(data: dict[str, Any]) -> str:
     device = data.get("device")
     board = (f" on board '{device.get('rpc_key')}' over RPC"
              if isinstance(device, dict) and device.get("kind") == "rpc" else "")
-    return f"{tuned}, {data['target']}{board}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}"
+    speed = SpeedScaling.from_dict(data.get("speed_scaling"))
+    referred = f", {speed.describe()}" if speed is not None else ""
+    return f"{tuned}, {data['target']}{board}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}{referred}"
 
 
 def save_model(path: str | Path, data: dict[str, Any]) -> None:

@@ -4,14 +4,15 @@ Steps (each resumable; see :func:`profile_target`):
 
 1. Export every workload of the space at the chosen resolutions (:mod:`ofa_deploy.workloads`: stem,
    90 block variants, head per resolution), build each once with the target's MetaSchedule
-   database and time it in ``passes`` passes (``compile.profile.time_workloads``; the fastest
-   pass counts, because this VM's speed drops ~25 % for tens of seconds at a time). Block
-   timings fill ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]``
-   (:func:`.measured.tables_from_workloads`).
+   database and time it in ``passes`` passes (``compile.profile.time_workloads``: samples taken
+   while the speed probe says the VM is slowed are dropped). Block timings fill
+   ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]`` (:func:`.measured.tables_from_workloads`).
 2. Calibrate: compile ``calibrate`` seeded random subnets end to end (the same build as
-   ``ofa-deploy compile``, with the database) and time them the same way; fit
-   ``measured = a * table_sum + b`` (the sum of isolated blocks misses the VM's per-call work and
-   cache effects between blocks).
+   ``ofa-deploy compile``, with the database) and time them the same way. Refer every timing to
+   one speed state of the machine (:mod:`.speed_state`: the median of an entry's steady passes,
+   each scaled by its probe reading, with the elasticity fitted on these subnets' passes; the
+   fastest steady pass where nothing was probed), then fit ``measured = a * table_sum + b`` (the
+   sum of isolated blocks misses the VM's per-call work and cache effects between blocks).
 3. Save ``tuning_logs/<target>/latency_model.json`` (atomic) with the TVM version and database
    sha256 it is valid for; search loads it (:func:`.choose.latency_model`).
 
@@ -51,6 +52,7 @@ from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 
 from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, model_data_layout, save_model,
                        tables_from_workloads, timing_source)
+from .speed_state import SpeedScaling, fastest_steady, lowest_reading, passes_of, probed
 from .tables import lookup
 
 log = logging.getLogger(__name__)
@@ -212,7 +214,8 @@ def _add_pass(entry: dict[str, Any], pass_index: int, m: Any) -> dict[str, Any]:
     """``entry`` (a workload record or calibration point) with pass ``pass_index`` added and its timing updated.
 
     ``pass_ms`` lists the pass medians; ``median_ms``/``measured_ms`` is the fastest of the steady ones
-    (``compile.profile.fastest_pass``), ``std_ms`` their spread.
+    (``compile.profile.fastest_pass``), ``std_ms`` their spread; :func:`_refer_timings` replaces the
+    timing with the speed-referred one once the calibration is timed.
     """
     from ofa_deploy.compile.profile import fastest_pass
     from ofa_deploy.compile.types import LatencyMeasurement
@@ -243,8 +246,8 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
     else:
         source = None
         timed, reused = _time_workloads(run, cfg.resolutions, progress)
-    used, cal = _calibrate(run, cfg, progress)
-    return _save(run, cfg, used, cal, timed, reused, adapted_from=source)
+    used, cal, scaling = _calibrate(run, cfg, progress, own_tables=source is None)
+    return _save(run, cfg, used, cal, scaling, timed, reused, adapted_from=source)
 
 
 def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
@@ -417,11 +420,13 @@ def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | No
     return len(todo), reused
 
 
-def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None) -> tuple[list[dict[str, Any]], Calibration]:
+def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None,
+               own_tables: bool) -> tuple[list[dict[str, Any]], Calibration, SpeedScaling | None]:
     """Step 2: time ``cfg.calibrate`` seeded random subnets end to end and fit them to the tables' sums.
 
     Returns the calibration points used (each with its table sum, measured and predicted time and
-    residual) and the fitted correction.
+    residual), the fitted correction and the speed state the timings were referred to
+    (:func:`_refer_timings`; ``own_tables``: the tables were timed here, not adopted).
     """
     from ofa_deploy.search_space.genes import configs_to_genes
 
@@ -429,7 +434,6 @@ def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None) -> tuple[li
     ms = {k: v["median_ms"] for k, v in run.workloads.items()}
     table, fixed = tables_from_workloads(sp, cfg.resolutions, ms)
     calib = sample_subnets(sp.name, cfg.resolutions, cfg.calibrate, cfg.seed, table) if cfg.calibrate else []
-    sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
     have_cal = _passes_done(run.points)
     cal_todo = [c for c in calib if have_cal.get(c.id, 0) < passes]
     if cal_todo:
@@ -444,20 +448,53 @@ def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None) -> tuple[li
 
         measure_subnets(cal_todo, run.spec, run.database, run.n_classes, settings=run.settings, seed=cfg.seed,
                         passes_done=have_cal, on_result=keep_point, progress=progress, remote=run.remote)
-    for sub, table_ms in zip(calib, sums):
-        run.points[sub.id]["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
     used = [run.points[s.id] for s in calib]
+    scaling = _refer_timings(run, used, own_tables)
+    table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: v["median_ms"] for k, v in run.workloads.items()})
+    sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
+    for point, table_ms in zip(used, sums):
+        point["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
     x = np.array([p["table_ms"] for p in used])
     y = np.array([p["measured_ms"] for p in used])
     cal = Calibration.fit(x, y)
     for p in used:
         p["predicted_ms"] = cal.a * p["table_ms"] + cal.b
         p["residual_pct"] = (p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"] * 100
-    return used, cal
+    return used, cal, scaling
 
 
-def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibration, timed: int,
-          reused: int, adapted_from: dict[str, Any] | None = None) -> ProfileReport:
+def _refer_timings(run: _Run, used: list[dict[str, Any]], own_tables: bool) -> SpeedScaling | None:
+    """Each table entry's and calibration point's latency from its passes, at one speed state.
+
+    When every pass here carries a speed-probe reading (local CPU timing), the elasticity is fitted
+    on the calibration subnets and every entry becomes the median of its steady passes referred to
+    the lowest reading (:mod:`.speed_state`); otherwise (a board, no calibration) the fastest
+    steady pass, as before. Adopted tables (``--adapt``) are another device's and stay as they are.
+    Recomputed from the stored passes every time, so a resumed run gives the same numbers.
+    """
+    tables = [w for w in run.workloads.values() if w.get("passes")] if own_tables else []
+    groups = [passes_of(w) for w in tables] + [passes_of(p) for p in used]
+    scaling = None
+    if used and run.remote is None and all(probed(g) for g in groups):
+        scaling = SpeedScaling.fit([passes_of(p) for p in used], lowest_reading(groups))
+        log.info("profile %s: timings %s, fitted on %d calibration passes", run.spec.name, scaling.describe(),
+                 scaling.n_passes)
+        if not scaling.fitted:
+            log.warning("profile %s: %d calibration passes with too few or too alike speed-probe readings to "
+                        "measure how latency follows them; k = %.1f assumed (more --calibrate or --passes fit it)",
+                        run.spec.name, scaling.n_passes, scaling.elasticity)
+    timing = scaling.timing if scaling is not None else fastest_steady
+    for entry in tables:
+        entry["median_ms"] = timing(passes_of(entry))
+    for point in used:
+        if point.get("passes"):
+            point["measured_ms"] = timing(passes_of(point))
+    return scaling
+
+
+def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibration,
+          scaling: SpeedScaling | None, timed: int, reused: int,
+          adapted_from: dict[str, Any] | None = None) -> ProfileReport:
     """Step 3: write ``latency_model.json`` (checked, atomic, naming its device) and drop the partial file."""
     done = run.workloads
     tuned = sum(v["tuned_funcs"] for v in done.values())
@@ -474,6 +511,7 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
         "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
                         "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "points": used},
         "adapted_from": adapted_from,
+        "speed_scaling": scaling.to_dict() if scaling is not None else None,
     }
     path = run.out_dir / MODEL_FILE
     save_model(path, data)

@@ -29,7 +29,8 @@ from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.targets.hostcpu import host_variant
 
 from .folders import nearest_devices, target_dir, target_identity
-from .layout import DATABASE_FILES, FAILED_RUN_SECS, PACKED, RECORD_FILE, STATE_FILE, WORKLOAD_FILE
+from .layout import (CHUNK_DIR, COST_MODEL_FILE, DATABASE_FILES, FAILED_RUN_SECS, PACKED, RECORD_FILE, STATE_FILE,
+                     WORKLOAD_FILE)
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -245,8 +246,9 @@ def unpack_in_place(database_dir: str | Path) -> bool:
 def pack_database(database_dir: str | Path) -> str:
     """Gzip both files in place (deterministic bytes: no name or time in the header), remove the plain ones.
 
-    Returns the database hash, which packing does not change.
+    Returns the database hash, which packing does not change. A killed tuning chunk's records are merged first.
     """
+    merge_chunk(database_dir)
     path = check_database_dir(database_dir)
     before = database_hash(path)
     for name in DATABASE_FILES:
@@ -426,3 +428,105 @@ def repair_database(database_dir: str | Path) -> dict[str, int]:
             log.warning("repaired %s (an interrupted tuning run): %s", file,
                         f"dropped {len(tail)} torn line(s) at the end" if tail else "added the missing final newline")
     return dropped
+
+
+# ------------------------------------------------------------------ a tuning chunk's slice of the database
+
+SLICE_FILE = "slice.json"  # in CHUNK_DIR, written last: the slice is complete and what it copied
+
+
+def _workload_hash(line: bytes) -> str:
+    """The structural hash a workload line starts with (``["<hash>", ...]``)."""
+    return line[2:line.index(b'"', 2)].decode()
+
+
+def slice_for_chunk(database_dir: str | Path, task_hashes: list[str]) -> Path:
+    """``<database>/.chunk/``: the part of the database one tuning chunk needs, for TVM to open quickly.
+
+    TVM replays every record's trace when it opens a JSON database: ~3 ms a record, 31 s for the
+    10,000 records of one CPU's database, paid by every chunk (BENCHMARKS "Tuning chunk start-up").
+    A chunk needs all records of its own tasks (the search starts from them and never re-measures
+    them) and, for seeds from structural siblings, each other workload's best record: the slice
+    holds exactly that, every workload line, and the cost model. MetaSchedule appends the chunk's
+    records to the slice; :func:`merge_chunk` moves them into the database when the chunk ends
+    (and, after a kill, when the next run starts), so nothing measured is lost.
+    """
+    path, chunk = Path(database_dir), Path(database_dir) / CHUNK_DIR
+    if chunk.exists():
+        merge_chunk(path)  # a leftover of a killed run: its records first
+    wanted = set(task_hashes)
+    workloads = (path / WORKLOAD_FILE).read_bytes().splitlines() if (path / WORKLOAD_FILE).is_file() else []
+    own = {i for i, line in enumerate(workloads) if line.strip() and _workload_hash(line) in wanted}
+    kept: list[bytes] = []
+    best: dict[int, tuple[float, bytes]] = {}
+    if (path / RECORD_FILE).is_file():
+        for line in (path / RECORD_FILE).read_bytes().splitlines():
+            if not line.strip():
+                continue
+            index, (_, run_secs, _, _) = json.loads(line)
+            if index in own:
+                kept.append(line)
+                continue
+            secs = sum(float(s) for s in run_secs) / len(run_secs) if run_secs else FAILED_RUN_SECS
+            if secs < FAILED_RUN_SECS and (index not in best or secs < best[index][0]):
+                best[index] = (secs, line)
+    kept += [line for _, line in best.values()]
+    chunk.mkdir()
+    (chunk / WORKLOAD_FILE).write_bytes(b"".join(line + b"\n" for line in workloads))
+    (chunk / RECORD_FILE).write_bytes(b"".join(line + b"\n" for line in kept))
+    if (path / COST_MODEL_FILE).is_file():
+        shutil.copyfile(path / COST_MODEL_FILE, chunk / COST_MODEL_FILE)
+    with atomic_path(chunk / SLICE_FILE) as tmp:
+        tmp.write_text(json.dumps({"workloads": len(workloads), "records": len(kept)}))
+    return chunk
+
+
+def merge_chunk(database_dir: str | Path) -> int:
+    """Move what a chunk measured from ``<database>/.chunk/`` into the database, then drop the slice; records moved.
+
+    New workload lines are appended (or matched by hash to ones the database holds), new record
+    lines follow with their workload index renumbered, and the chunk's cost model replaces the
+    database's. A slice without its ``slice.json`` was never handed to a worker and is dropped.
+    Merging twice (a kill between the append and the slice's removal) appends nothing the second time.
+    """
+    path, chunk = Path(database_dir), Path(database_dir) / CHUNK_DIR
+    if not chunk.is_dir():
+        return 0
+    try:
+        copied = json.loads((chunk / SLICE_FILE).read_text())
+    except (OSError, ValueError):
+        shutil.rmtree(chunk, ignore_errors=True)
+        return 0
+    repair_database(chunk)  # the worker may have died mid-append
+    mine = (chunk / WORKLOAD_FILE).read_bytes().splitlines() if (chunk / WORKLOAD_FILE).is_file() else []
+    records = (chunk / RECORD_FILE).read_bytes().splitlines() if (chunk / RECORD_FILE).is_file() else []
+    # New: not a line of the database (the slice's copies are verbatim; a record's body after its
+    # workload index identifies it), so a merge interrupted after its append never appends twice.
+    known = set()
+    if (path / RECORD_FILE).is_file():
+        known = {line.split(b",", 1)[1] for line in (path / RECORD_FILE).read_bytes().splitlines() if line.strip()}
+    new_records = [line for line in records if line.strip() and line.split(b",", 1)[1] not in known]
+    if new_records:
+        theirs = (path / WORKLOAD_FILE).read_bytes().splitlines() if (path / WORKLOAD_FILE).is_file() else []
+        index_of = {_workload_hash(line): i for i, line in enumerate(theirs) if line.strip()}
+        added: list[bytes] = []
+        renumber: dict[int, int] = {}
+        for i in sorted({json.loads(line)[0] for line in new_records}):
+            if i < copied["workloads"]:
+                renumber[i] = i  # copied from the database as is: the same index there
+                continue
+            key = _workload_hash(mine[i])
+            if key not in index_of:
+                index_of[key] = len(theirs) + len(added)
+                added.append(mine[i])
+            renumber[i] = index_of[key]
+        with open(path / WORKLOAD_FILE, "ab") as f:
+            f.write(b"".join(line + b"\n" for line in added))
+        with open(path / RECORD_FILE, "ab") as f:
+            f.write(b"".join(b"[%d," % renumber[json.loads(line)[0]] + line.split(b",", 1)[1] + b"\n"
+                             for line in new_records))
+    if (chunk / COST_MODEL_FILE).is_file():
+        os.replace(chunk / COST_MODEL_FILE, path / COST_MODEL_FILE)
+    (chunk / SLICE_FILE).unlink()  # first: a slice without it is never merged again
+    shutil.rmtree(chunk, ignore_errors=True)
+    return len(new_records)

@@ -25,6 +25,7 @@ PARTIAL_FILE = "latency_model.partial.json"  # a profile run's finished timings,
 ESTIMATE_FILE = "estimated_model.json"  # profile --estimate-from: learned roofline efficiencies
 IDENTITY_FILE = "identity.json"  # the device everything in the folder describes (identity.py)
 COST_MODEL_FILE = "cost_model.tar"  # tune: MetaSchedule's XGBoost cost model, kept across chunks and runs
+CHUNK_DIR = ".chunk"  # tune: one chunk's slice of the database, merged back when the chunk ends (git-ignored)
 
 
 
