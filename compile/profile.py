@@ -50,7 +50,7 @@ from ofa_deploy.tuning_logs.database import (best_records, check_database_target
 from .build import local_measurement
 from .isolate import run_worker_polling
 from .rpc import EMULATED_REPEAT, RpcSpec, check_reachable, rpc_measurement
-from .speed import CONTENDED_RATIO, SteadyState, is_contended
+from .speed import CONTENDED_RATIO, SteadyState, steady_passes_mask
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
 from .types import LatencyMeasurement
 
@@ -146,9 +146,7 @@ def fastest_pass(passes: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
     """
     if not passes:
         raise ValueError("no timing passes")
-    readings = [m.probe_us for m in passes if m.probe_us is not None]
-    calm = min(readings) if readings else None
-    steady = [m for m in passes if m.probe_us is None or not is_contended(m.probe_us, calm)]
+    steady = [m for m, ok in zip(passes, steady_passes_mask([m.probe_us for m in passes])) if ok]
     best = min(steady, key=lambda m: m.median_ms)
     medians = [m.median_ms for m in passes]
     return dataclasses.replace(best, std_ms=statistics.pstdev(medians) if len(medians) > 1 else 0.0,

@@ -37,6 +37,17 @@ def is_contended(reading_us: float, floor_us: float | None) -> bool:
     return floor_us is not None and reading_us > CONTENDED_RATIO * floor_us
 
 
+def steady_passes_mask(readings: Sequence[float | None]) -> list[bool]:
+    """Which of one model's timing passes count as steady: judged against the calmest reading among them.
+
+    A pass without a reading (a board, a GPU) always counts. The one rule of ``compile.profile.fastest_pass``
+    and ``latency.speed_state.steady_passes``.
+    """
+    known = [p for p in readings if p is not None]
+    calm = min(known) if known else None
+    return [p is None or not is_contended(p, calm) for p in readings]
+
+
 def steady_samples(samples_ms: Sequence[float], probe_us: Sequence[float],
                    floor_us: float | None) -> tuple[list[float], list[float]]:
     """The samples (and their probe readings) timed in the steady state, if enough were; else all of them.

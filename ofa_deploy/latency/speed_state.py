@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ofa_deploy.compile.speed import is_contended
+from ofa_deploy.compile.speed import steady_passes_mask
 
 # A fit needs this many passes in subnets with at least two steady passes, and readings that vary
 # within subnets by at least this much (rms of log reading around each subnet's mean): with less,
@@ -46,10 +46,8 @@ Pass = tuple[float, float | None]  # (pass median ms, probe reading us or None)
 
 
 def steady_passes(passes: Sequence[Pass]) -> list[Pass]:
-    """The passes not timed contended, judged against the calmest of them (as ``fastest_pass`` does)."""
-    readings = [p for _, p in passes if p is not None]
-    calm = min(readings) if readings else None
-    return [(ms, p) for ms, p in passes if p is None or not is_contended(p, calm)]
+    """The passes not timed contended, judged against the calmest of them (``compile.speed.steady_passes_mask``)."""
+    return [pass_ for pass_, ok in zip(passes, steady_passes_mask([p for _, p in passes])) if ok]
 
 
 def fastest_steady(passes: Sequence[Pass]) -> float:

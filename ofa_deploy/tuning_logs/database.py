@@ -440,6 +440,11 @@ def _workload_hash(line: bytes) -> str:
     return line[2:line.index(b'"', 2)].decode()
 
 
+def _record_index(line: bytes) -> int:
+    """The workload index a record line starts with (``[<index>, ...``)."""
+    return int(line[1:line.index(b",")])
+
+
 def slice_for_chunk(database_dir: str | Path, task_hashes: list[str]) -> Path:
     """``<database>/.chunk/``: the part of the database one tuning chunk needs, for TVM to open quickly.
 
@@ -511,7 +516,7 @@ def merge_chunk(database_dir: str | Path) -> int:
         index_of = {_workload_hash(line): i for i, line in enumerate(theirs) if line.strip()}
         added: list[bytes] = []
         renumber: dict[int, int] = {}
-        for i in sorted({json.loads(line)[0] for line in new_records}):
+        for i in sorted({_record_index(line) for line in new_records}):
             if i < copied["workloads"]:
                 renumber[i] = i  # copied from the database as is: the same index there
                 continue
@@ -523,7 +528,7 @@ def merge_chunk(database_dir: str | Path) -> int:
         with open(path / WORKLOAD_FILE, "ab") as f:
             f.write(b"".join(line + b"\n" for line in added))
         with open(path / RECORD_FILE, "ab") as f:
-            f.write(b"".join(b"[%d," % renumber[json.loads(line)[0]] + line.split(b",", 1)[1] + b"\n"
+            f.write(b"".join(b"[%d," % renumber[_record_index(line)] + line.split(b",", 1)[1] + b"\n"
                              for line in new_records))
     if (chunk / COST_MODEL_FILE).is_file():
         os.replace(chunk / COST_MODEL_FILE, path / COST_MODEL_FILE)
