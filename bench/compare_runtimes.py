@@ -73,12 +73,14 @@ def export_subnet(cfg: SubnetConfig, work: Path) -> tuple[torch.nn.Module, Path]
 
 
 def build_for_host(onnx_path: Path, cfg: SubnetConfig, out: Path, *, database: Path | None = None,
-                   transfer: list[tuple[str, Path]] | None = None, tuned: bool = True, own: bool = True) -> BuildInfo:
+                   transfer: list[tuple[str, Path]] | None = None, tuned: bool = True, own: bool = True,
+                   target: str = "x86-host") -> BuildInfo:
     """``cfg``'s module for this CPU as ``ofa-deploy compile`` builds it: this device's ``database`` (default: its
     tuning_logs folder) and, for what it lacks, the other devices' ``transfer`` databases (default: the nearest
     shipped ones). ``own=False``: no database of this device (a CPU the repository has none for, before tuning).
-    ``tuned=False``: no database anywhere, every function takes its rule-based default schedule."""
-    spec = get_target("x86-host")
+    ``tuned=False``: no database anywhere, every function takes its rule-based default schedule. ``target``: this
+    CPU as a narrower one (``x86-host:-avx512f``: its AVX2 code, as on a CPU without AVX-512)."""
+    spec = get_target(target)
     shape = (1, 3, cfg.image_size, cfg.image_size)
     if not tuned:
         return build_module(onnx_path, spec, out, input_name=INPUT_NAME, input_shape=shape, transfer_databases=())

@@ -1,16 +1,18 @@
 """Compiled speed against tuning minutes: TVM-tuned / ONNX Runtime at checkpoints of one tuning run.
 
-Runs ``ofa-deploy tune --target x86-host`` into ``--database`` (a fresh folder: the run starts from
-an empty database of this device) for ``--budget-minutes`` and copies the database at each
-checkpoint (tuning minutes). Then, per subnet (max / mid / min @224), builds it with every
-checkpoint's copy exactly as ``ofa-deploy compile`` would (with ``--warm-start`` runs, functions
-the copy lacks borrow schedules from the shipped databases, as a build does) and with no database
-at all (minute 0), and times all of them and ONNX Runtime in turns in one process, same threads;
-reports medians and per-turn ratios to ORT, and their geomean per checkpoint. Writes
-``bench/results/tuning_curve_<cpu>[_empty].{csv,png}`` and the BENCHMARKS.md section.
+Runs ``ofa-deploy tune --target x86-host`` (or ``--target x86-host:-avx512f``: this CPU's AVX2 code)
+into ``--database`` (a fresh folder: the run starts from an empty database of this device) for
+``--budget-minutes`` and copies the database at each checkpoint (tuning minutes). Then, per subnet
+(max / mid / min @224), builds it with every checkpoint's copy exactly as ``ofa-deploy compile``
+would (with ``--warm-start`` runs, functions the copy lacks borrow schedules from the shipped
+databases, as a build does) and with no database at all (minute 0), and times all of them and ONNX
+Runtime in turns in one process, same threads; reports medians and per-turn ratios to ORT, and their
+geomean per checkpoint. Writes
+``bench/results/tuning_curve_<cpu>[_no_<feature>][_empty].{csv,png}`` and the BENCHMARKS.md section.
 
     python bench/tuning_curve.py --database runs/curve-znver4 --budget-minutes 240 --checkpoints 10,30,60,120,240
     python bench/tuning_curve.py --database runs/curve-cold --warm-start 0 --budget-minutes 60 --checkpoints 10,30,60
+    python bench/tuning_curve.py --target x86-host:-avx512f --database runs/avx2-db --budget-minutes 90 --checkpoints 10,30,60,90
 
 Resumable: rerun the same command after a kill (or in a later session, with a larger
 ``--budget-minutes``); the tune continues, finished checkpoints stay. The clock is tuning minutes:
@@ -41,7 +43,7 @@ from compare_runtimes import BLOCK, SETTLE, SUBNETS, against_ort, build_for_host
 from ofa_deploy.atomic import write_json  # noqa: E402
 from ofa_deploy.compile import turn_ratio  # noqa: E402
 from ofa_deploy.tuning_logs.database import database_cache, repair_database, transfer_databases  # noqa: E402
-from ofa_deploy.tuning_logs.identity import host_identity  # noqa: E402
+from ofa_deploy.tuning_logs.folders import target_identity  # noqa: E402
 from ofa_deploy.tuning_logs.layout import DATABASE_FILES, RECORD_FILE  # noqa: E402
 
 log = logging.getLogger("tuning_curve")
@@ -72,7 +74,7 @@ def tune_with_checkpoints(args: argparse.Namespace, snaps: Path) -> None:
     left = args.budget_minutes - state["minutes"]
     if left <= 0.5 or not checkpoints:
         return
-    cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", "--target", "x86-host", "--database", str(args.database),
+    cmd = [sys.executable, "-m", "ofa_deploy.cli", "tune", "--target", args.target, "--database", str(args.database),
            "--resolutions", "224", "--budget-minutes", f"{left:.1f}", "--warm-start", str(args.warm_start),
            "--trials", str(args.trials), "--no-progress"]
     log.info("running (%.1f tuning minutes done): %s", state["minutes"], " ".join(cmd))
@@ -104,7 +106,7 @@ def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
     process: the curve's points share the machine's state."""
     import tempfile
 
-    transfer = transfer_databases("x86-host") if args.warm_start else []
+    transfer = transfer_databases(args.target) if args.warm_start else []
     points = [(m, snaps / f"{m:g}min") for m in args.checkpoints if (snaps / f"{m:g}min" / RECORD_FILE).is_file()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,9 +114,10 @@ def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
             _, onnx_path = export_subnet(cfg, Path(tmp))
             # minute 0: what compile emits before any tuning here (the rule; with a warm start the other devices'
             # schedules first)
-            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", own=False, transfer=transfer)]
-            builds += [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.{m:g}.so", database=db, transfer=transfer)
-                       for m, db in points]
+            builds = [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.0.so", own=False, transfer=transfer,
+                                     target=args.target)]
+            builds += [build_for_host(onnx_path, cfg, Path(tmp) / f"{cfg.id}.{m:g}.so", database=db, transfer=transfer,
+                                      target=args.target) for m, db in points]
             ort_ms, tvm_ms = against_ort([b.so_path for b in builds], onnx_path, cfg, args.threads, args.calls)
             for (m, db), build, ms in zip([(0.0, None), *points], builds, tvm_ms):
                 records = sum(1 for _ in open(db / RECORD_FILE)) if db is not None else 0
@@ -126,8 +129,9 @@ def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
-    cpu = host_identity()
-    out = REPO / "bench" / "results" / f"tuning_curve_{cpu.mcpu}{'' if args.warm_start else '_empty'}"
+    cpu = target_identity(args.target)
+    narrower = "".join(f"_no_{f.lstrip('-')}" for f in cpu.mattr)
+    out = REPO / "bench" / "results" / f"tuning_curve_{cpu.mcpu}{narrower}{'' if args.warm_start else '_empty'}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -153,32 +157,36 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, ys, "o-", label="geomean TVM / ORT (max, mid, min @224)")
-    ax.axhline(1.0, color="gray", ls="--", label="ONNX Runtime")
+    ax.axhline(1.0, color="gray", ls="--", label="ONNX Runtime" + (" (full ISA: not narrowed)" if cpu.mattr else ""))
     ax.set_xlabel("tuning minutes (2 cores)")
     ax.set_ylabel("latency ratio to ORT")
-    ax.set_title(f"{cpu.mcpu}, {cpu.cores} cores: {'warm start' if args.warm_start else 'from an empty database'}")
+    ax.set_title(f"{cpu.mcpu}{narrower.replace('_', ' ')}, {cpu.cores} cores: {'warm start' if args.warm_start else 'from an empty database'}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
-    mode = (f"warm start (seeds from {', '.join(l for l, _ in transfer_databases('x86-host')) or 'nothing'}; "
+    mode = (f"warm start (seeds from {', '.join(l for l, _ in transfer_databases(args.target)) or 'nothing'}; "
             "builds borrow what the checkpoint lacks)" if args.warm_start else "no other database used, no seeds")
     minute0 = "the other devices' schedules, the rule for the rest" if args.warm_start else "rule schedules"
     logs = os.environ.get("OFA_DEPLOY_TUNING_LOGS")
     env = f"Run with `OFA_DEPLOY_TUNING_LOGS={logs}` (no folder of this CPU). " if logs else ""
     timing = database_cache(args.database) if (args.database / RECORD_FILE).is_file() else "?"
-    publish(f"Tuning curve ({cpu.mcpu}, {'warm start' if args.warm_start else 'from an empty database'})", [
+    ort_isa = (" ONNX Runtime is not narrowed: MLAS picks its kernels from CPUID (no switch turns AVX-512 off), so "
+               "the ratios to ORT are against wider vectors than TVM's; the ratios between rows are the fair "
+               "comparison." if cpu.mattr else "")
+    publish(f"Tuning curve ({cpu.mcpu}{narrower.replace('_', ' ')}, {'warm start' if args.warm_start else 'from an empty database'})", [
         f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; ORT and every point's build "
         f"called in turns in one process ({args.calls} turns; per turn and runtime {SETTLE} untimed call, then "
         f"{BLOCK} timed, back to back); medians of the calls, ratios: medians of per-turn ratios; minute 0: no "
         f"database of this CPU ({minute0}). {env}"
-        f"One `ofa-deploy tune --target x86-host --resolutions 224 --budget-minutes {args.budget_minutes:g} "
+        f"One `ofa-deploy tune --target {args.target} --resolutions 224 --budget-minutes {args.budget_minutes:g} "
         f"--trials {args.trials} --warm-start {args.warm_start}` run into an empty database, copied at each "
-        f"checkpoint; {mode}; candidates timed {timing} (`tune --cache`).", "\n".join(lines),
+        f"checkpoint; {mode}; candidates timed {timing} (`tune --cache`).{ort_isa}", "\n".join(lines),
         f"Rows: `{out.relative_to(REPO)}.csv`; plot: `{out.relative_to(REPO)}.png`."], not args.no_write)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="x86-host", help="x86-host, or it narrowed: x86-host:-avx512f")
     parser.add_argument("--database", type=Path, required=True, help="fresh database folder for the run")
     parser.add_argument("--budget-minutes", type=float, default=60)
     parser.add_argument("--checkpoints", default="10,30,60")

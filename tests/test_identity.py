@@ -118,6 +118,13 @@ def test_schedules_are_borrowed_only_from_devices_of_the_same_vector_width(logs,
     monkeypatch.setattr(folders, "host_identity", lambda **_: replace(ZNVER5, cores=4))
     assert [label for label, _ in database.transfer_databases("x86-host")] == [z5.name]
     assert z3.name not in [label for label, _ in database.transfer_databases("x86-host")]
+    # An AVX-512 CPU tuned with AVX-512 switched off (x86-host:-avx512f) made 256-bit schedules: an AVX2 CPU
+    # borrows them; the AVX-512 CPU itself does not (its own folder's code is 512-bit).
+    z5_avx2 = _device_folder(logs, replace(ZNVER5, isa=("avx", "avx2", "fma"), mattr=("-avx512f",)))
+    assert z5_avx2.name == "x86_64-znver5-2c-no-avx512f"
+    assert z5_avx2.name not in [label for label, _ in database.transfer_databases("x86-host")]
+    monkeypatch.setattr(folders, "host_identity", lambda **_: ZNVER3)
+    assert [label for label, _ in database.transfer_databases("x86-host")] == ["znver3-4c", z5_avx2.name]
 
 
 def test_a_fresh_tuning_logs_folder_still_sees_the_shipped_devices(logs):
@@ -237,3 +244,20 @@ def test_search_measures_its_picks_when_the_model_is_another_devices(other_model
     code, _, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "t")],
                            capsys)
     assert code == 2 and "none of the top 3 subnets meets the 15 ms budget when measured" in err
+
+
+def test_every_shipped_database_was_tuned_for_the_device_its_folder_names():
+    """A shipped folder's records carry the -mcpu and switched-off features of its identity.json: an AVX2
+    database tuned on an AVX-512 CPU (``-no-avx512f``) holds no AVX-512 record, and the other way round."""
+    from ofa_deploy.tuning_logs.database import _switched_off, database_targets, resolve_database
+
+    checked = []
+    for folder, identity in folders.device_folders(shipped=True):
+        database = resolve_database(folder)
+        if database is None or identity.arch != "x86_64":
+            continue
+        for recorded in database_targets(database):
+            assert recorded.get("mcpu") == identity.mcpu, folder.name
+            assert _switched_off(recorded) == sorted(identity.mattr), folder.name
+        checked.append((folder.name, identity.vector_bits))
+    assert ("x86_64-znver5-2c", 512) in checked and ("x86_64-znver5-2c-no-avx512f", 256) in checked
