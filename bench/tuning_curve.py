@@ -130,8 +130,9 @@ def evaluate(args: argparse.Namespace, snaps: Path) -> list[dict]:
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     cpu = target_identity(args.target)
-    narrower = "".join(f"_no_{f.lstrip('-')}" for f in cpu.mattr)
+    narrower = "".join(f"_no_{f.lstrip('-')}" for f in cpu.mattr)  # the features switched off, as in file names
     out = REPO / "bench" / "results" / f"tuning_curve_{cpu.mcpu}{narrower}{'' if args.warm_start else '_empty'}"
+    device, start = f"{cpu.mcpu}{narrower.replace('_', ' ')}", "warm start" if args.warm_start else "from an empty database"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -160,7 +161,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     ax.axhline(1.0, color="gray", ls="--", label="ONNX Runtime" + (" (full ISA: not narrowed)" if cpu.mattr else ""))
     ax.set_xlabel("tuning minutes (2 cores)")
     ax.set_ylabel("latency ratio to ORT")
-    ax.set_title(f"{cpu.mcpu}{narrower.replace('_', ' ')}, {cpu.cores} cores: {'warm start' if args.warm_start else 'from an empty database'}")
+    ax.set_title(f"{device}, {cpu.cores} cores: {start}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
@@ -173,7 +174,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     ort_isa = (" ONNX Runtime is not narrowed: MLAS picks its kernels from CPUID (no switch turns AVX-512 off), so "
                "the ratios to ORT are against wider vectors than TVM's; the ratios between rows are the fair "
                "comparison." if cpu.mattr else "")
-    publish(f"Tuning curve ({cpu.mcpu}{narrower.replace('_', ' ')}, {'warm start' if args.warm_start else 'from an empty database'})", [
+    publish(f"Tuning curve ({device}, {start})", [
         f"Machine: {cpu.describe()}; {args.threads} threads for both runtimes; batch 1; ORT and every point's build "
         f"called in turns in one process ({args.calls} turns; per turn and runtime {SETTLE} untimed call, then "
         f"{BLOCK} timed, back to back); medians of the calls, ratios: medians of per-turn ratios; minute 0: no "
