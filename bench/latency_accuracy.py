@@ -26,6 +26,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Sequence
 
 import click
 import numpy as np
@@ -37,7 +38,7 @@ from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency.measured import MeasuredLatencyModel, mismatch
 from ofa_deploy.latency.profile import measure_subnets, sample_subnets
-from ofa_deploy.latency.speed_state import fastest_steady
+from ofa_deploy.latency.speed_state import Pass, SpeedScaling, fastest_steady, probed, steady_passes
 from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.search_space.genes import configs_to_genes, random_genes, resolution_indices
 from ofa_deploy.targets import get_target
@@ -60,6 +61,31 @@ def accuracy_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             if len(rel) else float("nan")}
 
 
+def repeatability(pass_groups: Sequence[Sequence[Pass]], scaling: SpeedScaling | None) -> dict[str, float]:
+    """How well the bench's own measurements repeat: the floor under any model's error.
+
+    ``pass_groups`` holds each subnet's passes (ms, probe reading). With a speed-referred model each
+    steady pass is referred to the model's speed state first (as the kept value is), so the scatter
+    left is what referring does not explain. ``single_within_10pct`` is the share of single steady
+    passes within +-10 % of their subnet's kept value: roughly what a perfect model would score
+    against one pass (the kept value, a median or minimum of several, scatters less).
+    """
+    rel, sds = [], []
+    for passes in pass_groups:
+        steady = steady_passes(passes)
+        if len(steady) < 2:
+            continue
+        refer = scaling is not None and probed(steady)
+        kept = scaling.timing(passes) if scaling is not None else fastest_steady(passes)
+        values = np.array([ms * scaling.factor(p) if refer else ms for ms, p in steady])
+        rel.extend((values - kept) / kept)
+        sds.append(float(np.std(np.log(values), ddof=1)))
+    if not sds:
+        return {"n": 0, "median_sd_pct": float("nan"), "single_within_10pct": float("nan")}
+    return {"n": len(sds), "median_sd_pct": 100 * float(np.median(sds)),
+            "single_within_10pct": float(np.mean(np.abs(np.array(rel)) <= 0.10))}
+
+
 def read_rows(path: Path, db: str | None, tvm: str | None, created: str) -> dict[str, dict[str, str]]:
     """Rows of an earlier run of this model (same database, TVM, model); others are dropped."""
     if not path.is_file():
@@ -70,6 +96,12 @@ def read_rows(path: Path, db: str | None, tvm: str | None, created: str) -> dict
     if len(keep) < len(rows):
         log.warning("%s: %d rows of another model/database/TVM dropped", path, len(rows) - len(keep))
     return keep
+
+
+def row_passes(row: dict[str, str]) -> list[Pass]:
+    """A CSV row's passes as (ms, probe reading or None)."""
+    probes = [float(v) or None for v in (row.get("pass_probe_us") or "").split()]
+    return [(float(v), probes[i] if i < len(probes) else None) for i, v in enumerate(row["pass_ms"].split())]
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -193,7 +225,8 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
     m = np.array([float(r["measured_ms"]) for r in mine])
     stats = accuracy_metrics(p, m)
     raw = accuracy_metrics(p, np.array([float(r["fastest_ms"]) for r in mine]))
-    title = "\n".join(textwrap.wrap(f"{spec.name}: {model.basis}", 80) + [
+    repeat = repeatability([row_passes(r) for r in mine], scaling)
+    title = "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
         f"{stats['n']} unseen subnets: {100 * stats['within_10pct']:.0f} % within +-10 %, "
         f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"])
     scatter_png(png_path, p, m, title, "speed-referred median pass" if scaling else "fastest steady pass")
@@ -206,14 +239,19 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
              *([f"measured: median steady pass referred to the model's speed state ({scaling.describe()}, k from "
                 f"its calibration subnets); unreferred, the fastest steady pass: {100 * raw['within_10pct']:.1f} % "
                 f"within +-10 %, MAPE {raw['mape_pct']:.2f} %, tau {raw['kendall_tau']:.3f}"] if scaling else []),
+             f"repeatability: a subnet's steady passes{' (referred)' if scaling else ''} scatter by "
+             f"{repeat['median_sd_pct']:.1f} % (median sd over {repeat['n']} subnets); single passes within +-10 % "
+             f"of their subnet's measured value: {100 * repeat['single_within_10pct']:.1f} %",
              f"rows: {csv_path}; scatter: {png_path}"]
     click.echo("\n".join(lines))
     if update_benchmarks:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from common import update_benchmarks_md
 
+        out = "" if out_dir.resolve() == (REPO / "bench" / "results").resolve() else \
+            f" --out {out_dir.resolve().relative_to(REPO) if out_dir.resolve().is_relative_to(REPO) else out_dir}"
         body = (f"`python bench/latency_accuracy.py --target {spec.name} --n {n_subnets} --seed {seed} "
-                f"--passes {passes}`\n\n```\n"
+                f"--passes {passes}{out}`\n\n```\n"
                 + "\n".join(lines[:-1]) + "\n```\n")
         update_benchmarks_md(f"Latency model accuracy ({device})", body)
 

@@ -249,9 +249,12 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
                     measured_on["rpc_key"])
     if source == "measured" and abs(error) > PREDICTION_WARN:
         board = f" --rpc HOST:PORT:{measured_on['rpc_key']}" if measured_on else ""
-        log.warning("measured %.2f ms, the latency model predicted %.2f ms (%+.0f %%): %s; search's budget may not "
-                    "hold on this device; fix: 'ofa-deploy profile --target %s%s' (or '--adapt' for a quick one)",
-                    measured, predicted, 100 * error, basis, spec.name, board)
+        # Slower than predicted breaks a budget; faster only means search may have passed over better subnets.
+        what = ("search's budget may not hold on this device" if error < 0 else
+                "the model over-estimates here: the budget holds, but search may have passed over faster subnets")
+        log.warning("measured %.2f ms, the latency model predicted %.2f ms (%+.0f %%): %s; %s; fix: "
+                    "'ofa-deploy profile --target %s%s' (or '--adapt' for a quick one)",
+                    measured, predicted, 100 * error, basis, what, spec.name, board)
     return {"predicted_ms": round(predicted, 3), "measured_ms": round(measured, 3), "error_pct": round(100 * error, 1),
             "basis": basis, "source": source, "same_device": not other_board,
             # the model's own figure (its reference speed state) when predicted_ms was moved to this timing's

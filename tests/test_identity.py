@@ -261,3 +261,53 @@ def test_every_shipped_database_was_tuned_for_the_device_its_folder_names():
             assert _switched_off(recorded) == sorted(identity.mattr), folder.name
         checked.append((folder.name, identity.vector_bits))
     assert ("x86_64-znver5-2c", 512) in checked and ("x86_64-znver5-2c-no-avx512f", 256) in checked
+
+
+def test_every_shipped_latency_model_describes_its_folders_device_and_database():
+    """A shipped latency model was profiled on the device its folder names, with the database shipped beside it
+    (the packed file's hash), in the layout builds use, with every table entry and fused function timed tuned:
+    otherwise ``search`` would present another device's or another database's timings as this one's."""
+    from ofa_deploy.compile.toolchain import installed_tvm_version
+    from ofa_deploy.latency.measured import MeasuredLatencyModel, mismatch
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.database import database_hash, resolve_database
+
+    checked = []
+    for folder, identity in folders.device_folders(shipped=True):
+        if not (folder / MODEL_FILE).is_file() or identity.arch != "x86_64":
+            continue
+        data = json.loads((folder / MODEL_FILE).read_text())
+        assert DeviceIdentity.from_json(data["device"], str(folder)).same_device(identity), folder.name
+        database = resolve_database(folder)
+        assert database is not None, folder.name
+        assert mismatch(data, database_sha256=database_hash(database), tvm_version=installed_tvm_version(),
+                        space=data["space"], n_classes=None, data_layout=get_target("x86-host").data_layout) is None
+        assert data["timing_source"] == "measured" and data["tuned_funcs"] == data["total_funcs"], folder.name
+        model = MeasuredLatencyModel.load(folder / MODEL_FILE)
+        assert model.complete and data["calibration"]["n"] >= 12, folder.name
+        checked.append(folder.name)
+    assert "x86_64-znver5-2c" in checked
+
+
+def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monkeypatch, tmp_path):
+    """No latency model here or on any other device: the roofline is a guess about this CPU, so search measures
+    its top candidates here as it does with another device's model (the README's main job on a new machine)."""
+    from ofa_deploy.search import verify
+
+    measured = []
+
+    def device(cfg):
+        measured.append(cfg.id)
+        return 9.0, "measured"
+
+    monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: device)
+    code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s")],
+                             capsys)
+    assert code == 0, err
+    assert len(measured) == 3 and "analytic roofline" in err and "measured here" in err
+    saved = json.loads((tmp_path / "s" / "subnet.json").read_text())
+    assert saved["latency_source"] == "measured" and saved["latency_ms"] == 9.0
+    measured.clear()
+    code, _, err = run_cli(["search", "--target", "cortex-a76", "--latency-ms", "15", "-o", str(tmp_path / "t")],
+                           capsys)  # a board that is not here: its estimate stands, labelled as one
+    assert code == 0 and not measured and "measured here" not in err

@@ -131,3 +131,33 @@ def test_compile_measure_compares_at_the_timings_probe_reading(monkeypatch, tmp_
     assert unprobed["predicted_ms"] == pytest.approx(reference, abs=1e-3) and unprobed["predicted_at_reference_ms"] is None
     assert unprobed["error_pct"] == pytest.approx((reference / slowed - 1) * 100, abs=0.1)
     assert "the latency model predicted" in caplog.text  # 35 % off without the reading: warned
+    assert "budget may not hold" in caplog.text  # measured slower than predicted: the budget is at risk
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        fast = _check_prediction(cfg, get_target("x86-host"), 1000, {"median_ms": reference / 1.3, "source": "measured"})
+    assert fast["error_pct"] == pytest.approx(30, abs=0.1)
+    assert "over-estimates" in caplog.text and "budget may not hold" not in caplog.text  # faster: the budget holds
+
+
+def test_the_accuracy_bench_reports_the_scatter_referring_leaves_as_its_noise_floor():
+    """bench/latency_accuracy.repeatability: drift the probe explains is no scatter; the rest is."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from latency_accuracy import repeatability, row_passes
+
+    scaling = SpeedScaling(REF, 1.5, True, 40, 0.1)
+    rng = np.random.default_rng(0)
+    explained = [drifting_passes(rng, base, 1.5) for base in (1.0, 2.0, 3.0)]
+    clean = repeatability(explained, scaling)
+    assert clean["n"] == 3 and clean["median_sd_pct"] < 1e-9 and clean["single_within_10pct"] == 1.0
+    unreferred = repeatability(explained, None)  # the same passes, nothing referred: the drift is scatter
+    assert unreferred["median_sd_pct"] > 3.0
+    noisy = [drifting_passes(rng, 2.0, 1.5, n=5, noise=0.15) for _ in range(40)]
+    stats = repeatability(noisy, scaling)
+    assert 10.0 < stats["median_sd_pct"] < 20.0 and 0.3 < stats["single_within_10pct"] < 0.8
+    assert repeatability([[(2.0, 1.7)]], scaling)["n"] == 0  # one pass shows no scatter
+    row = {"pass_ms": "2.0 2.2", "pass_probe_us": "1.700 0.000"}  # a pass without a reading has none
+    assert row_passes(row) == [(2.0, 1.7), (2.2, None)]

@@ -72,7 +72,30 @@ class HumanNumber(click.ParamType):
             self.fail(f"{value!r} is not a number (examples: 300M, 2.5e8, 600k)", param, ctx)
 
 
-AUTO_VERIFY = 3  # candidates measured when search has only another device's latency model
+AUTO_VERIFY = 3  # candidates measured when this machine is the target and has no latency model of its own
+
+
+def unchecked_estimate(target: str, model: object) -> str | None:
+    """What the latency estimate is when ``target`` is this machine and ``model`` is not its own profile.
+
+    Then search can and should measure its picks here before promising a budget: the estimate is
+    another device's tables (``foreign_device``) or a roofline with no timing of this CPU behind it.
+    None: the model is this device's own, or the device is not here (a board: --verify-top --rpc).
+    """
+    from ofa_deploy.latency.measured import MeasuredLatencyModel
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.targets.hostcpu import host_variant
+
+    foreign = getattr(model, "foreign_device", None)
+    if foreign:
+        return f"another device's tables ({foreign})"
+    if isinstance(model, MeasuredLatencyModel):
+        return None
+    try:
+        name = get_target(target).name
+    except OfaDeployError:
+        return None  # a VTA board: its analytic model is the only latency there is
+    return "an analytic roofline" if host_variant(name) is not None else None
 
 
 @click.command("search", cls=TargetWordsCommand)
@@ -139,12 +162,12 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     if rpc is not None and not verify_top:
         raise OfaDeployError(f"--rpc {rpc}: the device measures the --verify-top K candidates; add --verify-top K")
     model = latency_model(target, predictor.space, predictor.meta.n_classes)
-    foreign = getattr(model, "foreign_device", None)
+    unchecked = unchecked_estimate(target, model)
     if verify_top is None:
         verify_top = 0
-        if foreign and latency_ms is not None and (measure := find_measure(target)) is not None:
+        if unchecked and latency_ms is not None and (measure := find_measure(target)) is not None:
             verify_top = AUTO_VERIFY
-            click.echo(f"search: no latency model of this device; the estimate is {foreign}'s, so the top "
+            click.echo(f"search: no latency model of this device; the estimate comes from {unchecked}, so the top "
                        f"{AUTO_VERIFY} candidates are compiled and measured here (about a minute each) to check the "
                        f"{latency_ms:g} ms budget (--verify-top 0: don't)", err=True)
     if verify_top and measure is None:
