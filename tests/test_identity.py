@@ -292,6 +292,7 @@ def test_every_shipped_latency_model_describes_its_folders_device_and_database()
 def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monkeypatch, tmp_path):
     """No latency model here or on any other device: the roofline is a guess about this CPU, so search measures
     its top candidates here as it does with another device's model (the README's main job on a new machine)."""
+    from ofa_deploy.latency import choose
     from ofa_deploy.search import verify
 
     measured = []
@@ -299,6 +300,8 @@ def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monk
     def device(cfg):
         measured.append(cfg.id)
         return 9.0, "measured"
+
+    monkeypatch.setattr(choose, "load_nearest_model", lambda *args, **kwargs: None)  # none shipped for any CPU either
 
     monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: device)
     code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s")],
@@ -311,3 +314,21 @@ def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monk
     code, _, err = run_cli(["search", "--target", "cortex-a76", "--latency-ms", "15", "-o", str(tmp_path / "t")],
                            capsys)  # a board that is not here: its estimate stands, labelled as one
     assert code == 0 and not measured and "measured here" not in err
+
+
+def test_search_takes_only_this_devices_own_profile_as_checked():
+    """unchecked_estimate: this device's own tables need no measuring; tables adopted by profile --adapt (a scale and
+    an offset fitted here, the ranking still the other device's) and another device's model do; a board not here
+    cannot be measured by search at all."""
+    from ofa_deploy.cli.search import unchecked_estimate
+    from ofa_deploy.latency.measured import MeasuredLatencyModel
+
+    data = json.loads(SAMPLE_LATENCY_MODEL.read_text())
+    assert unchecked_estimate("x86-host", MeasuredLatencyModel.from_dict(data)) is None
+    data["adapted_from"] = {"folder": "x86_64-znver5-2c", "database_sha256": None}
+    assert "x86_64-znver5-2c" in unchecked_estimate("x86-host:-avx512f", MeasuredLatencyModel.from_dict(data))
+    del data["adapted_from"]
+    foreign = MeasuredLatencyModel.from_dict(data)
+    foreign.foreign_device = "x86_64-znver4-2c"
+    assert "x86_64-znver4-2c" in unchecked_estimate("x86-host", foreign)
+    assert unchecked_estimate("cortex-a76", MeasuredLatencyModel.from_dict(data)) is None

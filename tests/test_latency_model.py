@@ -79,6 +79,9 @@ def test_model_file_round_trips_and_predicts_table_sum_exactly(tmp_path):
     model = MeasuredLatencyModel.load(tmp_path / MODEL_FILE)
     assert model.source == "estimated" and model.resolutions == RES and model.complete
     assert "tuned-measured tables (db abababab)" in model.basis and "r160,192" in model.basis
+    data["adapted_from"] = {"folder": "x86_64-znver5-2c", "database_sha256": "cd" * 32}  # profile --adapt's record
+    adapted = MeasuredLatencyModel.from_dict(data).basis  # whose tables, and whose code calibrated them
+    assert adapted.startswith("ADAPTED: x86_64-znver5-2c's measured tables (db cdcdcdcd)") and "(db abababab)" in adapted
     cfgs = random_configs(200, seed=5)
     expected = np.array([A * python_sum(c, data) + B for c in cfgs])
     got = model.predict(configs_to_genes(cfgs))
@@ -351,3 +354,35 @@ def test_smaller_head_is_accepted_larger_is_not():
     data = {"space": SPACE, "n_classes": 1000, "database_sha256": "h", "tvm_version": "v"}
     assert mismatch(data, database_sha256="h", tvm_version="v", space=SPACE, n_classes=10) is None
     assert "1000-class head" in mismatch(data, database_sha256="h", tvm_version="v", space=SPACE, n_classes=2000)
+
+
+def test_the_adaptation_curve_refits_on_prefixes_of_the_calibration_subnets():
+    """bench/adaptation_curve.refit_curve: n points of a device that runs 1.5x the tables + 0.2 ms recover it (and
+    predict unseen subnets exactly) from n = 2 on, while the model's own correction (A, B) stays as it was."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from adaptation_curve import refit_curve
+
+    from ofa_deploy.errors import OfaDeployError
+
+    data = fake_model()
+    model = MeasuredLatencyModel.from_dict(data)
+    cfgs = random_configs(16, seed=3)
+    table = model.table_sum(configs_to_genes(cfgs, SPACE))
+    device = 1.5 * table + 0.2
+    data["calibration"]["points"] = [{"table_ms": float(t), "measured_ms": float(m)}
+                                     for t, m in zip(table[:6], device[:6])]
+    model = MeasuredLatencyModel.from_dict(data)
+    rows = [{"ks": " ".join(map(str, c.ks)), "e": " ".join(map(str, c.e)), "d": " ".join(map(str, c.d)),
+             "image_size": str(c.image_size), "measured_ms": f"{m:.6f}"} for c, m in zip(cfgs[6:], device[6:])]
+    curve = refit_curve(model, rows, [2, 6])
+    assert [c["n"] for c in curve] == [2, 6]
+    for c in curve:
+        assert c["a"] == pytest.approx(1.5, rel=1e-3) and c["b"] == pytest.approx(0.2, abs=1e-3)
+        assert c["within_10pct"] == 1.0 and c["mape_pct"] < 0.01
+    assert model.calibration.a == A and model.calibration.b == B
+    with pytest.raises(OfaDeployError, match="6 calibration subnets"):
+        refit_curve(model, rows, [7])

@@ -79,7 +79,8 @@ def unchecked_estimate(target: str, model: object) -> str | None:
     """What the latency estimate is when ``target`` is this machine and ``model`` is not its own profile.
 
     Then search can and should measure its picks here before promising a budget: the estimate is
-    another device's tables (``foreign_device``) or a roofline with no timing of this CPU behind it.
+    another device's tables (``foreign_device``; or adopted by ``profile --adapt``, which fits only a
+    scale and offset here, not the ranking) or a roofline with no timing of this CPU behind it.
     None: the model is this device's own, or the device is not here (a board: --verify-top --rpc).
     """
     from ofa_deploy.latency.measured import MeasuredLatencyModel
@@ -90,7 +91,8 @@ def unchecked_estimate(target: str, model: object) -> str | None:
     if foreign:
         return f"another device's tables ({foreign})"
     if isinstance(model, MeasuredLatencyModel):
-        return None
+        adapted = model.meta.get("adapted_from")  # profile --adapt: the ranking is still the other device's
+        return f"another device's tables ({adapted.get('folder')}) calibrated here" if isinstance(adapted, dict) else None
     try:
         name = get_target(target).name
     except OfaDeployError:

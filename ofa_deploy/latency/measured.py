@@ -219,6 +219,11 @@ def describe_basis(data: dict[str, Any]) -> str:
     db = data.get("database_sha256")
     timed = "EMULATED (qemu: plumbing, not a device speed)" if timing_source(data) == "emulated" else "measured"
     tuned = f"tuned-{timed} tables (db {db[:8]})" if db else f"untuned-{timed} tables (no database)"
+    source = data.get("adapted_from")
+    if isinstance(source, dict):  # another device's tables; only the correction was fitted on this one
+        was = source.get("database_sha256")
+        tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {was[:8] if was else 'none'}), "
+                 f"calibrated on this device's code (db {db[:8] if db else 'none'})")
     c = data["calibration"]
     fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])

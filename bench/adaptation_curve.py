@@ -1,0 +1,123 @@
+"""Few-shot adaptation: how accurate an adapted latency model is after n calibration subnets.
+
+``ofa-deploy profile --target T --adapt --calibrate N`` takes the nearest device's per-block tables and
+fits only ``measured = a * table + b`` on N subnets timed on T (HELP, NeurIPS 2021: ~10 samples).
+This script answers "how many subnets are enough" without timing anything again: it refits the
+correction on the first n of the model's own calibration subnets (the sampling is prefix-stable, so
+they are what ``--calibrate n`` would have timed), for each n, and scores each refit on the rows of
+``bench/latency_accuracy.py`` for that model (unseen subnets timed end to end on T):
+
+    ofa-deploy profile --target x86-host:-avx512f --adapt --resolutions 224 --calibrate 12
+    python bench/latency_accuracy.py --target x86-host:-avx512f --n 50 --out DIR
+    python bench/adaptation_curve.py --target x86-host:-avx512f --rows DIR/latency_accuracy_<folder>.csv
+
+Prints, per n: share within +-10 %, MAPE, Kendall tau, and the minutes of device time that n
+subnets cost (their share of the adapt run's wall time, ``--adapt-minutes``); plots the curve.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ofa_deploy.atomic import atomic_path
+from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel
+from ofa_deploy.search_space import SubnetConfig
+from ofa_deploy.search_space.genes import configs_to_genes
+from ofa_deploy.targets import get_target
+from ofa_deploy.tuning_logs.folders import target_dir
+from ofa_deploy.tuning_logs.layout import MODEL_FILE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_accuracy import accuracy_metrics  # noqa: E402
+
+log = logging.getLogger("adaptation_curve")
+
+
+def refit_curve(model: MeasuredLatencyModel, rows: list[dict[str, str]], sizes: list[int]) -> list[dict[str, float]]:
+    """Metrics of the model refitted on its first n calibration points, for each n in ``sizes``."""
+    points = model.meta["calibration"]["points"]
+    space = model.meta["space"]
+    unseen = [SubnetConfig(ks=[int(v) for v in r["ks"].split()], e=[int(v) for v in r["e"].split()],
+                           d=[int(v) for v in r["d"].split()], image_size=int(r["image_size"]), space=space)
+              for r in rows]
+    table = model.table_sum(configs_to_genes(unseen, space))
+    measured = np.array([float(r["measured_ms"]) for r in rows])
+    out = []
+    for n in sizes:
+        if n > len(points):
+            raise OfaDeployError(f"--sizes {n}: the model has {len(points)} calibration subnets; allowed up to that")
+        cal = Calibration.fit(np.array([p["table_ms"] for p in points[:n]]),
+                              np.array([p["measured_ms"] for p in points[:n]]))
+        out.append({**accuracy_metrics(cal.a * table + cal.b, measured), "n": n, "a": cal.a, "b": cal.b})
+    return out
+
+
+def plot(path: Path, curve: list[dict[str, float]], minutes_per_subnet: float, title: str) -> None:
+    """Share within +-10 % and tau against calibration subnets (top axis: minutes), Agg, atomic."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    n = [c["n"] for c in curve]
+    ax.plot(n, [100 * c["within_10pct"] for c in curve], "o-", label="within +-10 % (%)")
+    ax.plot(n, [100 * c["kendall_tau"] for c in curve], "s--", label="Kendall tau x 100")
+    ax.axhline(90, color="tab:green", lw=0.8, ls=":", label="goal: 90 % within +-10 %")
+    ax.set_xlabel(f"calibration subnets timed on the new device (~{minutes_per_subnet:.1f} min each)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+@click.command()
+@click.option("--target", required=True, help="The adapted device's target, e.g. x86-host:-avx512f.")
+@click.option("--rows", "rows_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="bench/latency_accuracy.py's CSV for this model.")
+@click.option("--sizes", default="3,4,6,8,10,12", show_default=True, help="Calibration subnets per point.")
+@click.option("--adapt-minutes", type=float, default=None, help="Wall minutes of the adapt run (for the minutes axis).")
+def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        spec = get_target(target)
+        path = target_dir(spec.name) / MODEL_FILE
+        model = MeasuredLatencyModel.load(path)
+        if not model.meta.get("adapted_from"):
+            raise OfaDeployError(f"{path}: not an adapted model (made without --adapt); nothing to refit")
+        rows = [r for r in csv.DictReader(open(rows_path)) if r["model_created"] == model.meta["created"]]
+        if not rows:
+            raise OfaDeployError(f"--rows {rows_path}: no row of this model ({model.meta['created']}); run "
+                                 f"bench/latency_accuracy.py --target {target} first")
+        ns = sorted({int(v) for v in sizes.split(",")})
+        if ns[0] < 2:
+            raise OfaDeployError(f"--sizes: each at least 2 (an affine fit), got {ns[0]}")
+        curve = refit_curve(model, rows, ns)
+    except (OfaDeployError, ValueError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    per = adapt_minutes / model.meta["calibration"]["n"] if adapt_minutes else float("nan")
+    source = model.meta["adapted_from"]["folder"]
+    click.echo(f"{spec.name}: tables of {source}, calibrated here; {len(rows)} unseen subnets")
+    click.echo("| calibration subnets | minutes | within +-10 % | MAPE | Kendall tau | a | b (ms) |")
+    click.echo("|---|---|---|---|---|---|---|")
+    for c in curve:
+        click.echo(f"| {c['n']} | {c['n'] * per:.1f} | {100 * c['within_10pct']:.0f} % | {c['mape_pct']:.2f} % | "
+                   f"{c['kendall_tau']:.3f} | {c['a']:.3f} | {c['b']:+.3f} |")
+    png = Path(rows_path).with_name(f"adaptation_curve_{target_dir(spec.name).name}.png")
+    plot(png, curve, per, f"{spec.name}: {source}'s tables, few-shot calibration, {len(rows)} unseen subnets")
+    click.echo(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()
