@@ -197,16 +197,14 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
     def keep(sid: str, pass_index: int, m: LatencyMeasurement, record: dict) -> None:
         cfg, pred = by_id[sid], pred_of[sid]
         old = rows.get(sid, {})
-        pass_ms = [float(v) for v in old.get("pass_ms", "").split()][:pass_index] + [m.median_ms]
-        probes = [float(v) for v in (old.get("pass_probe_us") or "").split()][:pass_index] + [m.probe_us or 0.0]
-        passes = [(v, p or None) for v, p in zip(pass_ms, probes)]
+        passes = (row_passes(old) if old else [])[:pass_index] + [(m.median_ms, m.probe_us or None)]
         kept = scaling.timing(passes) if scaling is not None else fastest_steady(passes)  # as profile keeps its tables
         rows[sid] = {"id": sid, "image_size": cfg.image_size, "ks": " ".join(map(str, cfg.ks)),
                      "e": " ".join(map(str, cfg.e)), "d": " ".join(map(str, cfg.d)),
                      "predicted_ms": f"{pred:.4f}", "measured_ms": f"{kept:.4f}",
                      "fastest_ms": f"{fastest_steady(passes):.4f}",
-                     "pass_ms": " ".join(f"{v:.4f}" for v in pass_ms),
-                     "pass_probe_us": " ".join(f"{v:.3f}" for v in probes),
+                     "pass_ms": " ".join(f"{v:.4f}" for v, _ in passes),
+                     "pass_probe_us": " ".join(f"{p or 0.0:.3f}" for _, p in passes),
                      "rel_err_pct": f"{(pred - kept) / kept * 100:.2f}",
                      "database_sha256": db or "", "tvm_version": str(tvm), "model_created": meta["created"]}
         write_rows(csv_path, list(rows.values()))
@@ -248,8 +246,9 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from common import update_benchmarks_md
 
-        out = "" if out_dir.resolve() == (REPO / "bench" / "results").resolve() else \
-            f" --out {out_dir.resolve().relative_to(REPO) if out_dir.resolve().is_relative_to(REPO) else out_dir}"
+        where = out_dir.resolve()
+        shown = where.relative_to(REPO) if where.is_relative_to(REPO) else where
+        out = "" if where == REPO / "bench" / "results" else f" --out {shown}"
         body = (f"`python bench/latency_accuracy.py --target {spec.name} --n {n_subnets} --seed {seed} "
                 f"--passes {passes}{out}`\n\n```\n"
                 + "\n".join(lines[:-1]) + "\n```\n")

@@ -302,7 +302,6 @@ def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monk
         return 9.0, "measured"
 
     monkeypatch.setattr(choose, "load_nearest_model", lambda *args, **kwargs: None)  # none shipped for any CPU either
-
     monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: device)
     code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s")],
                              capsys)

@@ -211,6 +211,11 @@ def model_data_layout(data: dict[str, Any]) -> str:
     return str(data.get("data_layout", "NCHW"))
 
 
+def _short(sha256: str | None, missing: str) -> str:
+    """A database hash as the 8 characters shown to people, or ``missing`` when there is none."""
+    return sha256[:8] if sha256 else missing
+
+
 def describe_basis(data: dict[str, Any]) -> str:
     """One line saying what the estimate is built on, shown next to ``source`` in search output.
 
@@ -222,8 +227,8 @@ def describe_basis(data: dict[str, Any]) -> str:
     source = data.get("adapted_from")
     if isinstance(source, dict):  # another device's tables; only the correction was fitted on this one
         was = source.get("database_sha256")
-        tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {was[:8] if was else 'none'}), "
-                 f"calibrated on this device's code (db {db[:8] if db else 'none'})")
+        tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {_short(was, 'none')}), "
+                 f"calibrated on this device's code (db {_short(db, 'none')})")
     c = data["calibration"]
     fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])
@@ -262,7 +267,7 @@ def mismatch(data: dict[str, Any], *, database_sha256: str | None, tvm_version: 
     if data.get("database_sha256") != database_sha256:
         was, now = data.get("database_sha256"), database_sha256
         return (f"the tuning database changed since profiling (profiled with "
-                f"{was[:8] if was else 'no database'}, now {now[:8] if now else 'none'})")
+                f"{_short(was, 'no database')}, now {_short(now, 'none')})")
     if tvm_version is not None and data.get("tvm_version") != tvm_version:
         return f"it was profiled with TVM {data.get('tvm_version')}, this is TVM {tvm_version}"
     if transfer_sha256 is not None and "transfer_sha256" in data and data["transfer_sha256"] != list(transfer_sha256):
