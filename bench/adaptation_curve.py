@@ -5,11 +5,16 @@ fits only ``measured = a * table + b`` on N subnets timed on T (HELP, NeurIPS 20
 This script answers "how many subnets are enough" without timing anything again: it refits the
 correction on the first n of the model's own calibration subnets (the sampling is prefix-stable, so
 they are what ``--calibrate n`` would have timed), for each n, and scores each refit on the rows of
-``bench/latency_accuracy.py`` for that model (unseen subnets timed end to end on T):
+``bench/latency_accuracy.py`` (unseen subnets timed end to end on T, with the model's database; each
+row's passes referred to a speed state as this model refers them, so a model re-made from the same
+calibration timings, e.g. with re-scaled tables, is scored on the same rows; ``--model`` picks one):
 
     ofa-deploy profile --target x86-host:-avx512f --adapt --resolutions 224 --calibrate 12
     python bench/latency_accuracy.py --target x86-host:-avx512f --n 50 --out DIR
     python bench/adaptation_curve.py --target x86-host:-avx512f --rows DIR/latency_accuracy_<folder>.csv
+
+``--rescale-by FOLDER`` re-scales a model made before ``--adapt`` re-scaled its tables (by the task
+times of FOLDER's database, the one its device built with) and scores that, on the same rows.
 
 Prints, per n: share within +-10 %, MAPE, Kendall tau, and the minutes of device time that n
 subnets cost (their share of the adapt run's wall time, ``--adapt-minutes``); plots the curve.
@@ -35,7 +40,7 @@ from ofa_deploy.tuning_logs.folders import target_dir
 from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_accuracy import accuracy_metrics  # noqa: E402
+from latency_accuracy import accuracy_metrics, kept_ms, row_passes  # noqa: E402
 
 log = logging.getLogger("adaptation_curve")
 
@@ -48,15 +53,46 @@ def refit_curve(model: MeasuredLatencyModel, rows: list[dict[str, str]], sizes: 
                            d=[int(v) for v in r["d"].split()], image_size=int(r["image_size"]), space=space)
               for r in rows]
     table = model.table_sum(configs_to_genes(unseen, space))
-    measured = np.array([float(r["measured_ms"]) for r in rows])
+    measured = np.array([kept_ms(row_passes(r), model.scaling) for r in rows])  # referred as this model refers
+    # the calibration subnets against this model's tables (re-scaled tables give other sums than the stored ones)
+    cal_table = model.table_sum(configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in points], space))
+    cal_measured = np.array([p["measured_ms"] for p in points])
     out = []
     for n in sizes:
         if n > len(points):
             raise OfaDeployError(f"--sizes {n}: the model has {len(points)} calibration subnets; allowed up to that")
-        cal = Calibration.fit(np.array([p["table_ms"] for p in points[:n]]),
-                              np.array([p["measured_ms"] for p in points[:n]]))
+        cal = Calibration.fit(cal_table[:n], cal_measured[:n])
         out.append({**accuracy_metrics(cal.a * table + cal.b, measured), "n": n, "a": cal.a, "b": cal.b})
     return out
+
+
+def rescale_model(model: MeasuredLatencyModel, folder: Path, target: str) -> MeasuredLatencyModel:
+    """``model`` with its adopted tables re-scaled by ``folder``'s task times (``latency.profile.rescale_tables``)."""
+    from ofa_deploy.latency.profile import rescale_tables
+    from ofa_deploy.tuning_logs.database import database_hash, resolve_database
+
+    meta, source = model.meta, model.meta["adapted_from"]
+    if source.get("rescaled"):
+        raise OfaDeployError("--rescale-by: this model's tables are re-scaled already")
+    database = resolve_database(folder)
+    if database is None:
+        raise OfaDeployError(f"--rescale-by {folder}: no database there (a tuned device folder of tuning_logs/)")
+    workloads, info = rescale_tables(meta["workloads"], target_dir_of(source["folder"]), source["database_sha256"],
+                                     [(folder, database_hash(database))], target, meta["space"],
+                                     tuple(meta["resolutions"]), meta["n_classes"])
+    if info is None:
+        raise OfaDeployError(f"--rescale-by {folder}: no task times to re-scale by (see the log)")
+    return MeasuredLatencyModel.from_dict({**meta, "workloads": workloads, "adapted_from": {**source, "rescaled": info}})
+
+
+def target_dir_of(folder_name: str) -> Path:
+    """A device folder of tuning_logs/ by name (the user's, else the repository's)."""
+    from ofa_deploy.tuning_logs.folders import device_folders
+
+    for folder, _ in device_folders(shipped=True):
+        if folder.name == folder_name:
+            return folder
+    raise OfaDeployError(f"the model's tables come from {folder_name}, which is not in tuning_logs/")
 
 
 def plot(path: Path, curve: list[dict[str, float]], minutes_per_subnet: float, title: str) -> None:
@@ -87,18 +123,28 @@ def plot(path: Path, curve: list[dict[str, float]], minutes_per_subnet: float, t
               help="bench/latency_accuracy.py's CSV for this model.")
 @click.option("--sizes", default="3,4,6,8,10,12", show_default=True, help="Calibration subnets per point.")
 @click.option("--adapt-minutes", type=float, default=None, help="Wall minutes of the adapt run (for the minutes axis).")
-def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None) -> None:
+@click.option("--model", "model_path", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="The adapted model to refit (default: the target's); e.g. a copy made before re-running --adapt.")
+@click.option("--rescale-by", "rescale_by", default=None, type=click.Path(file_okay=False, exists=True),
+              help="First re-scale the model's tables block by block by the task times of this device folder's "
+                   "database over the source's (what profile --adapt does now; for models made before it).")
+def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None, model_path: str | None,
+         rescale_by: str | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         spec = get_target(target)
-        path = target_dir(spec.name) / MODEL_FILE
+        path = Path(model_path) if model_path else target_dir(spec.name) / MODEL_FILE
         model = MeasuredLatencyModel.load(path)
         if not model.meta.get("adapted_from"):
             raise OfaDeployError(f"{path}: not an adapted model (made without --adapt); nothing to refit")
-        rows = [r for r in csv.DictReader(open(rows_path)) if r["model_created"] == model.meta["created"]]
+        if rescale_by is not None:
+            model = rescale_model(model, Path(rescale_by), spec.name)
+        db, tvm = model.meta.get("database_sha256"), model.meta.get("tvm_version")
+        rows = [r for r in csv.DictReader(open(rows_path))  # timings of the same code; referred by this model
+                if (r["database_sha256"] or None) == db and r["tvm_version"] == tvm and r.get("pass_ms")]
         if not rows:
-            raise OfaDeployError(f"--rows {rows_path}: no row of this model ({model.meta['created']}); run "
-                                 f"bench/latency_accuracy.py --target {target} first")
+            raise OfaDeployError(f"--rows {rows_path}: no row timed with this model's database ({db}) and TVM "
+                                 f"({tvm}); run bench/latency_accuracy.py --target {target} first")
         ns = sorted({int(v) for v in sizes.split(",")})
         if ns[0] < 2:
             raise OfaDeployError(f"--sizes: each at least 2 (an affine fit), got {ns[0]}")
@@ -108,14 +154,16 @@ def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None) -
         sys.exit(2)
     per = adapt_minutes / model.meta["calibration"]["n"] if adapt_minutes else float("nan")
     source = model.meta["adapted_from"]["folder"]
-    click.echo(f"{spec.name}: tables of {source}, calibrated here; {len(rows)} unseen subnets")
+    rescaled = ", re-scaled per block" if model.meta["adapted_from"].get("rescaled") else ""
+    click.echo(f"{spec.name}: tables of {source}{rescaled}, calibrated here; {len(rows)} unseen subnets ({path})")
     click.echo("| calibration subnets | minutes | within +-10 % | MAPE | Kendall tau | a | b (ms) |")
     click.echo("|---|---|---|---|---|---|---|")
     for c in curve:
         click.echo(f"| {c['n']} | {c['n'] * per:.1f} | {100 * c['within_10pct']:.0f} % | {c['mape_pct']:.2f} % | "
                    f"{c['kendall_tau']:.3f} | {c['a']:.3f} | {c['b']:+.3f} |")
-    png = Path(rows_path).with_name(f"adaptation_curve_{target_dir(spec.name).name}.png")
-    plot(png, curve, per, f"{spec.name}: {source}'s tables, few-shot calibration, {len(rows)} unseen subnets")
+    stem = path.stem if model_path else target_dir(spec.name).name
+    png = Path(rows_path).with_name(f"adaptation_curve_{stem}{'_rescaled' if rescale_by else ''}.png")
+    plot(png, curve, per, f"{spec.name}: {source}'s tables{rescaled}, few-shot calibration, {len(rows)} unseen subnets")
     click.echo(f"plot: {png}")
 
 

@@ -61,6 +61,12 @@ def accuracy_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             if len(rel) else float("nan")}
 
 
+def kept_ms(passes: Sequence[Pass], scaling: SpeedScaling | None) -> float:
+    """A subnet's measured value from its passes, as ``profile`` keeps its tables: referred to the model's speed
+    state with its own elasticity when it has one, else the fastest steady pass."""
+    return scaling.timing(passes) if scaling is not None else fastest_steady(passes)
+
+
 def repeatability(pass_groups: Sequence[Sequence[Pass]], scaling: SpeedScaling | None) -> dict[str, float]:
     """How well the bench's own measurements repeat: the floor under any model's error.
 
@@ -76,7 +82,7 @@ def repeatability(pass_groups: Sequence[Sequence[Pass]], scaling: SpeedScaling |
         if len(steady) < 2:
             continue
         refer = scaling is not None and probed(steady)
-        kept = scaling.timing(passes) if scaling is not None else fastest_steady(passes)
+        kept = kept_ms(passes, scaling)
         values = np.array([ms * scaling.factor(p) if refer else ms for ms, p in steady])
         rel.extend((values - kept) / kept)
         sds.append(float(np.std(np.log(values), ddof=1)))
@@ -198,7 +204,7 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
         cfg, pred = by_id[sid], pred_of[sid]
         old = rows.get(sid, {})
         passes = (row_passes(old) if old else [])[:pass_index] + [(m.median_ms, m.probe_us or None)]
-        kept = scaling.timing(passes) if scaling is not None else fastest_steady(passes)  # as profile keeps its tables
+        kept = kept_ms(passes, scaling)
         rows[sid] = {"id": sid, "image_size": cfg.image_size, "ks": " ".join(map(str, cfg.ks)),
                      "e": " ".join(map(str, cfg.e)), "d": " ".join(map(str, cfg.d)),
                      "predicted_ms": f"{pred:.4f}", "measured_ms": f"{kept:.4f}",

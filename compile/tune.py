@@ -546,6 +546,35 @@ def _plan(job: _Job) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
     return models, plan, plan_path
 
 
+def workload_tasks(target: str, space: str, resolutions: tuple[int, ...], n_classes: int | None = None,
+                   keys: set[str] | None = None) -> dict[str, dict[str, int]]:
+    """The fused tasks of each block workload (stem, blocks, head; ``keys``: only these) as ``target`` builds them.
+
+    ``{workload key: {task structural hash: weight}}``, the hashes being tune_state.json's task
+    keys: what ``profile --adapt`` needs to re-scale another device's block tables by the tasks'
+    best times (:mod:`ofa_deploy.latency.rescale`). One TVM task extraction (about 1.5 min for the
+    92 workloads at one resolution on 2 cores), cached by the exact ONNX files, target and TVM.
+    """
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.workloads import export_workloads, space_workloads
+
+    spec = get_target(target)
+    wanted = [w for w in space_workloads(space, resolutions, n_classes, spec.data_layout) if keys is None or w.key in keys]
+    paths = export_workloads(wanted, space, n_classes)
+    models = [{"key": w.key, "onnx_path": str(paths[w.key]), "input_shape": list(w.input_shape)} for w in wanted]
+    path = cache_root() / "task_maps" / f"{spec.name}-{_plan_key(models, spec)[:20]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    reply = run_worker({"op": "workload_tasks", "die_with_parent": True, "parent_pid": os.getpid(), "models": models,
+                        "input_name": "input", "data_layout": spec.data_layout,
+                        "tvm_target": spec.tvm_target_with_host(), "target_name": spec.name},
+                       what=f"listing the tuning tasks of {len(models)} {spec.name} workloads", timeout=PLAN_TIMEOUT_S)
+    write_json(path, reply["tasks"])
+    return reply["tasks"]
+
+
 def _done_entry(task: _Task, trials: int, *, converged: bool = False) -> dict[str, Any]:
     """A task's record in tune_state.json: done at ``trials`` per task, or stopped early as converged."""
     return {"name": task.name, "flops": task.flops, "weight": task.weight, "trials": trials,

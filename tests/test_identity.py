@@ -6,6 +6,7 @@ No TVM here: the refusals happen before any worker starts.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -236,14 +237,18 @@ def test_search_measures_its_picks_when_the_model_is_another_devices(other_model
     code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s")],
                              capsys)
     assert code == 0, err
-    assert len(measured) == 3 and "measured here" in err
+    assert len(measured) >= 3 and len(set(measured)) == len(measured) and "measured here" in err
     saved = json.loads((tmp_path / "s" / "subnet.json").read_text())
+    # the model is off here, so search ran again on it scaled and measured those picks too (all 40 ms): the one
+    # that met the budget is still the answer
     assert saved["latency_source"] == "measured" and saved["latency_ms"] == 14.0
+    assert [v["round"] for v in saved["verified"]][:3] == [1, 1, 1] and saved["verified"][-1]["round"] > 1
     measured.clear()
     monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: lambda cfg: (40.0, "measured"))
     code, _, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "t")],
                            capsys)
-    assert code == 2 and "none of the top 3 subnets meets the 15 ms budget when measured" in err
+    assert code == 2 and re.search(r"none of the \d+ subnets measured meets the 15 ms budget \(fastest measured "
+                                   r"40.000 ms\); on this device they ran [\d.]+x the latency model's estimates", err)
 
 
 def test_every_shipped_database_was_tuned_for_the_device_its_folder_names():
@@ -266,27 +271,39 @@ def test_every_shipped_database_was_tuned_for_the_device_its_folder_names():
 def test_every_shipped_latency_model_describes_its_folders_device_and_database():
     """A shipped latency model was profiled on the device its folder names, with the database shipped beside it
     (the packed file's hash), in the layout builds use, with every table entry and fused function timed tuned:
-    otherwise ``search`` would present another device's or another database's timings as this one's."""
+    otherwise ``search`` would present another device's or another database's timings as this one's. A CPU that
+    borrows its schedules (no database of its own) names the shipped databases it borrowed; an adapted model, the
+    source model it took its tables from."""
     from ofa_deploy.compile.toolchain import installed_tvm_version
     from ofa_deploy.latency.measured import MeasuredLatencyModel, mismatch
     from ofa_deploy.targets import get_target
-    from ofa_deploy.tuning_logs.database import database_hash, resolve_database
+    from ofa_deploy.tuning_logs.database import best_records, database_hash, resolve_database
 
     checked = []
-    for folder, identity in folders.device_folders(shipped=True):
+    shipped = folders.device_folders(shipped=True)
+    for folder, identity in shipped:
         if not (folder / MODEL_FILE).is_file() or identity.arch != "x86_64":
             continue
         data = json.loads((folder / MODEL_FILE).read_text())
         assert DeviceIdentity.from_json(data["device"], str(folder)).same_device(identity), folder.name
         database = resolve_database(folder)
-        assert database is not None, folder.name
-        assert mismatch(data, database_sha256=database_hash(database), tvm_version=installed_tvm_version(),
-                        space=data["space"], n_classes=None, data_layout=get_target("x86-host").data_layout) is None
+        if database is None:  # a CPU that borrows its schedules: the model names the borrowed databases
+            assert data["database_sha256"] is None and data["transfer_sha256"], folder.name
+            borrowable = {database_hash(best_records(d)) for d in map(resolve_database, (f for f, i in shipped
+                          if i.vector_bits == identity.vector_bits and f != folder)) if d is not None}
+            assert set(data["transfer_sha256"]) <= borrowable, folder.name
+        assert mismatch(data, database_sha256=database_hash(database) if database else None,
+                        tvm_version=installed_tvm_version(), space=data["space"], n_classes=None,
+                        data_layout=get_target("x86-host").data_layout) is None
         assert data["timing_source"] == "measured" and data["tuned_funcs"] == data["total_funcs"], folder.name
+        source = data.get("adapted_from")
+        if source:  # adopted tables: the source's model, of the database its folder ships
+            source_data = json.loads((folder.parent / source["folder"] / MODEL_FILE).read_text())
+            assert source["database_sha256"] == source_data["database_sha256"], folder.name
         model = MeasuredLatencyModel.load(folder / MODEL_FILE)
         assert model.complete and data["calibration"]["n"] >= 12, folder.name
         checked.append(folder.name)
-    assert "x86_64-znver5-2c" in checked
+    assert "x86_64-znver5-2c" in checked and "x86_64-znver3-2c" in checked
 
 
 def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monkeypatch, tmp_path):
@@ -306,7 +323,7 @@ def test_search_measures_its_picks_when_no_device_has_a_model(logs, capsys, monk
     code, out, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "s")],
                              capsys)
     assert code == 0, err
-    assert len(measured) == 3 and "analytic roofline" in err and "measured here" in err
+    assert len(measured) >= 3 and "analytic roofline" in err and "measured here" in err
     saved = json.loads((tmp_path / "s" / "subnet.json").read_text())
     assert saved["latency_source"] == "measured" and saved["latency_ms"] == 9.0
     measured.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,11 +374,12 @@ def test_the_adaptation_curve_refits_on_prefixes_of_the_calibration_subnets():
     cfgs = random_configs(16, seed=3)
     table = model.table_sum(configs_to_genes(cfgs, SPACE))
     device = 1.5 * table + 0.2
-    data["calibration"]["points"] = [{"table_ms": float(t), "measured_ms": float(m)}
-                                     for t, m in zip(table[:6], device[:6])]
+    data["calibration"]["points"] = [{"config": c.to_dict(), "table_ms": -1.0, "measured_ms": float(m)}
+                                     for c, m in zip(cfgs[:6], device[:6])]  # table sums: the model's own
     model = MeasuredLatencyModel.from_dict(data)
     rows = [{"ks": " ".join(map(str, c.ks)), "e": " ".join(map(str, c.e)), "d": " ".join(map(str, c.d)),
-             "image_size": str(c.image_size), "measured_ms": f"{m:.6f}"} for c, m in zip(cfgs[6:], device[6:])]
+             "image_size": str(c.image_size), "pass_ms": f"{m:.6f}", "pass_probe_us": "0.000"}
+            for c, m in zip(cfgs[6:], device[6:])]
     curve = refit_curve(model, rows, [2, 6])
     assert [c["n"] for c in curve] == [2, 6]
     for c in curve:
@@ -386,3 +388,87 @@ def test_the_adaptation_curve_refits_on_prefixes_of_the_calibration_subnets():
     assert model.calibration.a == A and model.calibration.b == B
     with pytest.raises(OfaDeployError, match="6 calibration subnets"):
         refit_curve(model, rows, [7])
+
+
+def test_block_ratios_weigh_each_blocks_tasks_by_their_time_and_fall_back_to_the_median():
+    """A block's factor is its tasks' summed best times here over there (weights count repeats); a block whose
+    known tasks hold under half its source time takes the median of the others."""
+    from ofa_deploy.latency.rescale import block_ratios, rescale_workloads
+
+    source = {"conv": 2e-4, "dw": 1e-4, "se": 1e-5, "odd": 3e-4}
+    here = {"conv": 4e-4, "dw": 1e-4, "se": 3e-5}  # 256-bit code: the conv doubles, the depthwise does not
+    tasks = {"b1": {"conv": 1, "dw": 2}, "b2": {"dw": 1, "se": 1}, "b3": {"odd": 1, "se": 1}, "b4": {"rule": 1}}
+    r = block_ratios(tasks, source, here)
+    assert r.ratio["b1"] == pytest.approx((4e-4 + 2e-4) / (2e-4 + 2e-4))
+    assert r.ratio["b2"] == pytest.approx((1e-4 + 3e-5) / (1e-4 + 1e-5))
+    assert r.cover["b3"] == pytest.approx(1e-5 / 3.1e-4) and r.cover["b4"] == 0.0
+    assert r.uncovered == ("b3", "b4") and r.median == pytest.approx(np.median([r.ratio["b1"], r.ratio["b2"]]))
+    assert r.ratio["b3"] == r.ratio["b4"] == r.median
+    scaled = rescale_workloads({"b1": {"median_ms": 2.0, "pass_ms": [2.0]}, "zz": {"median_ms": 1.0}}, r)
+    assert scaled["b1"]["median_ms"] == pytest.approx(2.0 * r.ratio["b1"]) and scaled["b1"]["source_ms"] == 2.0
+    assert scaled["zz"]["median_ms"] == pytest.approx(r.median) and scaled["b1"]["pass_ms"] == [2.0]
+    assert r.summary()["blocks_with_median"] == 2
+
+
+def test_task_best_times_read_tune_state(tmp_path):
+    from ofa_deploy.tuning_logs.database import task_best_times
+    from ofa_deploy.tuning_logs.layout import STATE_FILE
+
+    assert task_best_times(tmp_path) == (None, {})
+    (tmp_path / STATE_FILE).write_text("{not json")
+    assert task_best_times(tmp_path) == (None, {})
+    (tmp_path / STATE_FILE).write_text(json.dumps({"database_sha256": "ab" * 32, "tasks": {
+        "1": {"best_s": 2e-4}, "2": {"best_s": None}, "3": {"trials": 0}, "4": {"best_s": 0}}}))
+    assert task_best_times(tmp_path) == ("ab" * 32, {"1": 2e-4})
+
+
+def test_adapted_tables_are_rescaled_to_the_code_built_here(tuning_logs, monkeypatch):
+    """profile --adapt: each adopted block is scaled by its tasks' best times in the databases builds here use
+    (own first, then borrowed) over the source database's; a source whose task times are of another database, or
+    no task times here, leaves the tables as they are."""
+    from types import SimpleNamespace
+
+    import ofa_deploy.compile.tune as tune_mod
+    import ofa_deploy.tuning_logs.database as database_mod
+    from ofa_deploy.latency import profile as profile_mod
+    from ofa_deploy.tuning_logs.layout import STATE_FILE
+
+    src, borrowed = tuning_logs / "src", tuning_logs / "avx2"
+    for folder, sha, times in ((src, "aa" * 32, {"t1": 1e-4, "t2": 2e-4}), (borrowed, "bb" * 32, {"t1": 3e-4, "t2": 2e-4})):
+        folder.mkdir(parents=True)
+        (folder / STATE_FILE).write_text(json.dumps({"database_sha256": sha, "tasks": {
+            h: {"best_s": s} for h, s in times.items()}}))
+    monkeypatch.setattr(tune_mod, "workload_tasks", lambda *a, **k: {"w1": {"t1": 1}, "w2": {"t2": 1}, "w3": {"t1": 1, "t2": 1}})
+    monkeypatch.setattr(database_mod, "transfer_folders", lambda name, limit=3: [(borrowed, borrowed)])
+    borrowed_sha = {borrowed: "bb" * 32}  # the database builds borrow now
+    monkeypatch.setattr(profile_mod, "database_hash", lambda path: borrowed_sha[path])
+    run = SimpleNamespace(spec=SimpleNamespace(name="x86-host"), database=None, space=SimpleNamespace(name=SPACE),
+                          n_classes=1000, identity={"database_sha256": None},
+                          workloads={k: {"median_ms": 1.0} for k in ("w1", "w2", "w3")})
+    cfg = profile_mod.ProfileConfig(target="x86-host", resolutions=(224,))
+    info = profile_mod._rescale_to_this_code(run, cfg, src, {"database_sha256": "aa" * 32})
+    assert [run.workloads[k]["median_ms"] for k in ("w1", "w2", "w3")] == pytest.approx([3.0, 1.0, 5 / 3])
+    assert info["databases_here"] == [f"avx2 (db {'bb' * 4})"] and info["median_ratio"] == pytest.approx(5 / 3, abs=1e-4)
+    data = fake_model(db=None)
+    data.update(transfer_sha256=["bb" * 32], adapted_from={"folder": "src", "database_sha256": "aa" * 32, "rescaled": info})
+    assert ("re-scaled per block by the task times of avx2 (db bbbbbbbb), calibrated on this device's code (borrowed "
+            "schedules)") in MeasuredLatencyModel.from_dict(data).basis
+    run.workloads = {k: {"median_ms": 1.0} for k in ("w1", "w2")}
+    assert profile_mod._rescale_to_this_code(run, cfg, src, {"database_sha256": "cc" * 32}) is None  # stale times
+    borrowed_sha[borrowed] = "dd" * 32  # the borrowed database changed since its tune_state was written
+    assert profile_mod._rescale_to_this_code(run, cfg, src, {"database_sha256": "aa" * 32}) is None
+    assert [w["median_ms"] for w in run.workloads.values()] == [1.0, 1.0]
+
+
+@pytest.mark.tvm
+def test_workload_tasks_are_the_keys_tune_state_records():
+    """The task hashes of a block as x86-host builds it are the ones tune wrote into tune_state.json (every task of
+    a 224 px block is in the shipped znver5 database's state): what re-scaling looks the best times up by."""
+    from ofa_deploy.compile.tune import workload_tasks
+    from ofa_deploy.tuning_logs.database import task_best_times
+
+    key = "r224/s0-first/k3-e3"
+    tasks = workload_tasks("x86-host", SPACE, (224,), keys={key})
+    _, times = task_best_times(Path(__file__).resolve().parents[1] / "tuning_logs" / "x86_64-znver5-2c")
+    assert set(tasks) == {key} and len(tasks[key]) >= 2 and all(w >= 1 for w in tasks[key].values())
+    assert set(tasks[key]) <= set(times)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +15,7 @@ from ofa_deploy.latency import CPU_EFFICIENCY, TableLatencyModel, hardware_from_
 from ofa_deploy.latency.roofline import Hardware, spec_to_hardware
 from ofa_deploy.latency.tables import cost_tables
 from ofa_deploy.search import (Constraints, Evaluator, EvolutionConfig, NsgaConfig, ProxyAccuracy, evolution_search,
-                               nsga_search, run_search, verify_top, write_outputs)
+                               nsga_search, run_search, verify_search, verify_top, write_outputs)
 from ofa_deploy.search_space.costs import count_costs
 from ofa_deploy.search_space.genes import configs_to_genes, genes_to_config
 
@@ -123,6 +124,56 @@ def test_predictor_for_another_space_is_rejected(vta):
     with pytest.raises(OfaDeployError, match="objective: unknown 'speed'"):
         run_search("vta-ultra96", ProxyAccuracy(SPACE), objective="speed")
 
+
+def _device(model, slowdown, seen=None):
+    """A device that runs every subnet ``slowdown`` times the model's estimate (what verification measures)."""
+    def measure(cfg):
+        if seen is not None:
+            seen.append(cfg.id)
+        return slowdown * float(model.predict(configs_to_genes([cfg]))[0]), "measured"
+    return measure
+
+
+def _search(model_used):
+    return evolution_search(evaluator(model_used, latency_ms=25.0), EvolutionConfig(**SMALL, top_k=10))
+
+
+def test_verification_searches_again_on_the_scaled_model_when_the_device_is_slower(vta):
+    """Another device's tables 3x too fast here: round 1 measures 3 over-budget picks, round 2 searches on the
+    model x 3 and finds subnets that meet the budget when measured; nothing is measured twice."""
+    seen = []
+    res = verify_search(_search, vta, 3, _device(vta, 3.0, seen), 25.0)
+    rounds = [v["round"] for v in res.verified]
+    assert rounds[:3] == [1, 1, 1] and 2 in rounds and len(seen) == len(set(seen)) == len(res.verified)
+    assert all(v["latency_ms"] > 25.0 for v in res.verified if v["round"] == 1)
+    assert res.latency_source == "measured" and res.best.latency[0] <= 25.0
+    assert res.best.latency[0] == pytest.approx(3.0 * vta.predict(res.best.genes)[0])
+    assert "x 3.00: the median measured/modelled ratio of 3 subnets measured here" in res.latency_basis
+    # the answer is the most accurate measured subnet within budget, from any round
+    fits = [v for v in res.verified if v["latency_ms"] <= 25.0]
+    assert res.row(res.best, 0)["id"] == max(fits, key=lambda v: v["predicted_accuracy"])["id"]
+
+
+def test_verification_does_not_search_again_when_the_model_holds(vta):
+    """Measured 5 % faster than modelled and within budget: one round, the front keeps the model's estimates."""
+    seen = []
+    res = verify_search(_search, vta, 3, _device(vta, 0.95, seen), 25.0)
+    assert len(seen) == 3 and {v["round"] for v in res.verified} == {1}
+    assert res.latency_basis == vta.basis  # the front's estimates are the model's own
+
+
+def test_verification_searches_again_when_nothing_fits_even_if_the_model_is_close(vta):
+    """5 % slower than modelled puts the top picks (at the budget's edge) over it: a second round finds ones that fit."""
+    res = verify_search(_search, vta, 3, _device(vta, 1.05), 25.0)
+    assert max(v["round"] for v in res.verified) == 2 and res.best.latency[0] <= 25.0
+
+
+def test_verification_says_how_far_off_the_model_is_when_nothing_fits(vta):
+    fastest = 1000.0 * vta.fastest()[0]
+    with pytest.raises(OfaDeployError, match=r"none of the \d+ subnets measured meets the 25 ms budget .* ran 1000.00x "
+                                             r"the latency model's estimates \(analytic VTA model \(vta-ultra96\)\); the "
+                                             rf"fastest subnet of the space would take about {re.escape(f'{fastest:.3g}')} ms here"):
+        verify_search(_search, vta, 3, _device(vta, 1000.0), 25.0)
 
 def test_verify_hook_and_outputs(vta, tmp_path):
     res = run_search("vta-ultra96", ProxyAccuracy(SPACE), constraints=Constraints(latency_ms=25.0), **SMALL)

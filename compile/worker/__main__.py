@@ -2,9 +2,9 @@
 
 The request names an ``op`` and its arguments; :func:`handle` hands it to the module that does it
 (``build``, ``check_targets``: :mod:`.build`; ``run``, ``time``: :mod:`.run`; ``rpc_run``,
-``rpc_time``: :mod:`.rpc`; ``profile``: :mod:`.profile`; ``tune_plan``, ``tune_chunk``:
-:mod:`.tune`), importing it only then, so a job pays for the TVM parts it uses. The reply (JSON
-written to ``reply_path``) is ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A crash
+``rpc_time``: :mod:`.rpc`; ``profile``: :mod:`.profile`; ``tune_plan``, ``tune_chunk``,
+``workload_tasks``: :mod:`.tune`), importing it only then, so a job pays for the TVM parts it
+uses. The reply (JSON written to ``reply_path``) is ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A crash
 leaves no reply; the parent then reports the exit signal and stderr.
 """
 
@@ -49,10 +49,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         from .profile import profile
 
         return profile(request)
-    if op in ("tune_plan", "tune_chunk"):
+    if op in ("tune_plan", "tune_chunk", "workload_tasks"):
         from . import tune
 
-        return tune.tune_plan(request) if op == "tune_plan" else tune.tune_chunk(request)
+        return {"tune_plan": tune.tune_plan, "tune_chunk": tune.tune_chunk, "workload_tasks": tune.workload_tasks}[op](request)
     if op == "check_targets":
         from .build import check_targets
 

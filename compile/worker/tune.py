@@ -169,6 +169,26 @@ def _extract_plan(request: dict[str, Any], target: tvm.target.Target) -> dict[st
                       for i, t in enumerate(tasks)]}
 
 
+def workload_tasks(request: dict[str, Any]) -> dict[str, Any]:
+    """Worker op ``workload_tasks``: each model's fused tasks as ``{key: {structural hash: weight}}``.
+
+    The hashes are tune_state.json's task keys (a task of the same hash but another module, which
+    :func:`_extract_plan` numbers ``HASH-1``, is counted under the plain hash: rare, and only ever
+    used to look up a task's best time).
+    """
+    from .build import make_target
+
+    target = make_target(request["tvm_target"], request["target_name"])
+    out: dict[str, dict[str, int]] = {}
+    for key, mod in _load_models(request, target):
+        tasks: dict[str, int] = {}
+        for task in ms.relax_integration.extract_tasks(mod, target):
+            h = str(tvm_ffi.structural_hash(task.dispatched[0]))
+            tasks[h] = tasks.get(h, 0) + int(task.weight)
+        out[key] = tasks
+    return {"tasks": out}
+
+
 def _read_plan(path: str, plan_key: str) -> dict[str, Any] | None:
     try:
         plan = json.loads(Path(path).read_text())

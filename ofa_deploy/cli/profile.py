@@ -40,8 +40,9 @@ from .options import SEED, parse_resolutions
                    "is timed).")
 @click.option("--adapt", is_flag=True,
               help="A usable model in minutes for a device without one: take the per-block tables of the nearest "
-                   "other device's model (tuning_logs/) and only time the --calibrate subnets here (few-shot "
-                   "transfer); a later plain 'profile' replaces it with this device's own tables.")
+                   "other device's model (tuning_logs/), re-scale each block to the code built here by its tasks' "
+                   "best times in the two databases (nothing timed), and only time the --calibrate subnets here "
+                   "(few-shot transfer); a later plain 'profile' replaces it with this device's own tables.")
 @click.option("--adapt-from", "adapt_from", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
               help="Like --adapt, with this device folder's tables (e.g. tuning_logs/x86_64-znver5-2c).")
 @click.pass_context

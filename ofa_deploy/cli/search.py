@@ -169,9 +169,9 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
         verify_top = 0
         if unchecked and latency_ms is not None and (measure := find_measure(target)) is not None:
             verify_top = AUTO_VERIFY
-            click.echo(f"search: no latency model of this device; the estimate comes from {unchecked}, so the top "
-                       f"{AUTO_VERIFY} candidates are compiled and measured here (about a minute each) to check the "
-                       f"{latency_ms:g} ms budget (--verify-top 0: don't)", err=True)
+            click.echo(f"search: no profile of this device's own; the estimate comes from {unchecked}, so the top "
+                       f"{AUTO_VERIFY} candidates are compiled and measured here (about a minute each; more rounds if "
+                       f"the estimate is off) to check the {latency_ms:g} ms budget (--verify-top 0: don't)", err=True)
     if verify_top and measure is None:
         measure = find_measure(target, rpc)
         if measure is None:

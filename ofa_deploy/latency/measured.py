@@ -227,8 +227,12 @@ def describe_basis(data: dict[str, Any]) -> str:
     source = data.get("adapted_from")
     if isinstance(source, dict):  # another device's tables; only the correction was fitted on this one
         was = source.get("database_sha256")
-        tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {_short(was, 'none')}), "
-                 f"calibrated on this device's code (db {_short(db, 'none')})")
+        rescaled = source.get("rescaled")
+        per_block = (f"re-scaled per block by the task times of {', '.join(rescaled['databases_here'])}, "
+                     if isinstance(rescaled, dict) else "")
+        code = f"db {_short(db, 'none')}" if db or not data.get("transfer_sha256") else "borrowed schedules"
+        tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {_short(was, 'none')}), {per_block}"
+                 f"calibrated on this device's code ({code})")
     c = data["calibration"]
     fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])

@@ -45,7 +45,8 @@ from tqdm import tqdm
 from ofa_deploy.atomic import write_json
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import DEFAULT_SPACE, SearchSpace, SubnetConfig, get_space
-from ofa_deploy.tuning_logs.database import current_transfer_hashes, database_hash, default_database
+from ofa_deploy.tuning_logs.database import (current_transfer_hashes, database_hash, default_database,
+                                             transfer_databases)
 from ofa_deploy.tuning_logs.folders import measuring_identity, target_dir
 from ofa_deploy.tuning_logs.identity import check_folder, claim_folder
 from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
@@ -254,11 +255,13 @@ def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
     """Few-shot transfer: another device's per-block tables, to be calibrated on this one.
 
     A block's time relative to the others' changes little between two CPUs running the same
-    schedules (this device borrows them: compile/worker/schedules.py), while the overall speed
-    and the per-call overhead change a lot: the affine calibration ``measured = a * table + b``
-    fitted on subnets timed *here* captures exactly those two (HELP, NeurIPS 2021, adapts a
-    latency predictor with ~10 samples of the new device). ``profile`` without ``--adapt-from``
-    then replaces it with this device's own tables.
+    schedules, while the overall speed and the per-call overhead change a lot: the affine
+    calibration ``measured = a * table + b`` fitted on subnets timed *here* captures exactly those
+    two (HELP, NeurIPS 2021, adapts a latency predictor with ~10 samples of the new device). Where
+    this device runs other schedules (its own database, or 256-bit ones borrowed where the tables
+    timed AVX-512 code), each block is first re-scaled by its tasks' best times in the two
+    databases (:func:`_rescale_to_this_code`), which a scale and an offset could not do.
+    ``profile`` without ``--adapt-from`` then replaces it with this device's own tables.
     """
     from ofa_deploy.tuning_logs.identity import read_identity
 
@@ -291,7 +294,62 @@ def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
              source_device.describe() if source_device else "device unknown")
     return {"folder": folder.name, "device": source_device.to_json() if source_device else None,
             "created": data.get("created"), "database_sha256": data.get("database_sha256"),
-            "tvm_threads": data.get("tvm_threads")}
+            "tvm_threads": data.get("tvm_threads"), "rescaled": _rescale_to_this_code(run, cfg, folder, data)}
+
+
+def _rescale_to_this_code(run: _Run, cfg: ProfileConfig, folder: Path, data: dict[str, Any]) -> dict[str, Any] | None:
+    """Re-scale the adopted tables (``run.workloads``) to the code built here: :func:`rescale_tables` with the
+    databases builds take schedules from, in that order: this device's own, then the ones it borrows."""
+    from ofa_deploy.tuning_logs.database import transfer_folders
+
+    own = Path(cfg.database_dir) if cfg.database_dir else target_dir(run.spec.name)
+    here = [(own, run.identity["database_sha256"])] if run.database is not None else []
+    here += [(f, database_hash(resolved)) for f, resolved in transfer_folders(run.spec.name)]
+    run.workloads, info = rescale_tables(run.workloads, folder, data.get("database_sha256"), here, run.spec.name,
+                                         run.space.name, tuple(cfg.resolutions), run.n_classes)
+    return info
+
+
+def rescale_tables(workloads: dict[str, dict[str, Any]], source_folder: Path, source_sha: str | None,
+                   here: list[tuple[Path, str | None]], target: str, space: str, resolutions: tuple[int, ...],
+                   n_classes: int | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Another device's workload records re-scaled block by block by the databases' task times (:mod:`.rescale`).
+
+    The tables' task times are those of the database they timed (``source_folder``'s
+    tune_state.json, checked against ``source_sha``); this code's are those of ``here``, (device
+    folder, sha256 of the database builds use from it) in the order builds take schedules, each
+    used only when its tune_state.json was written for that database. Returns the records and
+    what was done (None, records unchanged, said in the log, when either side has no task times).
+    """
+    from ofa_deploy.compile.tune import workload_tasks
+    from ofa_deploy.tuning_logs.database import task_best_times
+
+    from .rescale import block_ratios, rescale_workloads
+
+    state_sha, source = task_best_times(source_folder)
+    if not source or state_sha != source_sha:
+        log.warning("adapt: %s holds no task times of the database its tables timed (db %s); the tables are "
+                    "taken as they are, only scaled by the calibration", source_folder.name, str(source_sha)[:8])
+        return workloads, None
+    times: dict[str, float] = {}
+    used = []
+    for path, sha in here:
+        state_sha, found = task_best_times(path)
+        if found and state_sha == sha:  # task times of exactly the database builds use
+            used.append(f"{path.name} (db {sha[:8]})")
+            for task, seconds in found.items():
+                times.setdefault(task, seconds)  # the first database holding a task schedules it
+    if not times:
+        log.warning("adapt: the databases builds here use hold no task times; %s's tables are taken as they are",
+                    source_folder.name)
+        return workloads, None
+    ratios = block_ratios(workload_tasks(target, space, resolutions, n_classes, set(workloads)), source, times)
+    summary = ratios.summary()
+    log.info("adapt: %s's tables re-scaled block by block to this code by the tasks' best times of %s (median "
+             "x %.2f, 10-90 %% x %.2f..%.2f; %d of %d blocks got the median)", source_folder.name, ", ".join(used),
+             summary["median_ratio"], summary["ratio_p10"], summary["ratio_p90"], summary["blocks_with_median"],
+             summary["blocks"])
+    return rescale_workloads(workloads, ratios), {"by": "task best times", "databases_here": used, **summary}
 
 
 @dataclass
@@ -343,8 +401,15 @@ def _start(cfg: ProfileConfig) -> _Run:
     database = Path(cfg.database_dir) if cfg.database_dir else default_database(spec.name)
     db_hash = database_hash(database) if database is not None else None
     if database is None:
-        log.warning("profile %s: no MetaSchedule database (tuning_logs/%s/ has none, no --database): timing "
-                    "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name, spec.name)
+        borrowed = [name for name, _ in transfer_databases(spec.name)]
+        if borrowed:  # what compile builds here too: the model describes that code
+            log.warning("profile %s: no MetaSchedule database of its own (tuning_logs/%s/, no --database): timing "
+                        "code with schedules borrowed from %s, the rule for the rest; 'ofa-deploy tune' makes "
+                        "this device's own", spec.name, target_dir(spec.name).name, ", ".join(borrowed))
+        else:
+            log.warning("profile %s: no MetaSchedule database (tuning_logs/%s/ has none, no --database): timing "
+                        "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name,
+                        target_dir(spec.name).name)
     identity = _identity(spec, db_hash, sp.name, n_classes, None if remote else tvm_threads(settings.num_threads),
                          remote.source if remote else "measured")
     workloads = space_workloads(sp, cfg.resolutions, n_classes, spec.data_layout)  # edges in the network's layout

@@ -21,13 +21,13 @@ from .predictor import (AccuracyModel, AccuracyPredictorNet, Predictor, Predicto
                         load_predictor, rmse, save_predictor, train_predictor)
 from .proxy import ProxyAccuracy
 from .result import SearchResult
-from .verify import Measure, find_measure, verify_top
+from .verify import Measure, ScaledLatency, find_measure, verify_search, verify_top
 
 __all__ = [
     "AccDatasetConfig", "AccuracyModel", "AccuracyPredictorNet", "Constraints", "DEFAULT_PREDICTOR",
     "ENCODING_VERSION", "Evaluator", "EvolutionConfig", "Measure", "NsgaConfig", "OBJECTIVES", "Predictor",
-    "PredictorMeta", "ProxyAccuracy", "Scored", "SearchResult", "TrainConfig", "build_acc_dataset", "encode",
+    "PredictorMeta", "ProxyAccuracy", "ScaledLatency", "Scored", "SearchResult", "TrainConfig", "build_acc_dataset", "encode",
     "encode_configs", "evolution_search", "find_measure", "kendall_tau", "load_acc_dataset", "load_predictor",
     "n_features", "nsga_search", "predictor_info", "resolve_predictor", "rmse", "run_search", "sample_subnets",
-    "save_predictor", "train_predictor", "verify_top", "write_outputs",
+    "save_predictor", "train_predictor", "verify_search", "verify_top", "write_outputs",
 ]

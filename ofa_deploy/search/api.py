@@ -16,7 +16,7 @@ from .evolution import EvolutionConfig, evolution_search
 from .nsga import NsgaConfig, nsga_search
 from .predictor import AccuracyModel, Predictor, load_predictor
 from .result import SearchResult
-from .verify import Measure, verify_top
+from .verify import Measure, verify_search
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,11 @@ def run_search(target: str | Any, accuracy: AccuracyModel, *, constraints: Const
                objective: str = "accuracy", population: int = 100, generations: int = 500, seed: int = 0,
                n_classes: int | None = None, latency: LatencyModel | None = None, progress: bool | None = False,
                verify_k: int = 0, measure: Measure | None = None) -> SearchResult:
-    """Search the predictor's space for ``target``; optionally verify the top ``verify_k`` with ``measure``."""
+    """Search the predictor's space for ``target``; optionally verify the top ``verify_k`` with ``measure``.
+
+    Verification searches again on the model scaled to what was measured while the model is off
+    on the device (:func:`.verify.verify_search`).
+    """
     if objective not in OBJECTIVES:
         raise OfaDeployError(f"objective: unknown {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if population < 4 or generations < 1:
@@ -70,13 +74,15 @@ def run_search(target: str | Any, accuracy: AccuracyModel, *, constraints: Const
     space = accuracy.space
     n_classes = n_classes or getattr(getattr(accuracy, "meta", None), "n_classes", None)
     model = latency or latency_model(target, space, n_classes)
-    ev = Evaluator(space, accuracy, model, constraints, n_classes)
-    if objective == "accuracy":
-        result = evolution_search(ev, EvolutionConfig(population=population, generations=generations, seed=seed,
-                                                      top_k=max(10, verify_k)), progress=progress)
-    else:
-        result = nsga_search(ev, NsgaConfig(population=population, generations=generations, seed=seed,
-                                            top_k=max(10, verify_k)), progress=progress)
+
+    def search(estimate: LatencyModel) -> SearchResult:  # one search; verification may repeat it on a scaled model
+        ev = Evaluator(space, accuracy, estimate, constraints, n_classes)
+        if objective == "accuracy":
+            return evolution_search(ev, EvolutionConfig(population=population, generations=generations, seed=seed,
+                                                        top_k=max(10, verify_k)), progress=progress)
+        return nsga_search(ev, NsgaConfig(population=population, generations=generations, seed=seed,
+                                          top_k=max(10, verify_k)), progress=progress)
+
     if verify_k:
-        result = verify_top(result, verify_k, measure, constraints.latency_ms)
-    return result
+        return verify_search(search, model, verify_k, measure, constraints.latency_ms)
+    return search(model)

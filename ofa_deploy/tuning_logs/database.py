@@ -149,11 +149,20 @@ def default_database(target_name: str) -> Path | None:
 def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path]]:
     """Other devices' databases a build for ``target_name`` may borrow schedules from, nearest first.
 
+    (label, the database's fastest records: :func:`best_records`) per folder of
+    :func:`transfer_folders`; the label is the folder's name, recorded in metadata.json.
+    """
+    return [(folder.name, best_records(resolved)) for folder, resolved in transfer_folders(target_name, limit)]
+
+
+def transfer_folders(target_name: str, limit: int = 3) -> list[tuple[Path, Path]]:
+    """(device folder, its database as TVM reads it) of the devices ``target_name`` borrows from, nearest first.
+
     Only CPU databases serve CPU targets and GPU ones GPU targets (a trace's thread bindings do
     not transfer between the two), and a CPU's only CPUs of its vector width where both are known
     (:attr:`DeviceIdentity.vector_bits`: AVX-512 schedules on a 128-bit ISA ran slower than the
     rule schedules), and only databases in the data layout the target builds in (other layouts'
-    workloads are other functions). The label is the folder's name, recorded in metadata.json.
+    workloads are other functions).
     """
     me = target_identity(target_name)
     is_gpu = me.arch == "cuda"
@@ -172,10 +181,27 @@ def transfer_databases(target_name: str, limit: int = 3) -> list[tuple[str, Path
             continue
         resolved = resolve_database(folder)
         if resolved is not None:
-            found.append((folder.name, best_records(resolved)))
+            found.append((folder, resolved))
         if len(found) == limit:
             break
     return found
+
+
+def task_best_times(folder: str | Path) -> tuple[str | None, dict[str, float]]:
+    """(database sha256 the times belong to, {task structural hash: fastest measured seconds}) of a tuned folder.
+
+    ``tune`` keeps each task's best time in tune_state.json as it tunes; empty when the folder has
+    no state file or it is unreadable.
+    """
+    try:
+        state = json.loads((Path(folder) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None, {}
+    if not isinstance(state, dict) or not isinstance(state.get("tasks"), dict):
+        return None, {}
+    times = {h: float(t["best_s"]) for h, t in state["tasks"].items()
+             if isinstance(t, dict) and isinstance(t.get("best_s"), (int, float)) and t["best_s"] > 0}
+    return state.get("database_sha256"), times
 
 
 def best_records(database_dir: str | Path) -> Path:
