@@ -33,6 +33,7 @@ import numpy as np
 from ofa_deploy.atomic import atomic_path
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel
+from ofa_deploy.latency.speed_state import kept_timing
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.genes import configs_to_genes
 from ofa_deploy.targets import get_target
@@ -40,7 +41,7 @@ from ofa_deploy.tuning_logs.folders import target_dir
 from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_accuracy import accuracy_metrics, kept_ms, row_passes  # noqa: E402
+from latency_accuracy import accuracy_metrics, row_passes  # noqa: E402
 
 log = logging.getLogger("adaptation_curve")
 
@@ -53,7 +54,7 @@ def refit_curve(model: MeasuredLatencyModel, rows: list[dict[str, str]], sizes: 
                            d=[int(v) for v in r["d"].split()], image_size=int(r["image_size"]), space=space)
               for r in rows]
     table = model.table_sum(configs_to_genes(unseen, space))
-    measured = np.array([kept_ms(row_passes(r), model.scaling) for r in rows])  # referred as this model refers
+    measured = np.array([kept_timing(row_passes(r), model.scaling) for r in rows])  # referred as this model refers
     # the calibration subnets against this model's tables (re-scaled tables give other sums than the stored ones)
     cal_table = model.table_sum(configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in points], space))
     cal_measured = np.array([p["measured_ms"] for p in points])

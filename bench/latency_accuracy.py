@@ -38,7 +38,8 @@ from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency.measured import MeasuredLatencyModel, mismatch
 from ofa_deploy.latency.profile import measure_subnets, sample_subnets
-from ofa_deploy.latency.speed_state import Pass, SpeedScaling, fastest_steady, probed, steady_passes
+from ofa_deploy.latency.speed_state import (Pass, SpeedScaling, fastest_steady, kept_timing, probed,
+                                             steady_passes)
 from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.search_space.genes import configs_to_genes, random_genes, resolution_indices
 from ofa_deploy.targets import get_target
@@ -61,12 +62,6 @@ def accuracy_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             if len(rel) else float("nan")}
 
 
-def kept_ms(passes: Sequence[Pass], scaling: SpeedScaling | None) -> float:
-    """A subnet's measured value from its passes, as ``profile`` keeps its tables: referred to the model's speed
-    state with its own elasticity when it has one, else the fastest steady pass."""
-    return scaling.timing(passes) if scaling is not None else fastest_steady(passes)
-
-
 def repeatability(pass_groups: Sequence[Sequence[Pass]], scaling: SpeedScaling | None) -> dict[str, float]:
     """How well the bench's own measurements repeat: the floor under any model's error.
 
@@ -82,7 +77,7 @@ def repeatability(pass_groups: Sequence[Sequence[Pass]], scaling: SpeedScaling |
         if len(steady) < 2:
             continue
         refer = scaling is not None and probed(steady)
-        kept = kept_ms(passes, scaling)
+        kept = kept_timing(passes, scaling)
         values = np.array([ms * scaling.factor(p) if refer else ms for ms, p in steady])
         rel.extend((values - kept) / kept)
         sds.append(float(np.std(np.log(values), ddof=1)))
@@ -204,7 +199,7 @@ def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, buil
         cfg, pred = by_id[sid], pred_of[sid]
         old = rows.get(sid, {})
         passes = (row_passes(old) if old else [])[:pass_index] + [(m.median_ms, m.probe_us or None)]
-        kept = kept_ms(passes, scaling)
+        kept = kept_timing(passes, scaling)
         rows[sid] = {"id": sid, "image_size": cfg.image_size, "ks": " ".join(map(str, cfg.ks)),
                      "e": " ".join(map(str, cfg.e)), "d": " ".join(map(str, cfg.d)),
                      "predicted_ms": f"{pred:.4f}", "measured_ms": f"{kept:.4f}",

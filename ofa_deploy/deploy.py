@@ -207,8 +207,7 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
     this device: the warning names the model, the device it describes and the command that fixes it.
     A model whose timings are referred to one speed state of the machine (``speed_scaling``) is
     compared at the speed probe's reading of this timing: the prediction moves, the measurement
-    stays as measured. Not another CPU's model: its probe readings were that CPU's (znver5's
-    reference 1.70 us is a slowed state on a znver3), so it is compared as it stands.
+    stays as measured (another CPU's model has none: ``latency.measured.load_nearest_model``).
     Timings are compared only with a model timed the same way: a device's latency with a model of
     measured code (or a roofline), an emulated one (qemu over ``--rpc-emulated``) only with a model
     profiled under the emulator, as plumbing: recorded with ``source: emulated``, never warned about.
@@ -233,8 +232,6 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
         return None
     measured = float(latency["median_ms"])
     scaling, probe_us = getattr(model, "scaling", None), latency.get("probe_us")
-    if getattr(model, "foreign_device", None):  # its speed states are another CPU's: a reading here is no guide
-        scaling = None
     at_reference = predicted
     if scaling is not None and probe_us:  # the model's latencies are of one speed state: compare in this one
         predicted = scaling.at(at_reference, probe_us)

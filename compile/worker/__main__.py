@@ -4,8 +4,9 @@ The request names an ``op`` and its arguments; :func:`handle` hands it to the mo
 (``build``, ``check_targets``: :mod:`.build`; ``run``, ``time``: :mod:`.run`; ``rpc_run``,
 ``rpc_time``: :mod:`.rpc`; ``profile``: :mod:`.profile`; ``tune_plan``, ``tune_chunk``,
 ``workload_tasks``: :mod:`.tune`), importing it only then, so a job pays for the TVM parts it
-uses. The reply (JSON written to ``reply_path``) is ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A crash
-leaves no reply; the parent then reports the exit signal and stderr.
+uses. The reply (JSON written to ``reply_path``) is ``{"ok": true, ...}`` or
+``{"ok": false, "error": "..."}``. A crash leaves no reply; the parent then reports the exit
+signal and stderr.
 """
 
 from __future__ import annotations

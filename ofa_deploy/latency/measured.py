@@ -384,6 +384,7 @@ def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: in
                f"{fix}", used=True)
     model.basis = f"ANOTHER DEVICE's measured tables: {folder.name} ({identity.describe()}), not this one; {model.basis}"
     model.foreign_device = folder.name
+    model.scaling = None  # speed states are one CPU's probe readings (znver5's 1.70 us is a slowed znver3)
     model.target = label or target_name
     return model
 

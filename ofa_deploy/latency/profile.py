@@ -53,7 +53,7 @@ from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 
 from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, model_data_layout, save_model,
                        tables_from_workloads, timing_source)
-from .speed_state import SpeedScaling, fastest_steady, lowest_reading, passes_of, probed
+from .speed_state import SpeedScaling, kept_timing, lowest_reading, passes_of, probed
 from .tables import lookup
 
 log = logging.getLogger(__name__)
@@ -548,12 +548,11 @@ def _refer_timings(run: _Run, used: list[dict[str, Any]], own_tables: bool) -> S
             log.warning("profile %s: %d calibration passes with too few or too alike speed-probe readings to "
                         "measure how latency follows them; k = %.1f assumed (more --calibrate or --passes fit it)",
                         run.spec.name, scaling.n_passes, scaling.elasticity)
-    timing = scaling.timing if scaling is not None else fastest_steady
     for entry in tables:
-        entry["median_ms"] = timing(passes_of(entry))
+        entry["median_ms"] = kept_timing(passes_of(entry), scaling)
     for point in used:
         if point.get("passes"):
-            point["measured_ms"] = timing(passes_of(point))
+            point["measured_ms"] = kept_timing(passes_of(point), scaling)
     return scaling
 
 

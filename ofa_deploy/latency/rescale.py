@@ -15,13 +15,10 @@ here: the ratios come from tuning. A block whose tasks are mostly unknown to eit
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 MIN_COVER = 0.5  # a block's ratio counts when its known tasks hold at least half of its tasks' source time
 

@@ -123,6 +123,12 @@ class SpeedScaling:
         return cls(reference_us, float(np.clip(k, *ELASTICITY_BOUNDS)), True, len(x), stderr)
 
 
+def kept_timing(passes: Sequence[Pass], scaling: SpeedScaling | None) -> float:
+    """An entry's latency from its passes, the one way ``profile`` keeps tables and the benches keep subnets:
+    referred to ``scaling``'s speed state when there is one, else the fastest steady pass."""
+    return scaling.timing(passes) if scaling is not None else fastest_steady(passes)
+
+
 def lowest_reading(groups: Sequence[Sequence[Pass]]) -> float | None:
     """The lowest probe reading of all passes (None: nothing was probed)."""
     readings = [p for passes in groups for _, p in passes if p is not None and p > 0]
