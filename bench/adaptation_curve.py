@@ -16,6 +16,12 @@ calibration timings, e.g. with re-scaled tables, is scored on the same rows; ``-
 ``--rescale-by FOLDER`` re-scales a model made before ``--adapt`` re-scaled its tables (by the task
 times of FOLDER's database, the one its device built with) and scores that, on the same rows.
 
+``--own-tables MODEL --time-blocks 0,10,20`` answers "how many blocks timed here are enough"
+(``profile --adapt --time-blocks K``) without timing them again: MODEL is a full profile of the same
+device, and its entries stand in for the K blocks the adapt run would time (the same builds, the
+same timing); the untimed blocks move by their stage's ratio (``latency.anchor``), then the
+correction is refitted per n as above.
+
 Prints, per n: share within +-10 %, MAPE, Kendall tau, and the minutes of device time that n
 subnets cost (their share of the adapt run's wall time, ``--adapt-minutes``); plots the curve.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -41,7 +48,7 @@ from ofa_deploy.tuning_logs.folders import target_dir
 from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_accuracy import accuracy_metrics, row_passes  # noqa: E402
+from latency_accuracy import accuracy_metrics, row_config, row_passes  # noqa: E402
 
 log = logging.getLogger("adaptation_curve")
 
@@ -50,9 +57,7 @@ def refit_curve(model: MeasuredLatencyModel, rows: list[dict[str, str]], sizes: 
     """Metrics of the model refitted on its first n calibration points, for each n in ``sizes``."""
     points = model.meta["calibration"]["points"]
     space = model.meta["space"]
-    unseen = [SubnetConfig(ks=[int(v) for v in r["ks"].split()], e=[int(v) for v in r["e"].split()],
-                           d=[int(v) for v in r["d"].split()], image_size=int(r["image_size"]), space=space)
-              for r in rows]
+    unseen = [row_config(r, space) for r in rows]
     table = model.table_sum(configs_to_genes(unseen, space))
     measured = np.array([kept_timing(row_passes(r), model.scaling) for r in rows])  # referred as this model refers
     # the calibration subnets against this model's tables (re-scaled tables give other sums than the stored ones)
@@ -65,6 +70,21 @@ def refit_curve(model: MeasuredLatencyModel, rows: list[dict[str, str]], sizes: 
         cal = Calibration.fit(cal_table[:n], cal_measured[:n])
         out.append({**accuracy_metrics(cal.a * table + cal.b, measured), "n": n, "a": cal.a, "b": cal.b})
     return out
+
+
+def anchored_model(model: MeasuredLatencyModel, own: MeasuredLatencyModel, k: int) -> MeasuredLatencyModel:
+    """``model`` as ``profile --adapt --time-blocks k`` would make it, with ``own``'s entries as the k timings."""
+    from ofa_deploy.latency.anchor import anchor_tables, block_shares, choose_blocks
+
+    meta = model.meta
+    adopted = {key: w["median_ms"] for key, w in meta["workloads"].items()}
+    missing = sorted(set(adopted) - set(own.meta["workloads"]))
+    if missing:
+        raise OfaDeployError(f"--own-tables: no entry for {missing[0]} (profile the same resolutions)")
+    picked = choose_blocks(block_shares(meta["space"], meta["resolutions"], adopted), k)
+    anchored, _ = anchor_tables(adopted, {key: own.meta["workloads"][key]["median_ms"] for key in picked})
+    workloads = {key: {**w, "median_ms": anchored[key]} for key, w in meta["workloads"].items()}
+    return MeasuredLatencyModel.from_dict({**meta, "workloads": workloads})
 
 
 def rescale_model(model: MeasuredLatencyModel, folder: Path, target: str) -> MeasuredLatencyModel:
@@ -96,23 +116,33 @@ def target_dir_of(folder_name: str) -> Path:
     raise OfaDeployError(f"the model's tables come from {folder_name}, which is not in tuning_logs/")
 
 
-def plot(path: Path, curve: list[dict[str, float]], minutes_per_subnet: float, title: str) -> None:
-    """Share within +-10 % and tau against calibration subnets (top axis: minutes), Agg, atomic."""
+def plot(path: Path, curves: dict[int, list[dict[str, float]]], minutes_per_subnet: float, minutes_per_block: float,
+         title: str) -> None:
+    """Share within +-10 % (solid) and tau (dashed) against minutes on the device, one colour per number of blocks
+    timed (x: calibration subnets when the minutes are unknown); Agg, atomic."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.6, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    n = [c["n"] for c in curve]
-    ax.plot(n, [100 * c["within_10pct"] for c in curve], "o-", label="within +-10 % (%)")
-    ax.plot(n, [100 * c["kendall_tau"] for c in curve], "s--", label="Kendall tau x 100")
+    timed = np.isfinite(minutes_per_subnet) and (np.isfinite(minutes_per_block) or list(curves) == [0])
+    for i, (k, curve) in enumerate(curves.items()):
+        x = [c["n"] * minutes_per_subnet + k * (minutes_per_block if k else 0.0) if timed else c["n"] for c in curve]
+        colour = f"C{i}"
+        ax.plot(x, [100 * c["within_10pct"] for c in curve], "o-", color=colour,
+                label=f"{k} blocks timed: within +-10 % (%)")
+        ax.plot(x, [100 * c["kendall_tau"] for c in curve], "s--", color=colour, alpha=0.6, label="  Kendall tau x 100")
     ax.axhline(90, color="tab:green", lw=0.8, ls=":", label="goal: 90 % within +-10 %")
-    ax.set_xlabel(f"calibration subnets timed on the new device (~{minutes_per_subnet:.1f} min each)")
-    ax.set_ylim(0, 100)
+    if timed:
+        ax.axvline(15, color="0.5", lw=0.8, ls=":", label="15 minutes")
+    ax.set_xlabel("minutes on the new device (calibration subnets + blocks timed)" if timed else
+                  "calibration subnets timed on the new device")
+    ax.set_ylim(0, 130)  # the top for the legend
+    ax.set_yticks(range(0, 101, 20))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6, loc="upper left", ncol=2)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -129,8 +159,13 @@ def plot(path: Path, curve: list[dict[str, float]], minutes_per_subnet: float, t
 @click.option("--rescale-by", "rescale_by", default=None, type=click.Path(file_okay=False, exists=True),
               help="First re-scale the model's tables block by block by the task times of this device folder's "
                    "database over the source's (what profile --adapt does now; for models made before it).")
+@click.option("--own-tables", "own_path", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A full profile of the same device: its entries stand in for the blocks --time-blocks times.")
+@click.option("--time-blocks", "time_blocks", default="0", show_default=True,
+              help="Blocks timed on the device (with --own-tables), e.g. 0,10,20,40.")
+@click.option("--block-minutes", type=float, default=None, help="Wall minutes per timed block (for the minutes column).")
 def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None, model_path: str | None,
-         rescale_by: str | None) -> None:
+         rescale_by: str | None, own_path: str | None, time_blocks: str, block_minutes: float | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         spec = get_target(target)
@@ -141,15 +176,21 @@ def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None, m
         if rescale_by is not None:
             model = rescale_model(model, Path(rescale_by), spec.name)
         db, tvm = model.meta.get("database_sha256"), model.meta.get("tvm_version")
+        resolutions = {str(r) for r in model.meta["resolutions"]}  # rows at others: the model cannot predict them
         rows = [r for r in csv.DictReader(open(rows_path))  # timings of the same code; referred by this model
-                if (r["database_sha256"] or None) == db and r["tvm_version"] == tvm and r.get("pass_ms")]
+                if (r["database_sha256"] or None) == db and r["tvm_version"] == tvm and r.get("pass_ms")
+                and r["image_size"] in resolutions]
         if not rows:
             raise OfaDeployError(f"--rows {rows_path}: no row timed with this model's database ({db}) and TVM "
                                  f"({tvm}); run bench/latency_accuracy.py --target {target} first")
         ns = sorted({int(v) for v in sizes.split(",")})
         if ns[0] < 2:
             raise OfaDeployError(f"--sizes: each at least 2 (an affine fit), got {ns[0]}")
-        curve = refit_curve(model, rows, ns)
+        ks = sorted({int(v) for v in time_blocks.split(",")})
+        if ks != [0] and own_path is None:
+            raise OfaDeployError("--time-blocks: give --own-tables (a full profile of this device) to take them from")
+        own = MeasuredLatencyModel.load(Path(own_path)) if own_path else None
+        curves = {k: refit_curve(anchored_model(model, own, k) if k else model, rows, ns) for k in ks}
     except (OfaDeployError, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
@@ -157,14 +198,21 @@ def main(target: str, rows_path: str, sizes: str, adapt_minutes: float | None, m
     source = model.meta["adapted_from"]["folder"]
     rescaled = ", re-scaled per block" if model.meta["adapted_from"].get("rescaled") else ""
     click.echo(f"{spec.name}: tables of {source}{rescaled}, calibrated here; {len(rows)} unseen subnets ({path})")
-    click.echo("| calibration subnets | minutes | within +-10 % | MAPE | Kendall tau | a | b (ms) |")
-    click.echo("|---|---|---|---|---|---|---|")
-    for c in curve:
-        click.echo(f"| {c['n']} | {c['n'] * per:.1f} | {100 * c['within_10pct']:.0f} % | {c['mape_pct']:.2f} % | "
-                   f"{c['kendall_tau']:.3f} | {c['a']:.3f} | {c['b']:+.3f} |")
+    if ks != [0]:
+        click.echo(f"blocks timed here: this device's entries from {own_path}")
+    per_block = block_minutes if block_minutes else float("nan")
+    click.echo("| blocks timed | calibration subnets | minutes | within +-10 % | MAPE | Kendall tau | a | b (ms) |")
+    click.echo("|---|---|---|---|---|---|---|---|")
+    for k, curve in curves.items():
+        for c in curve:
+            minutes = c["n"] * per + (k * per_block if k else 0.0)
+            click.echo(f"| {k} | {c['n']} | {minutes:.1f} | {100 * c['within_10pct']:.0f} % | {c['mape_pct']:.2f} % | "
+                       f"{c['kendall_tau']:.3f} | {c['a']:.3f} | {c['b']:+.3f} |")
     stem = path.stem if model_path else target_dir(spec.name).name
-    png = Path(rows_path).with_name(f"adaptation_curve_{stem}{'_rescaled' if rescale_by else ''}.png")
-    plot(png, curve, per, f"{spec.name}: {source}'s tables{rescaled}, few-shot calibration, {len(rows)} unseen subnets")
+    tag = ("_rescaled" if rescale_by else "") + (f"_{ks[-1]}blocks" if ks[-1] else "")
+    png = Path(rows_path).with_name(f"adaptation_curve_{stem}{tag}.png")
+    plot(png, curves, per, per_block, f"{spec.name}: {source}'s tables{rescaled}, few-shot calibration"
+         f"{', blocks timed here' if ks != [0] else ''}, {len(rows)} unseen subnets")
     click.echo(f"plot: {png}")
 
 

@@ -14,6 +14,11 @@ timed) and a predicted-vs-measured scatter PNG beside it.
     ofa-deploy profile --target x86-host            # first: the model
     python bench/latency_accuracy.py --target x86-host --n 100
 
+``--score-rows CSV`` times nothing: it scores the model on rows an earlier run timed with the same
+code (database, borrowed databases' hashes are the model's identity; TVM), e.g. for another model
+of the same device, each row's passes referred to this model's speed state; rows at resolutions the
+model does not cover, or that were its calibration subnets, are left out.
+
 Goal on the local x86 host: >= 95 % within +-10 % and tau >= 0.9. Measure on an idle machine.
 """
 
@@ -41,6 +46,7 @@ from ofa_deploy.latency.profile import measure_subnets, sample_subnets
 from ofa_deploy.latency.speed_state import (Pass, SpeedScaling, fastest_steady, kept_timing, probed,
                                              steady_passes)
 from ofa_deploy.search.predictor import kendall_tau
+from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.genes import configs_to_genes, random_genes, resolution_indices
 from ofa_deploy.targets import get_target
 from ofa_deploy.tuning_logs.database import current_database_hash, default_database
@@ -99,6 +105,12 @@ def read_rows(path: Path, db: str | None, tvm: str | None, created: str) -> dict
     return keep
 
 
+def row_config(row: dict[str, str], space: str) -> SubnetConfig:
+    """The subnet a CSV row timed."""
+    return SubnetConfig(ks=[int(v) for v in row["ks"].split()], e=[int(v) for v in row["e"].split()],
+                        d=[int(v) for v in row["d"].split()], image_size=int(row["image_size"]), space=space)
+
+
 def row_passes(row: dict[str, str]) -> list[Pass]:
     """A CSV row's passes as (ms, probe reading or None)."""
     probes = [float(v) or None for v in (row.get("pass_probe_us") or "").split()]
@@ -149,30 +161,79 @@ def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, title: 
 @click.option("--build-only", is_flag=True, help="Only compile the subnets into the module cache (builds need "
               "no idle machine: run them while something else works, then time on an idle one).")
 @click.option("--update-benchmarks", is_flag=True, help="Also rewrite the BENCHMARKS.md section.")
+@click.option("--score-rows", "score_rows", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Time nothing: score the model on this CSV's rows (timed earlier with the same code).")
 def main(target: str, n_subnets: int, seed: int, passes: int, out_dir: str, build_only: bool,
-         update_benchmarks: bool) -> None:
+         update_benchmarks: bool, score_rows: str | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if score_rows:
+            rescore(target, Path(score_rows), Path(out_dir))
+            return
         run(target, n_subnets, seed, passes, Path(out_dir), build_only, update_benchmarks)
     except OfaDeployError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
 
 
-def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, build_only: bool,
-        update_benchmarks: bool) -> None:
+def current_model(target: str) -> tuple[object, Path, MeasuredLatencyModel, str | None, str]:
+    """The target's spec, model path, model, database hash and TVM version; refused unless the model describes the
+    code compiled now and covers every workload."""
     spec = get_target(target)
     path = target_dir(spec.name) / MODEL_FILE
     if not path.is_file():
         raise OfaDeployError(f"no latency model at {path}: run 'ofa-deploy profile --target {spec.name}' first")
     model = MeasuredLatencyModel.load(path)
-    meta = model.meta
     db, tvm = current_database_hash(spec.name), installed_tvm_version()
-    reason = mismatch(meta, database_sha256=db, tvm_version=tvm, space=meta["space"], n_classes=None)
+    reason = mismatch(model.meta, database_sha256=db, tvm_version=tvm, space=model.meta["space"], n_classes=None)
     if reason:
         raise OfaDeployError(f"{path} does not describe the code compiled now: {reason}")
     if not model.complete:
         raise OfaDeployError(f"{path} is a partial profile; profile all workloads first")
+    return spec, path, model, db, tvm
+
+
+def rescore(target: str, rows_path: Path, out_dir: Path) -> None:
+    """``--score-rows``: the current model scored on rows timed earlier with the same code (see the docstring)."""
+    spec, path, model, db, tvm = current_model(target)
+    meta = model.meta
+    calibrated = {p["id"] for p in meta["calibration"]["points"]}
+    resolutions = {str(r) for r in model.resolutions}
+    rows = [r for r in csv.DictReader(rows_path.open()) if (r["database_sha256"] or None) == db
+            and r["tvm_version"] == str(tvm) and r.get("pass_ms") and r["image_size"] in resolutions
+            and r["id"] not in calibrated]
+    if len(rows) < 2:
+        raise OfaDeployError(f"--score-rows {rows_path}: {len(rows)} rows timed with this code (database {db}, TVM "
+                             f"{tvm}) at r{','.join(sorted(resolutions))}; allowed: a CSV this bench wrote for it")
+    cfgs = [row_config(r, meta["space"]) for r in rows]
+    p = model.predict(configs_to_genes(cfgs, meta["space"]))
+    m = np.array([kept_timing(row_passes(r), model.scaling) for r in rows])
+    stats = accuracy_metrics(p, m)
+    repeat = repeatability([row_passes(r) for r in rows], model.scaling)
+    device = target_dir(spec.name).name
+    png = out_dir / f"latency_accuracy_{device}_rescored.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scatter_png(png, p, m, "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
+        f"{stats['n']} subnets timed earlier ({rows_path.name}): {100 * stats['within_10pct']:.0f} % within +-10 %, "
+        f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"]),
+        "speed-referred median pass" if model.scaling else "fastest steady pass")
+    err = (p - m) / m * 100
+    click.echo("\n".join([
+        f"target {spec.name}; model {path} ({model.basis})",
+        f"{stats['n']} subnets from {rows_path} (timed {len({r['model_created'] for r in rows})} run(s) earlier with "
+        f"this code; referred to this model's speed state), measured {m.min():.2f}..{m.max():.2f} ms",
+        f"within +-10 %: {100 * stats['within_10pct']:.1f} %   MAPE {stats['mape_pct']:.2f} % (max error "
+        f"{stats['max_err_pct']:.1f} %)   Kendall tau {stats['kendall_tau']:.3f}   bias {err.mean():+.1f} %, sd "
+        f"{err.std():.1f} %",
+        f"repeatability: passes scatter by {repeat['median_sd_pct']:.1f} % (median sd); single passes within +-10 % "
+        f"of their subnet's value: {100 * repeat['single_within_10pct']:.1f} %",
+        f"scatter: {png}"]))
+
+
+def run(target: str, n_subnets: int, seed: int, passes: int, out_dir: Path, build_only: bool,
+        update_benchmarks: bool) -> None:
+    spec, path, model, db, tvm = current_model(target)
+    meta = model.meta
     cal = meta["calibration"]
     if seed == cal.get("seed"):
         raise OfaDeployError(f"--seed {seed} is the calibration seed; use another (default 1000)")

@@ -169,6 +169,14 @@ def module_cache_dir(spec: TargetSpec, database_sha256: str | None,
     return cache_root() / "modules" / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+def _schedules(record: dict[str, Any]) -> str:
+    """Where a build's schedules came from, e.g. ``0/3 functions tuned, 3 transferred`` (borrowed from another
+    device's database: tuned code all the same)."""
+    other = "".join(f", {n} {kind}" for kind, n in (record.get("schedule_sources") or {}).items()
+                    if kind in ("transferred", "sibling") and n)
+    return f"{record['tuned_funcs']}/{record['total_funcs']} functions tuned{other}"
+
+
 def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequence[int]]], target: TargetSpec | str,
                    database_dir: str | Path | None = None, *, input_name: str = "input",
                    settings: ProfileSettings = ProfileSettings(), on_result: OnResult | None = None,
@@ -322,12 +330,10 @@ def _run_chunk(chunk: list[WorkloadItem], so_paths: dict[str, Path], base: dict[
                     m = measurement(record) if "samples_ms" in record else None
                     if m is not None:
                         bar.set_postfix_str(f"{record['key']} {m.median_ms:.3f} ms")
-                        log.info("timed %s: %.4f ms %s on %s (median of %d x %d runs; %d/%d functions tuned)",
-                                 record["key"], m.median_ms, m.source, m.device, m.n, m.runs_per_sample,
-                                 record["tuned_funcs"], record["total_funcs"])
+                        log.info("timed %s: %.4f ms %s on %s (median of %d x %d runs; %s)", record["key"],
+                                 m.median_ms, m.source, m.device, m.n, m.runs_per_sample, _schedules(record))
                     else:
-                        log.info("built %s (%d/%d functions tuned)", record["key"], record["tuned_funcs"],
-                                 record["total_funcs"])
+                        log.info("built %s (%s)", record["key"], _schedules(record))
                     keep(record["key"], m, record)
 
             what = "timing" if base["time"] else "building"

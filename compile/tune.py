@@ -226,11 +226,12 @@ def _workload_models(space: str, resolutions: tuple[int, ...], keys: tuple[str, 
 
     The whole space: its blocks, stem and head (NCHW); in NHWC the cover subnets instead, whose
     tasks are the networks' own (:func:`ofa_deploy.workloads.cover_nets`). ``keys`` picks any of
-    both kinds (partial runs, tests).
+    both kinds (partial runs, tests); a block's edges are in ``data_layout``, as inside a network
+    (an NCHW-edged block on an NHWC target would tune layout-transform tasks no network runs).
     """
     from ofa_deploy.workloads import cover_nets, export_workloads, space_workloads
 
-    blocks, nets = space_workloads(space, resolutions, n_classes), cover_nets(space, resolutions)
+    blocks, nets = space_workloads(space, resolutions, n_classes, data_layout), cover_nets(space, resolutions)
     workloads = nets if data_layout == "NHWC" else blocks
     if keys is not None:
         known = {w.key for w in blocks + nets}

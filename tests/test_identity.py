@@ -295,7 +295,9 @@ def test_every_shipped_latency_model_describes_its_folders_device_and_database()
         assert mismatch(data, database_sha256=database_hash(database) if database else None,
                         tvm_version=installed_tvm_version(), space=data["space"], n_classes=None,
                         data_layout=get_target("x86-host").data_layout) is None
-        assert data["timing_source"] == "measured" and data["tuned_funcs"] == data["total_funcs"], folder.name
+        assert data["timing_source"] == "measured", folder.name
+        if database is not None:  # its own database tunes every function (borrowed code: what transfer covers)
+            assert data["tuned_funcs"] == data["total_funcs"], folder.name
         source = data.get("adapted_from")
         if source:  # adopted tables: the source's model, of the database its folder ships
             source_data = json.loads((folder.parent / source["folder"] / MODEL_FILE).read_text())
@@ -348,3 +350,6 @@ def test_search_takes_only_this_devices_own_profile_as_checked():
     foreign.foreign_device = "x86_64-znver4-2c"
     assert "x86_64-znver4-2c" in unchecked_estimate("x86-host", foreign)
     assert unchecked_estimate("cortex-a76", MeasuredLatencyModel.from_dict(data)) is None
+    data["calibration"]["rms_pct"] = 5.3  # this device's own, but a noisy machine's: checked as well
+    assert "own profile, whose calibration scatters 5.3 % rms" in unchecked_estimate("x86-host",
+                                                                                   MeasuredLatencyModel.from_dict(data))

@@ -83,6 +83,9 @@ def test_model_file_round_trips_and_predicts_table_sum_exactly(tmp_path):
     data["adapted_from"] = {"folder": "x86_64-znver5-2c", "database_sha256": "cd" * 32}  # profile --adapt's record
     adapted = MeasuredLatencyModel.from_dict(data).basis  # whose tables, and whose code calibrated them
     assert adapted.startswith("ADAPTED: x86_64-znver5-2c's measured tables (db cdcdcdcd)") and "(db abababab)" in adapted
+    own = {**fake_model(db=None), "transfer_sha256": ["ef" * 32]}  # no database here: builds borrow schedules
+    assert MeasuredLatencyModel.from_dict(own).basis.startswith("measured tables of borrowed schedules (no database")
+    assert MeasuredLatencyModel.from_dict(fake_model(db=None)).basis.startswith("untuned-measured tables")
     cfgs = random_configs(200, seed=5)
     expected = np.array([A * python_sum(c, data) + B for c in cfgs])
     got = model.predict(configs_to_genes(cfgs))
@@ -282,6 +285,10 @@ def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
     assert code == 2 and "--resolutions: expected comma-separated integers" in err
     code, _, err = run_cli(["profile", "--target", "vta-ultra96"], capsys)
     assert code == 2 and ("analytic-only" in err or "does not run on this machine" in err)
+    code, _, err = run_cli(["profile", "--target", "x86-host", "--time-blocks", "5"], capsys)
+    assert code == 2 and "--time-blocks: anchors another device's tables; give --adapt" in err
+    code, _, err = run_cli(["profile", "--target", "x86-host", "--adapt", "--time-blocks", "-1"], capsys)
+    assert code == 2 and "--time-blocks" in err and ">=0" in err.replace(" ", "")
 
 
 @pytest.mark.tvm
@@ -331,7 +338,9 @@ def test_profile_tiny_set_end_to_end(tuning_logs, tmp_path, monkeypatch, caplog)
     stem = meta["workloads"]["r128/stem"]["median_ms"]
     assert all(w["median_ms"] > stem / 50 for w in meta["workloads"].values())  # no empty modules
     cal = report.model.calibration
-    assert cal.n == 2 and cal.a > 0 and meta["database_sha256"] is None and "untuned" in report.model.basis
+    assert cal.n == 2 and cal.a > 0 and meta["database_sha256"] is None
+    # no database here: untuned, or where this CPU borrows another's schedules (a CPU without AVX-512), that
+    assert ("borrowed schedules" if meta["transfer_sha256"] else "untuned") in report.model.basis
     for p in report.calibration:
         cfg_p = SubnetConfig.from_dict(p["config"])
         assert p["table_ms"] == pytest.approx(python_sum(cfg_p, meta), rel=1e-12)
@@ -388,6 +397,30 @@ def test_the_adaptation_curve_refits_on_prefixes_of_the_calibration_subnets():
     assert model.calibration.a == A and model.calibration.b == B
     with pytest.raises(OfaDeployError, match="6 calibration subnets"):
         refit_curve(model, rows, [7])
+
+
+def test_the_adaptation_curve_stands_a_full_profiles_entries_in_for_the_blocks_timed():
+    """bench/adaptation_curve.anchored_model: with every block 'timed' the tables are the full profile's; with K the
+    K largest shares are, and each other block moved by its stage's ratio (what profile --time-blocks K does)."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from adaptation_curve import anchored_model
+
+    from ofa_deploy.latency.anchor import anchor_tables, block_shares, choose_blocks
+
+    adapted, own = fake_model(resolutions=(224,), seed=1), fake_model(resolutions=(224,), seed=2)
+    ms = {name: {k: w["median_ms"] for k, w in d["workloads"].items()} for name, d in (("a", adapted), ("o", own))}
+    own_model = MeasuredLatencyModel.from_dict(own)
+    every = anchored_model(MeasuredLatencyModel.from_dict(adapted), own_model, 10_000)
+    assert {k: w["median_ms"] for k, w in every.meta["workloads"].items()} == ms["o"]
+    some = anchored_model(MeasuredLatencyModel.from_dict(adapted), own_model, 15)
+    picked = choose_blocks(block_shares(SPACE, (224,), ms["a"]), 15)
+    expected, _ = anchor_tables(ms["a"], {k: ms["o"][k] for k in picked})
+    assert {k: w["median_ms"] for k, w in some.meta["workloads"].items()} == pytest.approx(expected)
+    assert adapted["workloads"]["r224/stem"]["median_ms"] == ms["a"]["r224/stem"]  # the input is left as it was
 
 
 def test_block_ratios_weigh_each_blocks_tasks_by_their_time_and_fall_back_to_the_median():
@@ -472,3 +505,95 @@ def test_workload_tasks_are_the_keys_tune_state_records():
     _, times = task_best_times(Path(__file__).resolve().parents[1] / "tuning_logs" / "x86_64-znver5-2c")
     assert set(tasks) == {key} and len(tasks[key]) >= 2 and all(w >= 1 for w in tasks[key].values())
     assert set(tasks[key]) <= set(times)
+
+
+def test_block_shares_are_each_workloads_expected_time_in_a_uniformly_random_subnet():
+    """The shares add up to the mean table sum of uniformly random subnets (checked by sampling 20 000), a stage's
+    non-first blocks count P(d > 1) + P(d > 2) + P(d > 3) = 2 slots over 9 (k, e) variants, the stem runs always."""
+    from ofa_deploy.latency.anchor import block_shares, choose_blocks
+
+    data = fake_model(resolutions=(224,))
+    ms = {k: v["median_ms"] for k, v in data["workloads"].items()}
+    shares = block_shares(SPACE, (224,), ms)
+    assert set(shares) == set(ms)
+    assert shares["r224/stem"] == ms["r224/stem"]
+    assert shares["r224/s2-first/k5-e6"] == pytest.approx(ms["r224/s2-first/k5-e6"] / 9)
+    assert shares["r224/s2-later/k5-e6"] == pytest.approx(ms["r224/s2-later/k5-e6"] * 2 / 9)
+    sums = MeasuredLatencyModel.from_dict(data).table_sum(configs_to_genes(random_configs(20000, 5, (224,)), SPACE))
+    assert sum(shares.values()) == pytest.approx(float(np.mean(sums)), rel=0.01)
+    top = choose_blocks(shares, 5)
+    assert len(top) == 5 and [shares[k] for k in top] == sorted((shares[k] for k in top), reverse=True)
+    assert min(shares[k] for k in top) >= max(v for k, v in shares.items() if k not in top)
+    assert choose_blocks(shares, 0) == [] and len(choose_blocks(shares, 1000)) == len(shares)
+
+
+def test_anchoring_moves_untimed_blocks_by_their_stages_timed_ratio():
+    """Timed blocks take their timing; a stage with >= 2 timed blocks moves the rest by their median ratio, a stage
+    with fewer by the median over every timed block; nothing timed changes nothing."""
+    from ofa_deploy.latency.anchor import anchor_tables
+
+    adopted = {"r224/s0-first/k3-e3": 1.0, "r224/s0-later/k3-e3": 2.0, "r224/s0-later/k5-e3": 4.0,
+               "r224/s1-first/k3-e3": 1.0, "r224/s1-later/k7-e6": 3.0, "r224/stem": 0.5}
+    timed = {"r224/s0-first/k3-e3": 2.0, "r224/s0-later/k3-e3": 6.0, "r224/s1-first/k3-e3": 1.5}  # x2, x3, x1.5
+    out, how = anchor_tables(adopted, timed)
+    assert {k: out[k] for k in timed} == timed
+    assert out["r224/s0-later/k5-e3"] == pytest.approx(4.0 * 2.5)  # s0's own median of x2 and x3
+    assert out["r224/s1-later/k7-e6"] == pytest.approx(3.0 * 2.0)  # one timed in s1: the median of all three
+    assert out["r224/stem"] == pytest.approx(0.5 * 2.0)
+    assert how.group_ratio == {"r224/s0": 2.5, "r224/s1": 2.0, "r224/stem": 2.0} and how.median == 2.0
+    assert how.summary()["timed_blocks"] == 3 and how.summary()["stages_own_ratio"] == 1
+    same, none = anchor_tables(adopted, {})
+    assert same == adopted and none.median == 1.0
+
+
+def test_profile_adapt_times_the_largest_blocks_and_anchors_the_rest(tuning_logs):
+    """profile --adapt --time-blocks K without TVM (every timing already in the partial file, as after a kill): the K
+    blocks with the largest share are this device's records, the others the source's moved by their stage's ratio;
+    on a device that runs each stage x f_stage of the source, those are its exact tables and the calibration is
+    exact. The model says so, and a later full profile reuses only the blocks timed here."""
+    from ofa_deploy.compile.isolate import tvm_threads
+    from ofa_deploy.errors import OfaDeployError
+    from ofa_deploy.latency.anchor import block_shares, choose_blocks, stage_of
+    from ofa_deploy.latency.profile import ProfileConfig, _identity, _reusable, profile_target, sample_subnets
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.folders import measuring_identity
+    from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
+
+    with pytest.raises(OfaDeployError, match="--time-blocks: anchors another device's tables; give --adapt"):
+        ProfileConfig(target="x86-host", time_blocks=3)
+    src = tuning_logs / "src-device"
+    src.mkdir(parents=True)
+    source = fake_model(resolutions=(224,))
+    source["data_layout"] = get_target("x86-host").data_layout
+    save_model(src / MODEL_FILE, source)
+    factor = {"r224/s0": 2.0, "r224/s1": 3.0, "r224/s2": 2.5, "r224/s3": 1.5, "r224/s4": 4.0, "r224/stem": 2.2,
+              "r224/head": 1.8}
+    device = {k: {**v, "median_ms": v["median_ms"] * factor[stage_of(k)]} for k, v in source["workloads"].items()}
+    adopted_ms = {k: v["median_ms"] for k, v in source["workloads"].items()}
+    k_timed = 40
+    picked = choose_blocks(block_shares(SPACE, (224,), adopted_ms), k_timed)
+    assert all(sum(stage_of(k) == s for k in picked) >= 2 for s in factor if s[-1].isdigit())
+    calib = sample_subnets(SPACE, (224,), 4, 0)
+    sums = [python_sum(c, {"workloads": device}) for c in calib]
+    identity = _identity(get_target("x86-host"), None, SPACE, 1000, tvm_threads())
+    identity["device"] = measuring_identity("x86-host").to_json()
+    d = host_dir()
+    d.mkdir(parents=True)
+    (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": {
+        k: with_passes(device[k], device[k]["median_ms"]) for k in picked}, "calibration": [
+        with_passes({"id": c.id, "config": c.to_dict(), "source": "measured"}, 1.1 * s + 0.3, "measured_ms")
+        for c, s in zip(calib, sums)]}))
+    report = profile_target(ProfileConfig(target="x86-host", resolutions=(224,), calibrate=4, adapt_from=str(src),
+                                          time_blocks=k_timed), progress=False)
+    meta = report.model.meta
+    assert report.timed == 0  # all reused from the partial: nothing built
+    for key, record in meta["workloads"].items():
+        assert record["median_ms"] == pytest.approx(device[key]["median_ms"], rel=1e-9), key
+        assert ("adopted_from" in record) == (key not in picked)
+    cal = report.model.calibration
+    assert cal.a == pytest.approx(1.1) and cal.b == pytest.approx(0.3, abs=1e-9) and cal.rms_pct < 1e-6
+    anchored = meta["adapted_from"]["anchored"]
+    assert anchored["timed_blocks"] == k_timed and anchored["blocks"] == sorted(picked)
+    assert anchored["stage_ratios"]["r224/s4"] == 4.0
+    assert f"anchored by {k_timed} blocks timed here" in report.model.basis and meta["tvm_target_built"] is not None
+    assert set(_reusable(d, identity)[0]) == set(picked)  # a full profile starts from these, not the source's

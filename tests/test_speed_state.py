@@ -81,20 +81,20 @@ def test_profile_refers_its_own_tables_and_calibration_but_not_adopted_tables(ca
     points = [_entry(drifting_passes(rng, base, 1.4), id=f"s{i}") for i, base in enumerate((2.0, 2.5, 3.0, 3.5))]
     table = _entry([(0.20, 1.62), (0.21, 1.9), (0.5, 3.2)])
     run = _run_with({"r224/stem": table}, points)
-    scaling = _refer_timings(run, points, own_tables=True)
+    scaling = _refer_timings(run, points)
     assert scaling.fitted and scaling.elasticity == pytest.approx(1.4, rel=1e-6) and scaling.reference_us == 1.62
     assert table["median_ms"] == pytest.approx(np.median([0.20 * (1.62 / 1.62) ** 1.4, 0.21 * (1.62 / 1.9) ** 1.4]))
     for p, base in zip(points, (2.0, 2.5, 3.0, 3.5)):
         assert p["measured_ms"] == pytest.approx(base * (1.62 / REF) ** 1.4)  # every pass referred to 1.62 us
-    adopted = _entry([(0.3, 9.0), (0.4, 9.5)])  # another device's record (its own readings): left as it was
-    _refer_timings(_run_with({"r224/stem": adopted}, points), points, own_tables=False)
+    adopted = {**_entry([(0.3, 9.0), (0.4, 9.5)]), "adopted_from": "x86_64-znver5-2c"}  # another device's record
+    _refer_timings(_run_with({"r224/stem": adopted}, points), points)  # (its own readings): left as it was
     assert adopted["median_ms"] == 0.3
     board = _entry([(0.3, None), (0.25, None)])  # over RPC nothing is probed: the fastest steady pass
-    assert _refer_timings(_run_with({"r224/stem": board}, points, remote=object()), points, own_tables=True) is None
+    assert _refer_timings(_run_with({"r224/stem": board}, points, remote=object()), points) is None
     assert board["median_ms"] == 0.25 and points[0]["measured_ms"] == fastest_steady(passes_of(points[0]))
     flat = [_entry([(2.0, 1.7), (2.02, 1.7), (2.01, 1.7)], id=f"f{i}") for i in range(3)]
     with caplog.at_level(logging.WARNING):
-        assert not _refer_timings(_run_with({}, flat), flat, own_tables=True).fitted
+        assert not _refer_timings(_run_with({}, flat), flat).fitted
     assert "k = 1.0 assumed" in caplog.text
 
 

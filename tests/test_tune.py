@@ -274,10 +274,13 @@ def tuned(tmp_path_factory):
 
 
 def _head_onnx() -> tuple[Path, tuple[int, ...]]:
+    """The head as tune tunes it for x86-host: its edges in the target's layout, as inside a network."""
     from ofa_deploy.search_space import DEFAULT_SPACE
+    from ofa_deploy.targets import get_target
     from ofa_deploy.workloads import export_workloads, space_workloads
 
-    (w,) = [w for w in space_workloads(DEFAULT_SPACE, [128]) if w.key == HEAD]
+    layout = get_target("x86-host").data_layout
+    (w,) = [w for w in space_workloads(DEFAULT_SPACE, [128], None, layout) if w.key == HEAD]
     return export_workloads([w], DEFAULT_SPACE)[HEAD], w.input_shape
 
 

@@ -45,10 +45,14 @@ from .options import SEED, parse_resolutions
                    "(few-shot transfer); a later plain 'profile' replaces it with this device's own tables.")
 @click.option("--adapt-from", "adapt_from", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
               help="Like --adapt, with this device folder's tables (e.g. tuning_logs/x86_64-znver5-2c).")
+@click.option("--time-blocks", "time_blocks", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="With --adapt: also time here the K blocks that carry the largest share of a random subnet's "
+                   "time (~25 s each: a build and 3 passes), and move every other block by the ratio its stage's "
+                   "timed blocks show.")
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulated: bool, resolutions: str,
                     calibrate: int, database: str | None, space: str | None, seed: int, passes: int, no_progress: bool,
-                    estimate_from: str | None, adapt: bool, adapt_from: str | None) -> None:
+                    estimate_from: str | None, adapt: bool, adapt_from: str | None, time_blocks: int) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution (their edges in
@@ -70,6 +74,7 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
       ofa-deploy profile --target x86-host
       ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
       ofa-deploy profile --target x86-host --adapt --resolutions 224     # minutes, from another CPU's tables
+      ofa-deploy profile --target x86-host --adapt --time-blocks 20      # + the 20 heaviest blocks timed here
       ofa-deploy profile --target cortex-a76 --rpc 192.168.1.10:9190:pi5  # on the board, after tune --rpc
       ofa-deploy profile --target cortex-a76 --estimate-from x86-host
     """
@@ -96,7 +101,7 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
                                           space=space or DEFAULT_SPACE, seed=seed,
                                           settings=ProfileSettings(passes=passes), adapt_from=adapt_from, rpc=rpc,
-                                          rpc_emulated=rpc_emulated),
+                                          rpc_emulated=rpc_emulated, time_blocks=time_blocks),
                             progress=False if no_progress else None)
     model, meta = report.model, report.model.meta
     cal = model.calibration

@@ -73,6 +73,7 @@ class HumanNumber(click.ParamType):
 
 
 AUTO_VERIFY = 3  # candidates measured when this machine is the target and has no latency model of its own
+LOOSE_RMS_PCT = 5.0  # an own model whose calibration residuals exceed this (rms) is checked too: 2 sd of a 10 % margin
 
 
 def unchecked_estimate(target: str, model: object) -> str | None:
@@ -80,8 +81,10 @@ def unchecked_estimate(target: str, model: object) -> str | None:
 
     Then search can and should measure its picks here before promising a budget: the estimate is
     another device's tables (``foreign_device``; or adopted by ``profile --adapt``, which fits only a
-    scale and offset here, not the ranking) or a roofline with no timing of this CPU behind it.
-    None: the model is this device's own, or the device is not here (a board: --verify-top --rpc).
+    scale and offset here, not the ranking), a roofline with no timing of this CPU behind it, or this
+    device's own profile whose end-to-end calibration scatters more than :data:`LOOSE_RMS_PCT` (a noisy
+    machine: a znver3 VM's model, rms 5.3 %, put 28 % of unseen subnets outside +-10 %).
+    None: the model is this device's own and tight, or the device is not here (a board: --verify-top --rpc).
     """
     from ofa_deploy.latency.measured import MeasuredLatencyModel
     from ofa_deploy.targets import get_target
@@ -92,7 +95,11 @@ def unchecked_estimate(target: str, model: object) -> str | None:
         return f"another device's tables ({foreign})"
     if isinstance(model, MeasuredLatencyModel):
         adapted = model.meta.get("adapted_from")  # profile --adapt: the ranking is still the other device's
-        return f"another device's tables ({adapted.get('folder')}) calibrated here" if isinstance(adapted, dict) else None
+        if isinstance(adapted, dict):
+            return f"another device's tables ({adapted.get('folder')}) calibrated here"
+        rms = model.calibration.rms_pct
+        return (f"this device's own profile, whose calibration scatters {rms:.1f} % rms (over {LOOSE_RMS_PCT:g} %)"
+                if rms > LOOSE_RMS_PCT else None)
     try:
         name = get_target(target).name
     except OfaDeployError:
@@ -169,7 +176,7 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
         verify_top = 0
         if unchecked and latency_ms is not None and (measure := find_measure(target)) is not None:
             verify_top = AUTO_VERIFY
-            click.echo(f"search: no profile of this device's own; the estimate comes from {unchecked}, so the top "
+            click.echo(f"search: the latency estimate comes from {unchecked}, so the top "
                        f"{AUTO_VERIFY} candidates are compiled and measured here (about a minute each; more rounds if "
                        f"the estimate is off) to check the {latency_ms:g} ms budget (--verify-top 0: don't)", err=True)
     if verify_top and measure is None:

@@ -223,7 +223,9 @@ def describe_basis(data: dict[str, Any]) -> str:
     """
     db = data.get("database_sha256")
     timed = "EMULATED (qemu: plumbing, not a device speed)" if timing_source(data) == "emulated" else "measured"
-    tuned = f"tuned-{timed} tables (db {db[:8]})" if db else f"untuned-{timed} tables (no database)"
+    tuned = (f"tuned-{timed} tables (db {db[:8]})" if db else
+             f"{timed} tables of borrowed schedules (no database of its own)" if data.get("transfer_sha256") else
+             f"untuned-{timed} tables (no database)")
     source = data.get("adapted_from")
     if isinstance(source, dict):  # another device's tables; only the correction was fitted on this one
         was = source.get("database_sha256")
@@ -231,8 +233,11 @@ def describe_basis(data: dict[str, Any]) -> str:
         per_block = (f"re-scaled per block by the task times of {', '.join(rescaled['databases_here'])}, "
                      if isinstance(rescaled, dict) else "")
         code = f"db {_short(db, 'none')}" if db or not data.get("transfer_sha256") else "borrowed schedules"
+        anchored = source.get("anchored")
+        anchors = (f"anchored by {anchored['timed_blocks']} blocks timed here, "
+                   if isinstance(anchored, dict) and anchored.get("timed_blocks") else "")
         tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {_short(was, 'none')}), {per_block}"
-                 f"calibrated on this device's code ({code})")
+                 f"{anchors}calibrated on this device's code ({code})")
     c = data["calibration"]
     fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])

@@ -76,6 +76,7 @@ class ProfileConfig:
     out_dir: str | None = None  # default: tuning_logs/<target>/
     settings: Any = None  # compile.profile.ProfileSettings; None: its defaults
     adapt_from: str | None = None  # a device folder with a latency model: reuse its tables, only calibrate here
+    time_blocks: int = 0  # with adapt_from: time this many blocks (largest share first) here, move the rest by them
     rpc: str | None = None  # HOST:PORT:KEY: time on the board registered under KEY at this RPC tracker
     rpc_emulated: bool = False  # the --rpc server runs under qemu: timings and model are "emulated"
 
@@ -84,6 +85,11 @@ class ProfileConfig:
             raise OfaDeployError(f"--calibrate must be >= 0, got {self.calibrate}")
         if not self.resolutions:
             raise OfaDeployError("--resolutions: give at least one resolution, e.g. 224")
+        if self.time_blocks < 0:
+            raise OfaDeployError(f"--time-blocks must be >= 0, got {self.time_blocks}")
+        if self.time_blocks and self.adapt_from is None:
+            raise OfaDeployError("--time-blocks: anchors another device's tables; give --adapt too (without it "
+                                 "profile times every block)")
 
 
 @dataclass
@@ -135,11 +141,24 @@ def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict],
         if any(data.get(k, IDENTITY_DEFAULTS.get(k)) != v for k, v in identity.items()):
             log.info("%s was made with another database, TVM, target or head: not reused", path)
             continue
-        workloads.update(data.get("workloads", {}))
+        workloads.update(_timed_here(data))
         cal = data.get("calibration", {})
         for p in (cal.get("points", []) if isinstance(cal, dict) else cal):
             points[p["id"]] = p
     return workloads, points
+
+
+def _timed_here(data: dict[str, Any]) -> dict[str, dict]:
+    """The workload records of a model or partial file that were timed on its device, not adopted (``--adapt``).
+
+    Adopted records carry ``adopted_from``; an adapted model from before that marker (no record
+    carries it) adopted all of them. Reusing another device's timings as this one's would make a
+    later full profile a copy of the adapted tables.
+    """
+    records = data.get("workloads", {})
+    if data.get("adapted_from") and not any("adopted_from" in r for r in records.values()):
+        return {}
+    return {k: r for k, r in records.items() if "adopted_from" not in r}
 
 
 def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
@@ -236,19 +255,64 @@ def _passes_done(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
 def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> ProfileReport:
     """Time the workloads, calibrate, and save ``latency_model.json`` (the module docstring's three steps).
 
-    With ``cfg.adapt_from`` step 1 is skipped: the per-block tables of another device's model are
-    taken as they are and only the calibration (``cfg.calibrate`` subnets, timed here) is fitted,
-    a few-shot transfer that makes a usable model in minutes (see :func:`_adopt_tables`).
+    With ``cfg.adapt_from`` step 1 times only the ``cfg.time_blocks`` blocks with the largest share
+    (none by default): the per-block tables of another device's model stand in for the rest, and
+    the calibration (``cfg.calibrate`` subnets, timed here) is fitted on them, a few-shot transfer
+    that makes a usable model in minutes (see :func:`_adopt_tables`, :mod:`.anchor`).
     """
     run = _start(cfg)
     if cfg.adapt_from is not None:
+        earlier = run.workloads  # this device's own timings from an earlier run: --time-blocks reuses them
         source = _adopt_tables(run, cfg)
-        timed, reused = 0, len(run.workloads)
+        timed, reused = _time_anchor_blocks(run, cfg, earlier, progress)
     else:
         source = None
         timed, reused = _time_workloads(run, cfg.resolutions, progress)
-    used, cal, scaling = _calibrate(run, cfg, progress, own_tables=source is None)
+    used, cal, scaling = _calibrate(run, cfg, progress)
+    if source is not None:
+        source["anchored"] = run.anchoring
     return _save(run, cfg, used, cal, scaling, timed, reused, adapted_from=source)
+
+
+def _time_anchor_blocks(run: _Run, cfg: ProfileConfig, earlier: dict[str, dict[str, Any]],
+                        progress: bool | None) -> tuple[int, int]:
+    """``--time-blocks K``: time here the K adopted blocks with the largest share of a random subnet's time.
+
+    Their records replace the adopted ones (an earlier run's timings of them are reused); the
+    untimed blocks are moved by the timed ones' ratios once the timings are referred
+    (:func:`_anchor_untimed`). Returns (blocks timed now, records adopted or reused).
+    """
+    from .anchor import block_shares, choose_blocks
+
+    run.adopted_ms = {k: v["median_ms"] for k, v in run.workloads.items()}
+    shares = block_shares(run.space, cfg.resolutions, run.adopted_ms)
+    picked = choose_blocks(shares, cfg.time_blocks)
+    if not picked:
+        return 0, len(run.workloads)
+    log.info("adapt: timing the %d blocks with the largest share here (%.0f %% of a random subnet's adopted time)",
+             len(picked), 100 * sum(shares[k] for k in picked) / sum(shares.values()))
+    for key in picked:
+        del run.workloads[key]
+        if key in earlier:
+            run.workloads[key] = earlier[key]
+    timed, _ = _time_workloads(run, cfg.resolutions, progress, only=picked)
+    return timed, len(run.workloads) - timed
+
+
+def _anchor_untimed(run: _Run) -> None:
+    """Move each adopted block by the ratio (timed here / adopted) of its stage's timed blocks (:mod:`.anchor`).
+
+    From the adopted figures every time (``run.adopted_ms``), so a resumed run gives the same tables.
+    """
+    from .anchor import anchor_tables
+
+    timed = {k: v["median_ms"] for k, v in run.workloads.items() if "adopted_from" not in v}
+    anchored, how = anchor_tables(run.adopted_ms, timed)
+    for key, record in run.workloads.items():
+        if "adopted_from" in record:
+            record.update(adopted_ms=run.adopted_ms[key], median_ms=anchored[key])
+    run.anchoring = {**how.summary(), "blocks": sorted(timed), "stage_ratios": {
+        g: round(r, 4) for g, r in sorted(how.group_ratio.items())}} if timed else None
 
 
 def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
@@ -288,7 +352,7 @@ def _adopt_tables(run: _Run, cfg: ProfileConfig) -> dict[str, Any]:
         raise OfaDeployError(f"--adapt-from {folder}: its tables are EMULATED timings (qemu), not a device's speed; "
                              "choose a device folder whose model was measured")
     wanted = {w.key for w in run.wanted}
-    run.workloads = {k: v for k, v in data["workloads"].items() if k in wanted}
+    run.workloads = {k: {**v, "adopted_from": folder.name} for k, v in data["workloads"].items() if k in wanted}
     source_device = read_identity(folder)
     log.info("adapt: per-block tables of %s (%s); only the calibration is measured here", folder.name,
              source_device.describe() if source_device else "device unknown")
@@ -373,6 +437,8 @@ class _Run:
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     points: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote: Any = None  # compile.profile.RemoteDevice: the board timed on over RPC; None: this machine
+    adopted_ms: dict[str, float] | None = None  # --adapt: every block's adopted (re-scaled) figure, before anchoring
+    anchoring: dict[str, Any] | None = None  # --time-blocks: what the timed blocks did to the adopted ones
 
     def save_partial(self) -> None:
         write_json(self.out_dir / PARTIAL_FILE,
@@ -455,19 +521,23 @@ def _timing_device(cfg: ProfileConfig, spec: Any) -> Any:
     return RemoteDevice(rpc, cfg.rpc_emulated)
 
 
-def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | None) -> tuple[int, int]:
-    """Step 1: export, build and time the workloads still short of ``passes`` timings; (timed now, reused)."""
+def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | None,
+                    only: list[str] | None = None) -> tuple[int, int]:
+    """Step 1: export, build and time the workloads (``only`` these keys, if given) still short of ``passes``
+    timings; (timed now, reused)."""
     from ofa_deploy.compile.profile import WorkloadItem, time_workloads
     from ofa_deploy.workloads import export_workloads
 
     passes = run.settings.passes
     db_hash = run.identity["database_sha256"]
     have = _passes_done(run.workloads)
-    todo = [w for w in run.wanted if have.get(w.key, 0) < passes]
-    reused = len(run.wanted) - len(todo)
+    wanted = [w for w in run.wanted if only is None or w.key in set(only)]
+    todo = [w for w in wanted if have.get(w.key, 0) < passes]
+    reused = len(wanted) - len(todo)
+    code = (f"database {db_hash[:8]}" if db_hash else
+            "borrowed schedules" if run.identity.get("transfer_sha256") else "untuned")
     log.info("profile %s: %d workloads at %s px, %d already timed (%d passes), %d to time (%s)", run.spec.name,
-             len(run.wanted), ",".join(map(str, resolutions)), reused, passes, len(todo),
-             f"database {db_hash[:8]}" if db_hash else "untuned")
+             len(wanted), ",".join(map(str, resolutions)), reused, passes, len(todo), code)
     if todo:
         paths: dict[str, Path] = {}
         for w in tqdm(todo, desc="export workloads", unit="model", file=sys.stderr, leave=False,
@@ -476,8 +546,8 @@ def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | No
 
         def keep(key: str, pass_index: int, m: Any, record: dict[str, Any]) -> None:
             run.workloads[key] = _add_pass({**run.workloads.get(key, {}), "tuned_funcs": record["tuned_funcs"],
-                                            "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"]},
-                                           pass_index, m)
+                                            "total_funcs": record["total_funcs"], "tvm_target": record["tvm_target"],
+                                            "schedule_sources": record.get("schedule_sources")}, pass_index, m)
             run.save_partial()
 
         time_workloads([WorkloadItem(w.key, paths[w.key], w.input_shape) for w in todo], run.spec, run.database,
@@ -485,13 +555,13 @@ def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | No
     return len(todo), reused
 
 
-def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None,
-               own_tables: bool) -> tuple[list[dict[str, Any]], Calibration, SpeedScaling | None]:
+def _calibrate(run: _Run, cfg: ProfileConfig,
+               progress: bool | None) -> tuple[list[dict[str, Any]], Calibration, SpeedScaling | None]:
     """Step 2: time ``cfg.calibrate`` seeded random subnets end to end and fit them to the tables' sums.
 
     Returns the calibration points used (each with its table sum, measured and predicted time and
     residual), the fitted correction and the speed state the timings were referred to
-    (:func:`_refer_timings`; ``own_tables``: the tables were timed here, not adopted).
+    (:func:`_refer_timings`); adopted tables are then anchored by the blocks timed here.
     """
     from ofa_deploy.search_space.genes import configs_to_genes
 
@@ -514,7 +584,9 @@ def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None,
         measure_subnets(cal_todo, run.spec, run.database, run.n_classes, settings=run.settings, seed=cfg.seed,
                         passes_done=have_cal, on_result=keep_point, progress=progress, remote=run.remote)
     used = [run.points[s.id] for s in calib]
-    scaling = _refer_timings(run, used, own_tables)
+    scaling = _refer_timings(run, used)
+    if run.adopted_ms is not None:
+        _anchor_untimed(run)
     table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: v["median_ms"] for k, v in run.workloads.items()})
     sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
     for point, table_ms in zip(used, sums):
@@ -528,16 +600,16 @@ def _calibrate(run: _Run, cfg: ProfileConfig, progress: bool | None,
     return used, cal, scaling
 
 
-def _refer_timings(run: _Run, used: list[dict[str, Any]], own_tables: bool) -> SpeedScaling | None:
+def _refer_timings(run: _Run, used: list[dict[str, Any]]) -> SpeedScaling | None:
     """Each table entry's and calibration point's latency from its passes, at one speed state.
 
     When every pass here carries a speed-probe reading (local CPU timing), the elasticity is fitted
     on the calibration subnets and every entry becomes the median of its steady passes referred to
     the lowest reading (:mod:`.speed_state`); otherwise (a board, no calibration) the fastest
-    steady pass, as before. Adopted tables (``--adapt``) are another device's and stay as they are.
+    steady pass, as before. Adopted records (``--adapt``) are another device's and stay as they are.
     Recomputed from the stored passes every time, so a resumed run gives the same numbers.
     """
-    tables = [w for w in run.workloads.values() if w.get("passes")] if own_tables else []
+    tables = [w for w in run.workloads.values() if w.get("passes") and "adopted_from" not in w]
     groups = [passes_of(w) for w in tables] + [passes_of(p) for p in used]
     scaling = None
     if used and run.remote is None and all(probed(g) for g in groups):
@@ -565,7 +637,7 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
     total = sum(v["total_funcs"] for v in done.values())
     data = {
         "format": FORMAT_VERSION, **run.identity,
-        "tvm_target_built": next((v["tvm_target"] for v in done.values()), None),
+        "tvm_target_built": next((v["tvm_target"] for v in done.values() if "adopted_from" not in v), None),
         "database_dir": str(run.database) if run.database is not None else None,
         "resolutions": list(cfg.resolutions),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
