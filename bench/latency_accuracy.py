@@ -15,9 +15,10 @@ timed) and a predicted-vs-measured scatter PNG beside it.
     python bench/latency_accuracy.py --target x86-host --n 100
 
 ``--score-rows CSV`` times nothing: it scores the model on rows an earlier run timed with the same
-code (database, borrowed databases' hashes are the model's identity; TVM), e.g. for another model
-of the same device, each row's passes referred to this model's speed state; rows at resolutions the
-model does not cover, or that were its calibration subnets, are left out.
+database hash and TVM version (the CSV does not record which databases builds borrowed from: give it
+rows of this device's folder), e.g. for another model of the same device, each row's passes referred
+to this model's speed state; rows at resolutions the model does not cover, or that were its
+calibration subnets, are left out.
 
 Goal on the local x86 host: >= 95 % within +-10 % and tau >= 0.9. Measure on an idle machine.
 """

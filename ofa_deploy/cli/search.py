@@ -72,7 +72,7 @@ class HumanNumber(click.ParamType):
             self.fail(f"{value!r} is not a number (examples: 300M, 2.5e8, 600k)", param, ctx)
 
 
-AUTO_VERIFY = 3  # candidates measured when this machine is the target and has no latency model of its own
+AUTO_VERIFY = 3  # candidates measured when this machine is the target and its estimate is unchecked (below)
 LOOSE_RMS_PCT = 5.0  # an own model whose calibration residuals exceed this (rms) is checked too: 2 sd of a 10 % margin
 
 
