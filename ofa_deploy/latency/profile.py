@@ -531,7 +531,8 @@ def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | No
     passes = run.settings.passes
     db_hash = run.identity["database_sha256"]
     have = _passes_done(run.workloads)
-    wanted = [w for w in run.wanted if only is None or w.key in set(only)]
+    keys = None if only is None else set(only)
+    wanted = [w for w in run.wanted if keys is None or w.key in keys]
     todo = [w for w in wanted if have.get(w.key, 0) < passes]
     reused = len(wanted) - len(todo)
     code = (f"database {db_hash[:8]}" if db_hash else
