@@ -3,8 +3,9 @@
 ``ofa-deploy profile --target T --adapt --calibrate N`` takes the nearest device's per-block tables and
 fits only ``measured = a * table + b`` on N subnets timed on T (HELP, NeurIPS 2021: ~10 samples).
 This script answers "how many subnets are enough" without timing anything again: it refits the
-correction on the first n of the model's own calibration subnets (the sampling is prefix-stable, so
-they are what ``--calibrate n`` would have timed), for each n, and scores each refit on the rows of
+correction on the first n of the model's own calibration subnets (the picks are prefix-stable, so
+they are what ``--calibrate n`` would have timed: random subnets for models made before the ends of a
+pool were picked, the ends in turns since), for each n, and scores each refit on the rows of
 ``bench/latency_accuracy.py`` (unseen subnets timed end to end on T, with the model's database; each
 row's passes referred to a speed state as this model refers them, so a model re-made from the same
 calibration timings, e.g. with re-scaled tables, is scored on the same rows; ``--model`` picks one):

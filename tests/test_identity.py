@@ -340,6 +340,7 @@ def test_search_takes_only_this_devices_own_profile_as_checked():
     cannot be measured by search at all."""
     from ofa_deploy.cli.search import unchecked_estimate
     from ofa_deploy.latency.measured import MeasuredLatencyModel
+    from ofa_deploy.latency.speed_state import SpeedScaling
 
     data = json.loads(SAMPLE_LATENCY_MODEL.read_text())
     assert unchecked_estimate("x86-host", MeasuredLatencyModel.from_dict(data)) is None
@@ -353,3 +354,13 @@ def test_search_takes_only_this_devices_own_profile_as_checked():
     data["calibration"]["rms_pct"] = 5.3  # this device's own, but a noisy machine's: checked as well
     assert "own profile, whose calibration scatters 5.3 % rms" in unchecked_estimate("x86-host",
                                                                                    MeasuredLatencyModel.from_dict(data))
+    data["calibration"]["rms_pct"] = 2.5  # a tight calibration on a machine whose passes scatter 8 %: checked too
+    assert unchecked_estimate("x86-host", MeasuredLatencyModel.from_dict(data)) is None  # (no probe: rms only)
+    data["speed_scaling"] = SpeedScaling(1.7, 1.0, True, 36, 0.2).to_dict()
+    for record in data["workloads"].values():
+        record["passes"] = [{"median_ms": record["median_ms"] * f, "probe_us": 1.7} for f in (0.92, 1.0, 1.08)]
+    assert "whose timings of one block scatter 8.0 % between passes" in unchecked_estimate(
+        "x86-host", MeasuredLatencyModel.from_dict(data))
+    for record in data["workloads"].values():
+        record["passes"] = [{"median_ms": record["median_ms"] * f, "probe_us": 1.7} for f in (0.98, 1.0, 1.02)]
+    assert unchecked_estimate("x86-host", MeasuredLatencyModel.from_dict(data)) is None  # 2 %: trusted

@@ -7,6 +7,7 @@ set of real workloads (r128, untuned, 12 workloads, 2 calibration subnets) end t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -222,19 +223,112 @@ def test_sample_subnets_is_a_prefix_stream():
     assert [c.id for c in sample_subnets(SPACE, RES, 35, 1001)] != many[:35]
 
 
+def test_calibration_subnets_are_the_ends_of_a_seeded_pool_in_turns():
+    """The picks are the pool's lowest and highest table sums, low/high in turns, so the first m picks are the
+    picks for m (up to half the pool); they spread wider than the pool's random prefix; seeded."""
+    from ofa_deploy.latency.profile import CALIBRATION_POOL, calibration_subnets, ends_in_turns, sample_subnets
+    from ofa_deploy.latency.tables import lookup
+
+    assert ends_in_turns([5.0, 1.0, 9.0, 3.0, 7.0], 4) == [1, 2, 3, 4]  # 1.0, 9.0, 3.0, 7.0
+    assert ends_in_turns([5.0, 1.0, 9.0], 3) == [1, 2, 0]
+    with pytest.raises(ValueError):
+        ends_in_turns([1.0, 2.0], 3)
+    model = MeasuredLatencyModel.from_dict(fake_model())
+    table, fixed = model.table, model.fixed
+
+    def sums(cfgs):
+        return lookup(configs_to_genes(cfgs, SPACE), table, fixed, SPACE)
+
+    picks = calibration_subnets(SPACE, RES, 12, 7, table, fixed)
+    pool_sums = sorted(sums(sample_subnets(SPACE, RES, CALIBRATION_POOL, 7, table)))
+    got = sums(picks)
+    assert sorted(got[0::2]) == pytest.approx(pool_sums[:6]) and sorted(got[1::2]) == pytest.approx(pool_sums[-6:])
+    assert list(got[0::2]) == sorted(got[0::2]) and list(got[1::2]) == sorted(got[1::2], reverse=True)
+    for m in (1, 2, 5, 12):
+        assert [c.id for c in calibration_subnets(SPACE, RES, m, 7, table, fixed)] == [c.id for c in picks[:m]]
+    assert np.std(got) > np.std(pool_sums)  # the ends spread wider than the pool they come from
+    assert calibration_subnets(SPACE, RES, 0, 7, table, fixed) == []
+    big = calibration_subnets(SPACE, RES, 20, 7, table, fixed)  # a pool of 40
+    assert len({c.id for c in big}) == 20
+    assert [c.id for c in calibration_subnets(SPACE, RES, 4, 8, table, fixed)] != [c.id for c in picks[:4]]
+
+
+def test_the_accuracy_bench_scores_a_kept_model_file_on_earlier_rows(tuning_logs, tmp_path, capsys):
+    """bench/latency_accuracy --score-rows [--model FILE]: rows timed at 1.1x the device model's prediction score
+    100 % within +-10 % with a -9.1 % bias; an earlier model file (predicting 2x) is scored on the same rows
+    instead when given; rows of another TVM are left out."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from latency_accuracy import rescore
+
+    data = fake_model()
+    host_dir().mkdir(parents=True)
+    save_model(host_dir() / MODEL_FILE, data)
+    model = MeasuredLatencyModel.from_dict(data)
+    cfgs = random_configs(20, seed=5)
+    pred = model.predict(configs_to_genes(cfgs, SPACE))
+    rows = [{"id": c.id, "image_size": c.image_size, "ks": " ".join(map(str, c.ks)), "e": " ".join(map(str, c.e)),
+             "d": " ".join(map(str, c.d)), "pass_ms": f"{1.1 * m:.6f} {1.2 * m:.6f} {1.1 * m:.6f}",
+             "pass_probe_us": "", "database_sha256": "", "tvm_version": data["tvm_version"] if i < 16 else "0.1.0",
+             "model_created": "x"} for i, (c, m) in enumerate(zip(cfgs, pred))]
+    csv_path = tmp_path / "rows.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rescore("x86-host", csv_path, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert "16 subnets from" in out and "within +-10 %: 100.0 %" in out and "bias -9.1 %" in out
+    assert "Kendall tau 1.000" in out and "goal (#16, a full profile)" in out
+    earlier = tmp_path / "earlier.json"
+    save_model(earlier, {**data, "calibration": {**data["calibration"], "a": 2 * A, "b": 2 * B}})
+    rescore("x86-host", csv_path, tmp_path / "out", earlier)
+    out = capsys.readouterr().out
+    assert f"model {earlier}" in out and "within +-10 %: 0.0 %" in out and "bias +81.8 %" in out
+
+
+def test_the_calibration_design_bench_prefers_the_ends_on_a_line_with_noise():
+    """bench/calibration_design.compare on rows that follow a line with 5 % noise: both designs recover it, the
+    ends with a tighter slope and at least the share within +-10 % of random picks; sizes are checked."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from calibration_design import compare
+
+    from ofa_deploy.errors import OfaDeployError
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(8.0, 1.0, 60)
+    measured = (1.3 * table + 0.5) * np.exp(rng.normal(0, 0.05, 60))
+    res = compare(table, measured, [3, 12], trials=200, seed=0)
+    for n in (3, 12):
+        assert res[n]["ends"]["slope_sd"] < 0.7 * res[n]["random"]["slope_sd"]
+        assert res[n]["ends"]["within_10pct"] >= res[n]["random"]["within_10pct"] - 0.01
+    assert res[3]["ends"]["within_10pct"] > res[3]["random"]["within_10pct"]
+    with pytest.raises(OfaDeployError, match="--sizes 30"):
+        compare(table, measured, [30], trials=1, seed=0)
+    with pytest.raises(OfaDeployError, match="need at least"):
+        compare(table[:20], measured[:20], [3], trials=1, seed=0)
+
+
 def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     """All timings already in the partial file: profile fits and saves without running TVM once."""
-    from ofa_deploy.latency.profile import ProfileConfig, profile_target, sample_subnets
+    from ofa_deploy.latency.profile import ProfileConfig, calibration_subnets, profile_target
     from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
 
     keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
     data = fake_model(resolutions=(128,))
     workloads = {k: with_passes(data["workloads"][k], data["workloads"][k]["median_ms"]) for k in keys}
     ms = {k: v["median_ms"] for k, v in workloads.items()}
-    table, _ = measured_mod.tables_from_workloads(SPACE, (128,), ms)
-    calib = sample_subnets(SPACE, (128,), 3, 0, table)
+    table, fixed = measured_mod.tables_from_workloads(SPACE, (128,), ms)
+    calib = calibration_subnets(SPACE, (128,), 3, 0, table, fixed)
     assert len({c.id for c in calib}) == 3 and all(set(c.ks) == {3} and set(c.e) == {3} for c in calib)
-    assert [c.id for c in sample_subnets(SPACE, (128,), 3, 0, table)] == [c.id for c in calib]  # seeded
+    assert [c.id for c in calibration_subnets(SPACE, (128,), 3, 0, table, fixed)] == [c.id for c in calib]  # seeded
     sums = [python_sum(c, {"workloads": workloads}) for c in calib]
     points = [with_passes({"id": c.id, "config": c.to_dict(), "table_ms": s, "std_ms": 0.0, "source": "measured"},
                           2.0 * s + 1.0, "measured_ms") for c, s in zip(calib, sums)]
@@ -263,6 +357,31 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     assert not report.model.complete  # 12 of 92 workloads: never used by search
     saved = json.loads((d / MODEL_FILE).read_text())
     assert saved["database_sha256"] is None and saved["calibration"]["n"] == 3 and saved["resolutions"] == [128]
+    assert saved["calibration"]["design"].startswith("ends of a pool")
+
+    # --recalibrate keeps the tables and times the model's calibration subnets again: none of the model's points
+    # counts, a killed recalibration's (timed after the model) do, so with all of those nothing is timed
+    from ofa_deploy.errors import OfaDeployError
+    from ofa_deploy.latency.profile import _timed_since_model
+
+    assert _timed_since_model(d, {p["id"]: p for p in saved["calibration"]["points"]}, "x86-host") == {}
+    later = [{**with_passes(dict(p), 3.0 * s + 0.5, "measured_ms"), "timed_at": "2999-01-01T00:00:00+00:00"}
+             for p, s in zip(points, sums)]
+    (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": later}))
+    recal = ProfileConfig(target="x86-host", resolutions=(128,), calibrate=3, keys=tuple(keys), recalibrate=True)
+    again = profile_target(recal, progress=False)
+    assert again.timed == 0 and again.reused == 12
+    assert again.model.calibration.a == pytest.approx(3.0) and again.model.calibration.b == pytest.approx(0.5)
+    assert {k: w["median_ms"] for k, w in again.model.meta["workloads"].items()} == pytest.approx(
+        {k: w["median_ms"] for k, w in saved["workloads"].items()})  # the tables as they were
+    with pytest.raises(OfaDeployError, match="1 of 13 workloads .* have no timing here"):
+        profile_target(dataclasses.replace(recal, keys=(*keys, block_key(128, 0, True, 5, 3))), progress=False)
+    with pytest.raises(OfaDeployError, match="allowed 2 or more"):
+        dataclasses.replace(recal, calibrate=1)
+    (d / MODEL_FILE).rename(d / "kept.json")
+    with pytest.raises(OfaDeployError, match="no latency model to recalibrate"):
+        profile_target(recal, progress=False)
+    (d / "kept.json").rename(d / MODEL_FILE)
 
     from ofa_deploy.latency.profile import _identity, _reusable
 
@@ -287,6 +406,11 @@ def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
     assert code == 2 and ("analytic-only" in err or "does not run on this machine" in err)
     code, _, err = run_cli(["profile", "--target", "x86-host", "--time-blocks", "5"], capsys)
     assert code == 2 and "--time-blocks: anchors another device's tables; give --adapt" in err
+    code, _, err = run_cli(["profile", "--target", "x86-host", "--recalibrate", "--calibrate", "1"], capsys)
+    assert code == 2 and "--recalibrate refits the correction" in err and "allowed 2 or more" in err
+    code, _, err = run_cli(["profile", "--target", "cortex-a76", "--estimate-from", "x86-host", "--retries", "0"],
+                           capsys)
+    assert code == 2 and "--retries: not used with --estimate-from" in err
     code, _, err = run_cli(["profile", "--target", "x86-host", "--adapt", "--time-blocks", "-1"], capsys)
     assert code == 2 and "--time-blocks" in err and ">=0" in err.replace(" ", "")
 
@@ -554,7 +678,7 @@ def test_profile_adapt_times_the_largest_blocks_and_anchors_the_rest(tuning_logs
     from ofa_deploy.compile.isolate import tvm_threads
     from ofa_deploy.errors import OfaDeployError
     from ofa_deploy.latency.anchor import block_shares, choose_blocks, stage_of
-    from ofa_deploy.latency.profile import ProfileConfig, _identity, _reusable, profile_target, sample_subnets
+    from ofa_deploy.latency.profile import ProfileConfig, _identity, _reusable, calibration_subnets, profile_target
     from ofa_deploy.targets import get_target
     from ofa_deploy.tuning_logs.folders import measuring_identity
     from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
@@ -573,7 +697,8 @@ def test_profile_adapt_times_the_largest_blocks_and_anchors_the_rest(tuning_logs
     k_timed = 40
     picked = choose_blocks(block_shares(SPACE, (224,), adopted_ms), k_timed)
     assert all(sum(stage_of(k) == s for k in picked) >= 2 for s in factor if s[-1].isdigit())
-    calib = sample_subnets(SPACE, (224,), 4, 0)
+    at_calibration = {k: (device[k] if k in picked else v)["median_ms"] for k, v in source["workloads"].items()}
+    calib = calibration_subnets(SPACE, (224,), 4, 0, *measured_mod.tables_from_workloads(SPACE, (224,), at_calibration))
     sums = [python_sum(c, {"workloads": device}) for c in calib]
     identity = _identity(get_target("x86-host"), None, SPACE, 1000, tvm_threads())
     identity["device"] = measuring_identity("x86-host").to_json()

@@ -23,16 +23,25 @@ from .options import SEED, parse_resolutions
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
               help="Resolutions to profile; search with this model is restricted to them.")
 @click.option("--calibrate", type=click.IntRange(min=0), default=12, show_default=True,
-              help="Random subnets compiled and timed end to end to fit the correction.")
+              help="Subnets compiled and timed end to end to fit the correction: the fastest and the slowest by "
+                   "the tables of a seeded random pool (a line is pinned by its ends).")
+@click.option("--recalibrate", is_flag=True,
+              help="Keep this device's tables, build and time the calibration subnets again now (~6 min for 12 on "
+                   "2 cores) and refit the correction: for a machine whose speed moved since the profile (a board "
+                   "with new cooling or clocks; a shared VM, as far as its speed holds).")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="MetaSchedule database (default: tuning_logs/<target>/ if it holds one; else untuned). Search "
                    "uses the model only while tuning_logs/<target>/ holds this same database.")
 @click.option("--space", default=None, metavar="NAME", help="Search space (default: ofa_mbv3_d234_e346_k357_w1.0).")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the calibration subnets.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the calibration subnets' pool.")
 @click.option("--passes", type=click.IntRange(min=1), default=ProfileSettings().passes, show_default=True,
               help="Timing passes over all models (each built once); the median of the passes timed in the "
                    "machine's steady state counts, each referred to one speed state by the speed probe's reading "
                    "(a board's: the fastest). A shared machine's speed drifts: one pass is noisy.")
+@click.option("--retries", type=click.IntRange(min=0), default=ProfileSettings().retry_passes, show_default=True,
+              help="Extra passes for the models whose every pass ran while the speed probe said the machine was "
+                   "slowed (each waits up to a minute per model for the steady state). 0 on a machine that stays "
+                   "slowed: those timings are then kept, referred to the speed state like the others.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
 @click.option("--estimate-from", "estimate_from", default=None, metavar="SOURCE",
               help="For a target with no device here: learn roofline efficiencies on SOURCE's profiled model "
@@ -51,13 +60,14 @@ from .options import SEED, parse_resolutions
                    "timed blocks show.")
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulated: bool, resolutions: str,
-                    calibrate: int, database: str | None, space: str | None, seed: int, passes: int, no_progress: bool,
-                    estimate_from: str | None, adapt: bool, adapt_from: str | None, time_blocks: int) -> None:
+                    calibrate: int, recalibrate: bool, database: str | None, space: str | None, seed: int, passes: int,
+                    retries: int, no_progress: bool, estimate_from: str | None, adapt: bool, adapt_from: str | None,
+                    time_blocks: int) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution (their edges in
     the layout the target computes in, NHWC on CPUs, so each compiles to the kernels it runs inside
-    a network), then compiles --calibrate random subnets end to end and fits measured = a * sum_of_blocks + b. Writes
+    a network), then compiles --calibrate subnets end to end and fits measured = a * sum_of_blocks + b. Writes
     tuning_logs/<target>/latency_model.json, which 'ofa-deploy search' then uses for this target
     (while the database and TVM are unchanged). Interrupted runs resume.
 
@@ -75,6 +85,7 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
       ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
       ofa-deploy profile --target x86-host --adapt --resolutions 224     # minutes, from another CPU's tables
       ofa-deploy profile --target x86-host --adapt --time-blocks 20      # + the 20 heaviest blocks timed here
+      ofa-deploy profile --target x86-host --resolutions 192,224 --recalibrate  # refit on subnets timed now
       ofa-deploy profile --target cortex-a76 --rpc 192.168.1.10:9190:pi5  # on the board, after tune --rpc
       ofa-deploy profile --target cortex-a76 --estimate-from x86-host
     """
@@ -100,8 +111,9 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
         raise OfaDeployError(f"--calibrate {calibrate}: adapting fits a scale and an offset, give at least 3 subnets")
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
                                           space=space or DEFAULT_SPACE, seed=seed,
-                                          settings=ProfileSettings(passes=passes), adapt_from=adapt_from, rpc=rpc,
-                                          rpc_emulated=rpc_emulated, time_blocks=time_blocks),
+                                          settings=ProfileSettings(passes=passes, retry_passes=retries),
+                                          adapt_from=adapt_from, rpc=rpc, rpc_emulated=rpc_emulated,
+                                          time_blocks=time_blocks, recalibrate=recalibrate),
                             progress=False if no_progress else None)
     model, meta = report.model, report.model.meta
     cal = model.calibration
@@ -124,8 +136,8 @@ def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -
     """``profile --estimate-from``: learn efficiencies on SOURCE, write the target's estimated model."""
     from ofa_deploy.latency.learned import estimate_target
 
-    timed_only = [p.replace("_", "-") for p in ("rpc", "rpc_emulated", "resolutions", "calibrate", "database", "seed",
-                                                "passes")
+    timed_only = [p.replace("_", "-") for p in ("rpc", "rpc_emulated", "resolutions", "calibrate", "recalibrate",
+                                                "database", "seed", "passes", "retries")
                   if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if timed_only:
         raise OfaDeployError(f"--{timed_only[0]}: not used with --estimate-from (nothing is timed); allowed with it: "

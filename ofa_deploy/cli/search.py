@@ -73,7 +73,8 @@ class HumanNumber(click.ParamType):
 
 
 AUTO_VERIFY = 3  # candidates measured when this machine is the target and its estimate is unchecked (below)
-LOOSE_RMS_PCT = 5.0  # an own model whose calibration residuals exceed this (rms) is checked too: 2 sd of a 10 % margin
+LOOSE_RMS_PCT = 5.0  # an own model whose calibration residuals (rms), or whose blocks' own passes (median sd), scatter
+#                     more than this is checked too: 2 sd of a 10 % margin
 
 
 def unchecked_estimate(target: str, model: object) -> str | None:
@@ -82,8 +83,10 @@ def unchecked_estimate(target: str, model: object) -> str | None:
     Then search can and should measure its picks here before promising a budget: the estimate is
     another device's tables (``foreign_device``; or adopted by ``profile --adapt``, which fits only a
     scale and offset here, not the ranking), a roofline with no timing of this CPU behind it, or this
-    device's own profile whose end-to-end calibration scatters more than :data:`LOOSE_RMS_PCT` (a noisy
-    machine: a znver3 VM's model, rms 5.3 %, put 28 % of unseen subnets outside +-10 %).
+    device's own profile whose end-to-end calibration, or whose blocks' own timing passes, scatter more
+    than :data:`LOOSE_RMS_PCT` (a noisy machine: the znver3 VM's shipped model, calibration rms 3.2 % but
+    passes scattering 6.3 %, put 16-48 % of four sets of unseen subnets outside +-10 %; znver5's model,
+    4.4 % and 3.9 %, 8 %).
     None: the model is this device's own and tight, or the device is not here (a board: --verify-top --rpc).
     """
     from ofa_deploy.latency.measured import MeasuredLatencyModel
@@ -97,9 +100,18 @@ def unchecked_estimate(target: str, model: object) -> str | None:
         adapted = model.meta.get("adapted_from")  # profile --adapt: the ranking is still the other device's
         if isinstance(adapted, dict):
             return f"another device's tables ({adapted.get('folder')}) calibrated here"
+        from ofa_deploy.latency.speed_state import pass_scatter_pct, passes_of
+
         rms = model.calibration.rms_pct
-        return (f"this device's own profile, whose calibration scatters {rms:.1f} % rms (over {LOOSE_RMS_PCT:g} %)"
-                if rms > LOOSE_RMS_PCT else None)
+        if rms > LOOSE_RMS_PCT:
+            return f"this device's own profile, whose calibration scatters {rms:.1f} % rms (over {LOOSE_RMS_PCT:g} %)"
+        if model.scaling is None:  # not timed against a speed probe (a board, a GPU, an older model): rms only
+            return None
+        scatter = pass_scatter_pct([passes_of(w) for w in model.meta.get("workloads", {}).values()], model.scaling)
+        if scatter is not None and scatter > LOOSE_RMS_PCT:
+            return (f"this device's own profile, on a machine whose timings of one block scatter {scatter:.1f} % "
+                    f"between passes (over {LOOSE_RMS_PCT:g} %)")
+        return None
     try:
         name = get_target(target).name
     except OfaDeployError:

@@ -7,8 +7,9 @@ Steps (each resumable; see :func:`profile_target`):
    database and time it in ``passes`` passes (``compile.profile.time_workloads``: samples taken
    while the speed probe says the VM is slowed are dropped). Block timings fill
    ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]`` (:func:`.measured.tables_from_workloads`).
-2. Calibrate: compile ``calibrate`` seeded random subnets end to end (the same build as
-   ``ofa-deploy compile``, with the database) and time them the same way. Refer every timing to
+2. Calibrate: compile ``calibrate`` subnets end to end (the same build as ``ofa-deploy compile``,
+   with the database) and time them the same way: the fastest and the slowest by the tables of a
+   seeded random pool (:func:`calibration_subnets`). Refer every timing to
    one speed state of the machine (:mod:`.speed_state`: the median of an entry's steady passes,
    each scaled by its probe reading, with the elasticity fitted on these subnets' passes; the
    fastest steady pass where nothing was probed), then fit ``measured = a * table_sum + b`` (the
@@ -53,12 +54,14 @@ from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 
 from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, model_data_layout, save_model,
                        tables_from_workloads, timing_source)
-from .speed_state import SpeedScaling, kept_timing, lowest_reading, passes_of, probed
+from .speed_state import SpeedScaling, fastest_steady, kept_timing, lowest_reading, passes_of, probed
 from .tables import lookup
 
 log = logging.getLogger(__name__)
 
 SAMPLE_BATCH = 64  # sample_subnets draws candidates this many at a time, whatever n is
+CALIBRATION_POOL = 24  # calibration_subnets picks from at least this many seeded random subnets (2n when larger)
+CALIBRATION_DESIGN = f"ends of a pool of max({CALIBRATION_POOL}, 2n)"  # in the model file; absent: n random subnets
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,11 @@ class ProfileConfig:
 
     target: str  # registry name or TVM target string; must run on this machine
     resolutions: tuple[int, ...] = (224,)  # profiled resolutions: search is restricted to them
-    calibrate: int = 12  # random subnets compiled and timed end to end for the affine correction
+    calibrate: int = 12  # subnets compiled and timed end to end for the affine correction (calibration_subnets)
     database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database (else untuned)
     space: str = DEFAULT_SPACE
     n_classes: int | None = None  # classifier width; None: the space's (1000)
-    seed: int = 0  # calibration subnets are sampled from numpy's PCG64 with this seed
+    seed: int = 0  # the calibration subnets' pool is sampled from numpy's PCG64 with this seed
     keys: tuple[str, ...] | None = None  # only these workloads (tests): the model is then partial
     out_dir: str | None = None  # default: tuning_logs/<target>/
     settings: Any = None  # compile.profile.ProfileSettings; None: its defaults
@@ -79,6 +82,7 @@ class ProfileConfig:
     time_blocks: int = 0  # with adapt_from: time this many blocks (largest share first) here, move the rest by them
     rpc: str | None = None  # HOST:PORT:KEY: time on the board registered under KEY at this RPC tracker
     rpc_emulated: bool = False  # the --rpc server runs under qemu: timings and model are "emulated"
+    recalibrate: bool = False  # keep the finished model's tables, time its calibration subnets again now
 
     def __post_init__(self) -> None:
         if self.calibrate < 0:
@@ -87,6 +91,9 @@ class ProfileConfig:
             raise OfaDeployError("--resolutions: give at least one resolution, e.g. 224")
         if self.time_blocks < 0:
             raise OfaDeployError(f"--time-blocks must be >= 0, got {self.time_blocks}")
+        if self.recalibrate and self.calibrate < 2:
+            raise OfaDeployError(f"--recalibrate refits the correction on the --calibrate subnets; got --calibrate "
+                                 f"{self.calibrate}, allowed 2 or more")
         if self.time_blocks and self.adapt_from is None:
             raise OfaDeployError("--time-blocks: anchors another device's tables; give --adapt too (without it "
                                  "profile times every block)")
@@ -200,6 +207,37 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
     return out
 
 
+def calibration_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int, table: np.ndarray,
+                        fixed: np.ndarray) -> list[SubnetConfig]:
+    """``n`` subnets to calibrate on: the lowest and the highest table sums of a seeded random pool, in turns.
+
+    Why not ``n`` random subnets: the correction ``a * table_sum + b`` is a line, and its slope is
+    pinned by how far apart its points lie. Random subnets crowd the middle of the range (a sum of
+    20 blocks), so with few of them the slope is mostly noise, and every prediction away from the
+    middle inherits it. Taking the ends of a pool of :data:`CALIBRATION_POOL` random subnets spreads
+    the points without leaving the subnets search meets. Measured on the accuracy rows of four
+    models (``bench/calibration_design.py``: calibrate on 24 of the rows, score the rest): the ends
+    beat as many random subnets at every size from 3 to 12, most at few-shot sizes (4 subnets: +2 to
+    +12 points within +-10 %, a fifth to two fifths of the slope's scatter). Low, high, low, ... in that
+    order: the first ``m`` of ``n`` picks are the picks for ``m`` while both fit one pool (``n`` up to 12).
+    """
+    from ofa_deploy.search_space.genes import configs_to_genes
+
+    if n == 0:
+        return []
+    pool = sample_subnets(space, resolutions, max(CALIBRATION_POOL, 2 * n), seed, table)
+    sums = lookup(configs_to_genes(pool, get_space(space)), table, fixed, get_space(space))
+    return [pool[i] for i in ends_in_turns(sums, n)]
+
+
+def ends_in_turns(sums: Any, n: int) -> list[int]:
+    """Indices of the ``n`` picks of :func:`calibration_subnets` among ``sums``: lowest, highest, 2nd lowest, ..."""
+    if n > len(sums):
+        raise ValueError(f"{n} picks from {len(sums)} sums")
+    order = [int(i) for i in np.argsort(np.asarray(sums), kind="stable")]
+    return [order[i // 2] if i % 2 == 0 else order[-1 - i // 2] for i in range(n)]
+
+
 def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Path | None, n_classes: int | None,
                     *, settings: Any = None, seed: int = 0, passes_done: dict[str, int] | None = None,
                     on_result: Any = None, progress: bool | None = True, remote: Any = None) -> dict[str, list[Any]]:
@@ -223,6 +261,11 @@ def measure_subnets(cfgs: list[SubnetConfig], spec: Any, database_dir: str | Pat
             items.append(WorkloadItem(cfg.id, onnx_path, (1, 3, cfg.image_size, cfg.image_size)))
         return time_workloads(items, spec, database_dir, input_name=INPUT_NAME, settings=settings or ProfileSettings(),
                               on_result=on_result, progress=progress, passes_done=passes_done, remote=remote)
+
+
+def _now() -> str:
+    """UTC time to the second, ISO 8601: model files and calibration points compare as strings."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _finite(x: float) -> float | None:
@@ -267,6 +310,11 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
         timed, reused = _time_anchor_blocks(run, cfg, earlier, progress)
     else:
         source = None
+        untimed = [w.key for w in run.wanted if w.key not in run.workloads]
+        if cfg.recalibrate and untimed:
+            raise OfaDeployError(f"--recalibrate keeps the tables, but {len(untimed)} of {len(run.wanted)} workloads "
+                                 f"(e.g. {untimed[0]}) have no timing here with this database, TVM and target; run "
+                                 f"'ofa-deploy profile --target {cfg.target}' without --recalibrate")
         timed, reused = _time_workloads(run, cfg.resolutions, progress)
     used, cal, scaling = _calibrate(run, cfg, progress)
     if source is not None:
@@ -488,9 +536,23 @@ def _start(cfg: ProfileConfig) -> _Run:
     claim_folder(out_dir, device, "a latency model")
     identity["device"] = device.to_json()  # saved in the model as is: timings of another device are not reused
     done, points = _reusable(out_dir, identity)
+    if cfg.recalibrate:
+        points = _timed_since_model(out_dir, points, spec.name)
     done = {k: v for k, v in done.items() if k in {w.key for w in workloads}}
     return _Run(spec, sp, n_classes, settings, database, identity, out_dir, workloads, device, done, points,
                 remote=remote)
+
+
+def _timed_since_model(out_dir: Path, points: dict[str, dict[str, Any]], target: str) -> dict[str, dict[str, Any]]:
+    """``--recalibrate``: the calibration points timed after the finished model was made, i.e. a killed
+    recalibration's (each point records when its last pass ended); the model's own are timed again."""
+    path = out_dir / MODEL_FILE
+    try:
+        created = json.loads(path.read_text())["created"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OfaDeployError(f"--recalibrate: {path} is no latency model to recalibrate; run 'ofa-deploy profile "
+                             f"--target {target}' (the full tables) or 'profile --adapt' first") from None
+    return {k: p for k, p in points.items() if str(p.get("timed_at", "")) > str(created)}
 
 
 def _timing_device(cfg: ProfileConfig, spec: Any) -> Any:
@@ -558,7 +620,7 @@ def _time_workloads(run: _Run, resolutions: tuple[int, ...], progress: bool | No
 
 def _calibrate(run: _Run, cfg: ProfileConfig,
                progress: bool | None) -> tuple[list[dict[str, Any]], Calibration, SpeedScaling | None]:
-    """Step 2: time ``cfg.calibrate`` seeded random subnets end to end and fit them to the tables' sums.
+    """Step 2: time ``cfg.calibrate`` subnets end to end (:func:`calibration_subnets`) and fit them to the tables' sums.
 
     Returns the calibration points used (each with its table sum, measured and predicted time and
     residual), the fitted correction and the speed state the timings were referred to
@@ -567,9 +629,8 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
     from ofa_deploy.search_space.genes import configs_to_genes
 
     sp, passes = run.space, run.settings.passes
-    ms = {k: v["median_ms"] for k, v in run.workloads.items()}
-    table, fixed = tables_from_workloads(sp, cfg.resolutions, ms)
-    calib = sample_subnets(sp.name, cfg.resolutions, cfg.calibrate, cfg.seed, table) if cfg.calibrate else []
+    table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: _ranking_ms(v) for k, v in run.workloads.items()})
+    calib = calibration_subnets(sp.name, cfg.resolutions, cfg.calibrate, cfg.seed, table, fixed)
     have_cal = _passes_done(run.points)
     cal_todo = [c for c in calib if have_cal.get(c.id, 0) < passes]
     if cal_todo:
@@ -579,7 +640,7 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
         def keep_point(sid: str, pass_index: int, m: Any, record: dict[str, Any]) -> None:
             sub = next(c for c in cal_todo if c.id == sid)
             point = _add_pass({**run.points.get(sid, {}), "id": sid, "config": sub.to_dict()}, pass_index, m)
-            run.points[sid] = {**point, "measured_ms": point["median_ms"]}
+            run.points[sid] = {**point, "measured_ms": point["median_ms"], "timed_at": _now()}
             run.save_partial()
 
         measure_subnets(cal_todo, run.spec, run.database, run.n_classes, settings=run.settings, seed=cfg.seed,
@@ -599,6 +660,14 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
         p["predicted_ms"] = cal.a * p["table_ms"] + cal.b
         p["residual_pct"] = (p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"] * 100
     return used, cal, scaling
+
+
+def _ranking_ms(record: dict[str, Any]) -> float:
+    """A workload's time as :func:`calibration_subnets` ranks by: its fastest steady pass where it was timed here,
+    which no refit moves (the referred median moves with each fit's speed state, and with it the picks: a refit
+    would time other subnets), else (adopted from another device) its adopted figure."""
+    passes = passes_of(record)
+    return fastest_steady(passes) if passes and "adopted_from" not in record else float(record["median_ms"])
 
 
 def _refer_timings(run: _Run, used: list[dict[str, Any]]) -> SpeedScaling | None:
@@ -641,12 +710,13 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
         "tvm_target_built": next((v["tvm_target"] for v in done.values() if "adopted_from" not in v), None),
         "database_dir": str(run.database) if run.database is not None else None,
         "resolutions": list(cfg.resolutions),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "profile_settings": dataclasses.asdict(run.settings),
         "tuned_funcs": tuned, "total_funcs": total,
         "workloads": done,
         "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
-                        "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "points": used},
+                        "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "design": CALIBRATION_DESIGN,
+                        "points": used},
         "adapted_from": adapted_from,
         "speed_scaling": scaling.to_dict() if scaling is not None else None,
     }
