@@ -233,7 +233,8 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
     stats = accuracy_metrics(p, m)
     repeat = repeatability([row_passes(r) for r in rows], model.scaling)
     device = target_dir(spec.name).name
-    png = out_dir / f"latency_accuracy_{device}_rescored.png"
+    kept = f"_{model_path.stem}" if model_path else ""  # two models scored into one folder keep two plots
+    png = out_dir / f"latency_accuracy_{device}_rescored{kept}.png"
     out_dir.mkdir(parents=True, exist_ok=True)
     scatter_png(png, p, m, "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
         f"{stats['n']} subnets timed earlier ({rows_path.name}): {100 * stats['within_10pct']:.0f} % within +-10 %, "

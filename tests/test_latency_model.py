@@ -288,6 +288,8 @@ def test_the_accuracy_bench_scores_a_kept_model_file_on_earlier_rows(tuning_logs
     rescore("x86-host", csv_path, tmp_path / "out", earlier)
     out = capsys.readouterr().out
     assert f"model {earlier}" in out and "within +-10 %: 0.0 %" in out and "bias +81.8 %" in out
+    plots = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert len(plots) == 2 and plots[1].endswith("_rescored_earlier.png")  # the device model's plot is kept
 
 
 def test_the_calibration_design_bench_prefers_the_ends_on_a_line_with_noise():
