@@ -26,26 +26,21 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ofa_deploy.latency.measured import Calibration, tables_from_workloads
 from ofa_deploy.latency.speed_state import DEFAULT_ELASTICITY, SpeedScaling, lowest_reading, passes_of
 from ofa_deploy.latency.tables import lookup
-from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.genes import configs_to_genes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_accuracy import row_config, row_passes  # noqa: E402
+from latency_accuracy import remade_tables, row_config, row_passes  # noqa: E402
 
 
 def share_within_10pct(model: dict, rows_files: list[Path], k: float) -> list[float]:
     """``model`` re-made from its passes with elasticity ``k``, scored on each rows file (share within +-10 %)."""
     space, res = model["space"], model["resolutions"]
-    work = {key: passes_of(w) for key, w in model["workloads"].items()}
     points = model["calibration"]["points"]
-    calib = [passes_of(p) for p in points]
-    scaling = SpeedScaling(lowest_reading([*work.values(), *calib]), k, True, 0, None)
-    table, fixed = tables_from_workloads(space, res, {key: scaling.timing(g) for key, g in work.items()})
-    cal_genes = configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in points], space)
-    cal = Calibration.fit(lookup(cal_genes, table, fixed, space), np.array([scaling.timing(g) for g in calib]))
+    passes = [passes_of(w) for w in model["workloads"].values()] + [passes_of(p) for p in points]
+    scaling = SpeedScaling(lowest_reading(passes), k, True, 0, None)
+    table, fixed, cal = remade_tables(model, scaling.timing)
     seen = {p["id"] for p in points}
     out = []
     for path in rows_files:

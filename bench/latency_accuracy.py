@@ -33,7 +33,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import click
 import numpy as np
@@ -43,10 +43,11 @@ from ofa_deploy.compile.profile import ProfileSettings
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.errors import OfaDeployError
-from ofa_deploy.latency.measured import MeasuredLatencyModel, mismatch
+from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel, mismatch, tables_from_workloads
 from ofa_deploy.latency.profile import measure_subnets, sample_subnets
 from ofa_deploy.latency.speed_state import (Pass, SpeedScaling, fastest_steady, kept_timing, pass_scatter_pct,
-                                             referred_steady)
+                                             passes_of, referred_steady)
+from ofa_deploy.latency.tables import lookup
 from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.genes import configs_to_genes, random_genes, resolution_indices
@@ -69,6 +70,19 @@ def accuracy_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
             "mape_pct": float(np.mean(np.abs(rel)) * 100) if len(rel) else float("nan"),
             "kendall_tau": kendall_tau(predicted, measured), "max_err_pct": float(np.max(np.abs(rel)) * 100)
             if len(rel) else float("nan")}
+
+
+def remade_tables(model: dict, timing: Callable[[Sequence[Pass]], float]) -> tuple[np.ndarray, np.ndarray, Calibration]:
+    """A model file's tables and correction made again from its stored passes, each entry (block or calibration
+    subnet) kept by ``timing``: how the offline A/B benches (``probe_normalisation.py``, ``elasticity.py``) try
+    another way of keeping timings without timing anything."""
+    space, res = model["space"], model["resolutions"]
+    points = model["calibration"]["points"]
+    kept = {key: timing(passes_of(w)) for key, w in model["workloads"].items()}
+    table, fixed = tables_from_workloads(space, res, kept)
+    cal_genes = configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in points], space)
+    cal = Calibration.fit(lookup(cal_genes, table, fixed, space), np.array([timing(passes_of(p)) for p in points]))
+    return table, fixed, cal
 
 
 def summary_lines(predicted: np.ndarray, measured: np.ndarray, repeat: dict[str, float], referred: bool) -> list[str]:

@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
-from ofa_deploy.latency.measured import Calibration, tables_from_workloads
 from ofa_deploy.latency.speed_state import Pass, SpeedScaling, fastest_steady, lowest_reading
 from ofa_deploy.latency.tables import lookup
 from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.genes import configs_to_genes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_accuracy import remade_tables  # noqa: E402
+
 
 def _passes(entries: list[dict]) -> list[Pass]:
     return [(p["median_ms"], p["probe_us"]) for p in entries]
@@ -63,12 +67,10 @@ def main(model_path: str, rows_path: str) -> None:
     scaling = SpeedScaling.fit(calib, lowest_reading([*work.values(), *calib]))
     click.echo(f"timings {scaling.describe()} (calibration subnets; the bench's own passes would give "
                f"k {SpeedScaling.fit(bench, scaling.reference_us).elasticity:.2f}, not used)")
-    cal_cfgs = configs_to_genes([SubnetConfig.from_dict(p["config"]) for p in points], space)
     bench_cfgs = configs_to_genes([_row_config(r) for r in rows], space)
     timings = (("fastest steady pass", fastest_steady), ("speed-referred, median", scaling.timing))
     for name, timing in timings:
-        table, fixed = tables_from_workloads(space, res, {key: timing(g) for key, g in work.items()})
-        cal = Calibration.fit(lookup(cal_cfgs, table, fixed, space), np.array([timing(g) for g in calib]))
+        table, fixed, cal = remade_tables(model, timing)
         predicted = cal.a * lookup(bench_cfgs, table, fixed, space) + cal.b
         measured = np.array([timing(g) for g in bench])
         rel = (predicted - measured) / measured
