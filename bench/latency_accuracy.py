@@ -19,7 +19,10 @@ database hash and TVM version (the CSV does not record which databases builds bo
 rows of this device's folder), e.g. for another model of the same device, each row's passes referred
 to this model's speed state; rows at resolutions the model does not cover, or that were its
 calibration subnets, are left out. ``--model FILE`` scores another model file of this device (an
-earlier profile, kept) on those rows instead of the one in ``tuning_logs/``.
+earlier profile, kept) on those rows instead of the one in ``tuning_logs/``. ``--retest OTHER`` (repeatable) also
+says how well another run's timings of the same subnets reproduce these rows (:func:`retest`), and rows with four or
+more passes are split into odd and even passes (:func:`split_half`): the ceiling under any model's score, since a
+model is made of timings from one run and scored on another's.
 
 Goal (#16, a full profile): >= 99 % within +-10 % and tau >= 0.95. Measure on an idle machine.
 """
@@ -32,6 +35,7 @@ import logging
 import sys
 import textwrap
 import time
+from math import erf
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -120,6 +124,115 @@ def repeatability(pass_groups: Sequence[Sequence[Pass]], scaling: SpeedScaling |
             "single_within_10pct": float(np.mean(np.abs(np.array(rel)) <= 0.10))}
 
 
+def agreement(earlier: np.ndarray, later: np.ndarray) -> dict[str, float]:
+    """How well one timing of some subnets (``earlier``) predicts another (``later``) once scaled by their median
+    ratio: :func:`accuracy_metrics` plus ``scale``, the error's ``sd_pct`` and ``noise_pct``, the noise of one
+    timing if both are equally noisy and independent (sd / sqrt 2), and ``noise_free_within_10pct``: the share
+    within +-10 % that a model with no error of its own would score against such timings (a normal error of that
+    sd). The scale is fitted on ``later`` itself, so the share is an upper bound for a model calibrated on the
+    other run."""
+    earlier, later = np.asarray(earlier, dtype=float), np.asarray(later, dtype=float)
+    scale = float(np.median(later / earlier))
+    stats = accuracy_metrics(scale * earlier, later)
+    sd = float(np.std(np.log(later / (scale * earlier)), ddof=1)) if len(later) > 1 else float("nan")
+    noise = sd / np.sqrt(2)
+    return {**stats, "scale": scale, "sd_pct": 100 * sd, "noise_pct": 100 * noise,
+            "noise_free_within_10pct": within_10pct_of_normal(noise)}
+
+
+def retest(rows: Sequence[dict[str, str]], other: Sequence[dict[str, str]], scaling: SpeedScaling | None,
+           predicted: dict[str, float] | None = None) -> dict[str, float] | None:
+    """:func:`agreement` of ``other``'s kept timings (another run, the same code) with ``rows``' on the subnets
+    both timed, each kept as the bench keeps it (referred to ``scaling``), and with a model's ``predicted`` latency
+    per subnet id its :func:`error_budget` (keys prefixed ``model_``); None when fewer than 2 are shared."""
+    mine = {r["id"]: r for r in rows}
+    shared = [r for r in other if r["id"] in mine]
+    if len(shared) < 2:
+        return None
+    there = np.array([kept_timing(row_passes(r), scaling) for r in shared])
+    here = np.array([kept_timing(row_passes(mine[r["id"]]), scaling) for r in shared])
+    out = agreement(there, here)
+    if predicted is not None:
+        budget = error_budget(np.array([predicted[r["id"]] for r in shared]), here, there)
+        out.update({f"model_{k}": v for k, v in budget.items()})
+    return out
+
+
+def within_10pct_of_normal(sd: float, bias: float = 0.0) -> float:
+    """Share of a normal log error (``bias``, ``sd``, natural log) inside +-10 %: what a model scores against timings
+    whose only error is that one."""
+    if sd <= 0:
+        return float(abs(bias) <= np.log(1.1))
+    z = np.sqrt(2) * sd
+    return float(0.5 * (erf((np.log(1.1) - bias) / z) + erf((np.log(1.1) + bias) / z)))
+
+
+def error_budget(predicted: np.ndarray, here: np.ndarray, there: np.ndarray) -> dict[str, float]:
+    """A model's error on one run's timings (``here``) split with another run of the same subnets (``there``).
+
+    Each run's ``bias`` (mean log error of the prediction, %; + predicts slow): the speed of its hour against the
+    model's calibration. ``sd_pct``: the error's sd here. ``shared_sd_pct``: the part of it that repeats in the
+    other run (the covariance of the two runs' errors about their biases): the model's own error, e.g. its tables';
+    independent timing noise does not repeat. ``noise_free_within_10pct``: what the model would score on timings
+    with no noise and no bias (that shared sd alone).
+    """
+    e_here, e_there = np.log(predicted / here), np.log(predicted / there)
+    shared = float(np.cov(e_here, e_there)[0, 1]) if len(e_here) > 2 else float("nan")
+    shared_sd = float(np.sqrt(max(shared, 0.0)))
+    return {"bias_here_pct": 100 * float(e_here.mean()), "bias_there_pct": 100 * float(e_there.mean()),
+            "sd_pct": 100 * float(np.std(e_here, ddof=1)), "shared_sd_pct": 100 * shared_sd,
+            "noise_free_within_10pct": within_10pct_of_normal(shared_sd)}
+
+
+def split_half(rows: Sequence[dict[str, str]], scaling: SpeedScaling | None) -> dict[str, float] | None:
+    """:func:`agreement` of each row's odd passes with its even ones (1, 3, 5 against 2, 4, 6), the repeatability
+    of a kept value of half the passes within one run (passes minutes apart: slow drift is in it, a change between
+    runs is not); rows with fewer than 4 passes are left out (None: fewer than 2 left)."""
+    halves = []
+    for r in rows:
+        passes = row_passes(r)
+        if len(passes) >= 4:
+            halves.append((kept_timing(passes[0::2], scaling), kept_timing(passes[1::2], scaling)))
+    if len(halves) < 2:
+        return None
+    odd, even = np.array(halves).T
+    return agreement(odd, even)
+
+
+def ceiling_line(what: str, a: dict[str, float]) -> str:
+    """One report line for :func:`agreement`'s figures (and :func:`error_budget`'s, when ``a`` has them)."""
+    line = (f"{what}: {a['n']} subnets, x {a['scale']:.3f} (median ratio) within +-10 %: "
+            f"{100 * a['within_10pct']:.1f} %, Kendall tau {a['kendall_tau']:.3f}, sd {a['sd_pct']:.1f} % "
+            f"(one timing's noise {a['noise_pct']:.1f} %: a model with no error of its own would score "
+            f"{100 * a['noise_free_within_10pct']:.0f} % within +-10 %)")
+    if "model_sd_pct" in a:
+        line += (f"; the model's error here (sd {a['model_sd_pct']:.1f} %) repeats there by sd "
+                 f"{a['model_shared_sd_pct']:.1f} % (its own; the rest is timing noise), its bias "
+                 f"{a['model_bias_here_pct']:+.1f} % here, {a['model_bias_there_pct']:+.1f} % there (the hour's "
+                 f"speed): on timings with neither it would score {100 * a['model_noise_free_within_10pct']:.0f} % "
+                 f"within +-10 %")
+    return line
+
+
+def ceiling_lines(rows: Sequence[dict[str, str]], scaling: SpeedScaling | None,
+                  others: Sequence[tuple[Path, Sequence[dict[str, str]]]] = (),
+                  predicted: dict[str, float] | None = None) -> list[str]:
+    """The report's ceiling lines: :func:`split_half` of ``rows`` and :func:`retest` against each other run (with
+    the model's error budget when its ``predicted`` latencies are given)."""
+    lines = []
+    half = split_half(rows, scaling)
+    if half:
+        lines.append(ceiling_line("split-half (odd passes against even ones, this run)", half))
+    for path, other in others:
+        if other is rows:
+            lines.append(f"retest: {path} holds these rows")
+            continue
+        again = retest(rows, other, scaling, predicted)
+        lines.append(ceiling_line(f"retest ({path} timed the same subnets)", again) if again else
+                     f"retest: {path} shares fewer than 2 subnets with these rows")
+    return lines
+
+
 def read_rows(path: Path, db: str | None, tvm: str | None, created: str) -> dict[str, dict[str, str]]:
     """Rows of an earlier run of this model (same database, TVM, model); others are dropped."""
     if not path.is_file():
@@ -142,6 +255,13 @@ def row_passes(row: dict[str, str]) -> list[Pass]:
     """A CSV row's passes as (ms, probe reading or None)."""
     probes = [float(v) or None for v in (row.get("pass_probe_us") or "").split()]
     return [(float(v), probes[i] if i < len(probes) else None) for i, v in enumerate(row["pass_ms"].split())]
+
+
+def first_passes(row: dict[str, str], n: int | None) -> dict[str, str]:
+    """``row`` with only its first ``n`` passes (all when ``n`` is None)."""
+    if n is None:
+        return row
+    return {**row, **{k: " ".join((row.get(k) or "").split()[:n]) for k in ("pass_ms", "pass_probe_us")}}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -195,13 +315,22 @@ def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, title: 
 @click.option("--model", "model_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="With --score-rows: score this model file of the device (e.g. an earlier profile) instead of "
                    "tuning_logs/<device>/'s.")
+@click.option("--retest", "retests", type=click.Path(dir_okay=False, exists=True), multiple=True,
+              help="With --score-rows: also say how well this CSV (another run's rows of the same subnets) reproduces "
+                   "them, the ceiling under any model's score (repeatable).")
+@click.option("--first-passes", "first", type=click.IntRange(min=1), default=None,
+              help="With --score-rows: keep only each row's first N passes (what a run of N passes would have said).")
 def main(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_dir: str, build_only: bool,
-         update_benchmarks: bool, score_rows: str | None, model_file: str | None) -> None:
+         update_benchmarks: bool, score_rows: str | None, model_file: str | None, retests: tuple[str, ...],
+         first: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if score_rows:
-            rescore(target, Path(score_rows), Path(out_dir), Path(model_file) if model_file else None)
+            rescore(target, Path(score_rows), Path(out_dir), Path(model_file) if model_file else None,
+                    [Path(r) for r in retests], first)
             return
+        if retests or first:
+            raise OfaDeployError("--retest and --first-passes: score rows given with --score-rows; give it too")
         if model_file:
             raise OfaDeployError("--model: scores a model file on --score-rows rows; a timed run measures the "
                                  "device's current model (give --score-rows too, or drop --model)")
@@ -228,16 +357,23 @@ def current_model(target: str, path: Path | None = None) -> tuple[object, Path, 
     return spec, path, model, db, tvm
 
 
-def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None = None) -> None:
-    """``--score-rows``: the current model (or ``model_path``) scored on rows timed earlier with the same code (see
-    the docstring)."""
+def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None = None,
+            retests: Sequence[Path] = (), keep_passes: int | None = None) -> None:
+    """``--score-rows``: the current model (or ``model_path``) scored on rows timed earlier with the same code, and
+    the rows against ``retests`` (other runs' rows of the same subnets; see the docstring), each row cut to its
+    first ``keep_passes`` passes if given."""
     spec, path, model, db, tvm = current_model(target, model_path)
     meta = model.meta
     calibrated = {p["id"] for p in meta["calibration"]["points"]}
     resolutions = {str(r) for r in model.resolutions}
-    rows = [r for r in csv.DictReader(rows_path.open()) if (r["database_sha256"] or None) == db
-            and r["tvm_version"] == str(tvm) and r.get("pass_ms") and r["image_size"] in resolutions
-            and r["id"] not in calibrated]
+
+    def usable(path: Path) -> list[dict[str, str]]:
+        return [first_passes(r, keep_passes) for r in csv.DictReader(path.open())
+                if (r["database_sha256"] or None) == db
+                and r["tvm_version"] == str(tvm) and r.get("pass_ms") and r["image_size"] in resolutions
+                and r["id"] not in calibrated]
+
+    rows = usable(rows_path)
     if len(rows) < 2:
         raise OfaDeployError(f"--score-rows {rows_path}: {len(rows)} rows timed with this code (database {db}, TVM "
                              f"{tvm}) at r{','.join(sorted(resolutions))}; allowed: a CSV this bench wrote for it")
@@ -256,9 +392,13 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
         "speed-referred median pass" if model.scaling else "fastest steady pass")
     click.echo("\n".join([
         f"target {spec.name}; model {path} ({model.basis})",
-        f"{stats['n']} subnets from {rows_path} (timed {len({r['model_created'] for r in rows})} run(s) earlier with "
+        f"{stats['n']} subnets from {rows_path}{f' (first {keep_passes} passes)' if keep_passes else ''} "
+        f"(timed {len({r['model_created'] for r in rows})} run(s) earlier with "
         f"this code; referred to this model's speed state), measured {m.min():.2f}..{m.max():.2f} ms",
-        *summary_lines(p, m, repeat, model.scaling is not None), GOALS,
+        *summary_lines(p, m, repeat, model.scaling is not None),
+        *ceiling_lines(rows, model.scaling, [(path, rows if path.resolve() == rows_path.resolve() else usable(path))
+                                             for path in retests],
+                       {r["id"]: float(v) for r, v in zip(rows, p)}), GOALS,
         f"scatter: {png}"]))
 
 
@@ -326,7 +466,7 @@ def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_d
     lines = [f"target {spec.name}; model {path} ({model.basis})",
              f"{stats['n']} unseen subnets (seed {seed}) at {','.join(map(str, model.resolutions))} px, "
              f"measured {m.min():.2f}..{m.max():.2f} ms",
-             *summary_lines(p, m, repeat, scaling is not None), GOALS,
+             *summary_lines(p, m, repeat, scaling is not None), *ceiling_lines(mine, scaling), GOALS,
              *([f"measured: median steady pass referred to the model's speed state ({scaling.describe()}, k from "
                 f"its calibration subnets); unreferred, the fastest steady pass: {100 * raw['within_10pct']:.1f} % "
                 f"within +-10 %, MAPE {raw['mape_pct']:.2f} %, tau {raw['kendall_tau']:.3f}"] if scaling else []),

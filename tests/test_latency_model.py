@@ -253,6 +253,29 @@ def test_calibration_subnets_are_the_ends_of_a_seeded_pool_in_turns():
     assert [c.id for c in calibration_subnets(SPACE, RES, 4, 8, table, fixed)] != [c.id for c in picks[:4]]
 
 
+def test_the_calibration_pool_is_ranked_by_first_passes_that_more_passes_do_not_move():
+    """A block's rank time is its first pass: a faster second pass (a profile extended with more --passes) or a
+    refit leaves the picks as they were; an adopted record ranks by its adopted figure."""
+    from ofa_deploy.latency.profile import _ranking_ms, calibration_subnets
+
+    def record(*ms: float) -> dict:
+        return {"median_ms": min(ms), "passes": [{"median_ms": v, "probe_us": 2.0} for v in ms]}
+
+    assert _ranking_ms(record(5.0)) == _ranking_ms(record(5.0, 4.0, 3.0)) == 5.0
+    assert _ranking_ms({**record(5.0), "adopted_from": "x", "median_ms": 7.0}) == 7.0
+    model = MeasuredLatencyModel.from_dict(fake_model())
+    one = {k: record(v) for k, v in zip(model.meta["workloads"], np.linspace(1.0, 2.0, len(model.meta["workloads"])))}
+    rng = np.random.default_rng(3)
+    more = {k: record(v["passes"][0]["median_ms"], v["passes"][0]["median_ms"] * rng.uniform(0.5, 1.0))
+            for k, v in one.items()}  # a second pass up to 2x faster, block by block
+
+    def picks(records: dict) -> list[str]:
+        table, fixed = measured_mod.tables_from_workloads(SPACE, RES, {k: _ranking_ms(v) for k, v in records.items()})
+        return [c.id for c in calibration_subnets(SPACE, RES, 6, 0, table, fixed)]
+
+    assert picks(one) == picks(more)
+
+
 def test_the_accuracy_bench_scores_a_kept_model_file_on_earlier_rows(tuning_logs, tmp_path, capsys):
     """bench/latency_accuracy --score-rows [--model FILE]: rows timed at 1.1x the device model's prediction score
     100 % within +-10 % with a -9.1 % bias; an earlier model file (predicting 2x) is scored on the same rows
@@ -285,11 +308,74 @@ def test_the_accuracy_bench_scores_a_kept_model_file_on_earlier_rows(tuning_logs
     assert "Kendall tau 1.000" in out and "goal (#16, a full profile)" in out
     earlier = tmp_path / "earlier.json"
     save_model(earlier, {**data, "calibration": {**data["calibration"], "a": 2 * A, "b": 2 * B}})
-    rescore("x86-host", csv_path, tmp_path / "out", earlier)
+    again = tmp_path / "again.csv"  # a second run that timed the same
+    again.write_text(csv_path.read_text())
+    rescore("x86-host", csv_path, tmp_path / "out", earlier, retests=[again, csv_path])
     out = capsys.readouterr().out
+    assert f"retest ({again} timed the same subnets): 16 subnets, x 1.000 (median ratio) within +-10 %: 100.0 %" in out
+    assert f"retest: {csv_path} holds these rows" in out
     assert f"model {earlier}" in out and "within +-10 %: 0.0 %" in out and "bias +81.8 %" in out
     plots = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert len(plots) == 2 and plots[1].endswith("_rescored_earlier.png")  # the device model's plot is kept
+
+
+def test_the_accuracy_bench_says_how_well_its_own_rows_repeat():
+    """bench/latency_accuracy's ceiling: a second run at 1.2x with +-3 % alternating noise reproduces the rows at
+    scale 1 / 1.2, all within +-10 %, with the noise's sd (3.0 %) and a noise-free model's share from it; odd and even
+    passes 5 % apart give scale 1.05 and no scatter; too few shared subnets or passes give None; with a model's
+    predictions the error that repeats in both runs is the model's own (a +-4 % pattern under +-3 % noise)."""
+    import sys
+    from math import erf
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from latency_accuracy import (agreement, ceiling_line, ceiling_lines, retest, split_half,
+                                  within_10pct_of_normal)
+
+    def row(i: int, passes: list[float]) -> dict[str, str]:
+        return {"id": f"s{i}", "pass_ms": " ".join(f"{v:.6f}" for v in passes), "pass_probe_us": ""}
+
+    base = np.linspace(2.0, 9.0, 20)
+    noise = np.where(np.arange(20) % 2 == 0, 1.03, 1 / 1.03)
+    rows = [row(i, [v, 1.3 * v, v]) for i, v in enumerate(base)]  # kept: the fastest pass, v
+    other = [row(i, [1.2 * v * f]) for i, (v, f) in enumerate(zip(base, noise))] + [row(99, [1.0])]
+    a = retest(rows, other, None)
+    assert a["n"] == 20 and a["within_10pct"] == 1.0 and 0.9 < a["kendall_tau"] < 1  # the noise swaps a few
+    assert a["scale"] == pytest.approx(1 / 1.2, rel=0.031)  # what the other run's timings are scaled by
+    sd = 100 * np.std(np.log(base / (a["scale"] * 1.2 * base * noise)), ddof=1)
+    assert a["sd_pct"] == pytest.approx(sd) and 2.9 < sd < 3.1
+    noise_pct = sd / np.sqrt(2)
+    assert a["noise_pct"] == pytest.approx(noise_pct)
+    assert a["noise_free_within_10pct"] == pytest.approx(erf(np.log(1.1) / (noise_pct / 100 * np.sqrt(2))))
+    assert retest(rows, [row(0, [1.0])], None) is None
+    far = agreement(base, base * np.where(np.arange(20) < 11, 1.0, 1.5))  # 9 of 20 subnets 50 % slower later
+    assert far["scale"] == 1.0 and far["within_10pct"] == pytest.approx(0.55) and far["noise_free_within_10pct"] < 0.5
+
+    # The error budget: a model off by a fixed +-4 % pattern, two runs with their own +-3 % noise (patterns
+    # orthogonal over 4 subnets) and biases of the hour (x 1.1 and x 0.95): the shared sd is the model's 4 %.
+    pred = {f"s{i}": float(v) for i, v in enumerate(base)}
+    model_err = np.tile([1.04, 1 / 1.04], 10)
+    here = [row(i, [v * model_err[i] * 1.1 * [1.03, 1.03, 1 / 1.03, 1 / 1.03][i % 4]]) for i, v in enumerate(base)]
+    there = [row(i, [v * model_err[i] * 0.95 * [1.03, 1 / 1.03, 1 / 1.03, 1.03][i % 4]]) for i, v in enumerate(base)]
+    b = retest(here, there, None, pred)
+    assert b["model_shared_sd_pct"] == pytest.approx(100 * np.std(np.log(model_err), ddof=1), rel=1e-3)
+    assert b["model_bias_here_pct"] == pytest.approx(-100 * np.log(1.1), abs=0.01)  # predicts 9.5 % fast here
+    assert b["model_bias_there_pct"] == pytest.approx(-100 * np.log(0.95), abs=0.01)
+    assert b["model_noise_free_within_10pct"] > 0.98 and b["within_10pct"] == 1.0
+    assert within_10pct_of_normal(0.0, np.log(1.2)) == 0.0 and within_10pct_of_normal(0.0) == 1.0
+    assert within_10pct_of_normal(np.log(1.1)) == pytest.approx(0.6827, abs=1e-4)  # one sd either side
+    assert "repeats there by sd 4.0 %" in ceiling_line("retest", b)
+
+    four = [row(i, [v, 1.05 * v, v, 1.05 * v]) for i, v in enumerate(base)]
+    half = split_half(four + rows, None)  # 3-pass rows are left out
+    assert half["n"] == 20 and half["scale"] == pytest.approx(1.05) and half["sd_pct"] < 1e-3
+    assert split_half(rows, None) is None
+    lines = ceiling_lines(four, None, [(Path("R.csv"), other), (Path("none.csv"), []), (Path("me.csv"), four)])
+    assert lines[0].startswith("split-half") and "within +-10 %: 100.0 %" in lines[0]
+    assert lines[1].startswith("retest (R.csv") and "x 0.8" in lines[1]
+    assert lines[2] == "retest: none.csv shares fewer than 2 subnets with these rows"
+    assert lines[3] == "retest: me.csv holds these rows"
 
 
 def test_the_calibration_design_bench_prefers_the_ends_on_a_line_with_noise():
