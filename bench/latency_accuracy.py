@@ -367,8 +367,8 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
     calibrated = {p["id"] for p in meta["calibration"]["points"]}
     resolutions = {str(r) for r in model.resolutions}
 
-    def usable(path: Path) -> list[dict[str, str]]:
-        return [first_passes(r, keep_passes) for r in csv.DictReader(path.open())
+    def usable(csv_path: Path) -> list[dict[str, str]]:
+        return [first_passes(r, keep_passes) for r in csv.DictReader(csv_path.open())
                 if (r["database_sha256"] or None) == db
                 and r["tvm_version"] == str(tvm) and r.get("pass_ms") and r["image_size"] in resolutions
                 and r["id"] not in calibrated]
@@ -396,8 +396,8 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
         f"(timed {len({r['model_created'] for r in rows})} run(s) earlier with "
         f"this code; referred to this model's speed state), measured {m.min():.2f}..{m.max():.2f} ms",
         *summary_lines(p, m, repeat, model.scaling is not None),
-        *ceiling_lines(rows, model.scaling, [(path, rows if path.resolve() == rows_path.resolve() else usable(path))
-                                             for path in retests],
+        *ceiling_lines(rows, model.scaling, [(other, rows if other.resolve() == rows_path.resolve() else usable(other))
+                                             for other in retests],
                        {r["id"]: float(v) for r, v in zip(rows, p)}), GOALS,
         f"scatter: {png}"]))
 

@@ -208,12 +208,12 @@ def make_demo_dataset(root: str | os.PathLike[str], seed: int = 0, train_per_cla
     stamp = out / "demo_dataset.json"
     spec = {"seed": seed, "train_per_class": train_per_class, "val_per_class": val_per_class, "size": size,
             "classes": list(DEMO_CLASSES)}
-    if stamp.is_file():
-        import json
+    import json
 
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(stamp.read_text()) == spec:
-                return out
+    # An unusable path (a name too long, a NUL byte) is no dataset yet: OutputFolder below says why in one line.
+    with contextlib.suppress(OSError, ValueError):
+        if stamp.is_file() and json.loads(stamp.read_text()) == spec:
+            return out
     # The output rule (ofa_deploy/outputs.py): a new or empty folder, or a demo dataset (its stamp).
     OutputFolder(out, "demo-data", ("train", "val", stamp.name),
                  recognise=lambda folder: (folder / stamp.name).is_file()).claim()

@@ -197,6 +197,25 @@ def test_a_folder_the_user_may_not_write_is_one_line_up_front(tmp_path, capsys, 
     assert os.listdir(locked) == []
 
 
+def test_a_path_no_file_system_can_hold_is_one_line(tmp_path, capsys, monkeypatch):
+    """Found by tests/test_fuzz.py: a 300-character name made demo-data and acc-dataset raise OSError (ENAMETOOLONG)
+    from a check before the output rule's; any other file-system error with a path is one line naming it."""
+    long = str(tmp_path / ("9" * 300))
+    code, _, err = run_cli(["demo-data", "-o", long], capsys)
+    assert "-o" in _one_error_line(code, err) and "not a usable path" in err
+    code, _, err = run_cli(["acc-dataset", "--supernet", str(REFERENCE_CKPT), "--data", long, "-n", "2", "-o",
+                            str(tmp_path / "a.jsonl")], capsys)
+    assert "--data" in _one_error_line(code, err) and "not a usable path" in err
+    import ofa_deploy.data
+
+    def broken(root, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "x.png"))
+
+    monkeypatch.setattr(ofa_deploy.data, "make_demo_dataset", broken)
+    code, _, err = run_cli(["demo-data", "-o", str(tmp_path / "d")], capsys)
+    assert _one_error_line(code, err) == f"error: {tmp_path / 'x.png'}: {os.strerror(errno.EIO)}"
+
+
 # ------------------------------------------------------------------------- files that are not what they claim
 
 def _text(path: Path) -> Path:

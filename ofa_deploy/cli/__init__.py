@@ -180,5 +180,10 @@ def main(argv: list[str] | None = None) -> None:
                 raise
             _error_line(str(err), err.details)
             sys.exit(2)
+        except OSError as err:  # a path the file system refused (too long, no permission, disk full): one line
+            if debug or err.filename is None:
+                raise
+            _error_line(f"{err.filename}: {err.strerror or err}")
+            sys.exit(2)
         except click.exceptions.Exit as err:
             sys.exit(err.exit_code)

@@ -248,8 +248,13 @@ def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_
     from ofa_deploy.search_space import DEFAULT_SPACE, load_supernet
     from ofa_deploy.search_space.checkpoint import read_state_dict
 
-    if not Path(data_root).is_dir():
-        raise OfaDeployError(f"{data_root}: dataset folder not found")
+    try:
+        found = Path(data_root).is_dir()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        reason = getattr(err, "strerror", None) or err
+        raise OfaDeployError(f"--data {data_root!r}: not a usable path ({reason})") from None
+    if not found:
+        raise OfaDeployError(f"--data {data_root}: dataset folder not found")
     check_output_file(output, "an accuracy dataset", read_records, inputs=(checkpoint,))
     space = space or read_state_dict(checkpoint)[1].get("space") or DEFAULT_SPACE
     net = load_supernet(checkpoint, space)
