@@ -43,16 +43,21 @@ PathLike = str | os.PathLike[str]
 
 
 def _resolve(path: PathLike, option: str) -> tuple[Path, Path]:
-    """(the path as given, its absolute form); paths no file system can hold are one line."""
-    given = Path(path)
+    """(the path as given, its absolute form); an empty path, or one no file system can hold, is one line."""
     if not str(path).strip():
         raise OfaDeployError(f"{option}: empty path")
+    return Path(path), usable_path(path, option)
+
+
+def usable_path(path: PathLike, option: str) -> Path:
+    """The absolute form of ``path`` (an output's, or an input folder's), or one line naming ``option`` when no file
+    system can hold it: ``Path.is_dir()`` and friends raise on such a path instead of answering False."""
     try:
-        resolved = given.resolve()
+        resolved = Path(path).resolve()
         resolved.exists()
     except (OSError, ValueError, RuntimeError) as err:  # name too long, NUL byte, symlink loop
         raise OfaDeployError(f"{option} {str(path)!r}: not a usable path ({_reason(err)})") from None
-    return given, resolved
+    return resolved
 
 
 def _reason(err: BaseException) -> str:

@@ -5,8 +5,9 @@ acc-predictor), ``tune``, ``profile`` and ``train`` (train, demo-data); :mod:`.o
 several share. This package is the top of the house: nothing else in ofa_deploy imports it.
 
 Every user error is an :class:`OfaDeployError` or a usage error: one line on stderr, exit code 2, no
-traceback unless ``--debug``; so is a file-system error on a named path (an OSError with a filename). Outputs follow the output rule (ofa_deploy/outputs.py) and are written
-atomically, so a failed or interrupted command leaves nothing half-written.
+traceback unless ``--debug``; so is a file-system error on a named path (an OSError with a filename).
+Outputs follow the output rule (ofa_deploy/outputs.py) and are written atomically, so a failed or
+interrupted command leaves nothing half-written.
 """
 
 from __future__ import annotations

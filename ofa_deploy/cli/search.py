@@ -243,17 +243,12 @@ def acc_dataset(checkpoint: str, data_root: str, n_subnets: int, seed: int, val_
     Example:
       ofa-deploy acc-dataset --supernet ofa.pth --data data/demo -n 500 -o acc.jsonl
     """
-    from ofa_deploy.outputs import check_output_file
+    from ofa_deploy.outputs import check_output_file, usable_path
     from ofa_deploy.search.dataset import AccDatasetConfig, build_acc_dataset, read_records
     from ofa_deploy.search_space import DEFAULT_SPACE, load_supernet
     from ofa_deploy.search_space.checkpoint import read_state_dict
 
-    try:
-        found = Path(data_root).is_dir()
-    except (OSError, ValueError) as err:  # a name too long, a NUL byte
-        reason = getattr(err, "strerror", None) or err
-        raise OfaDeployError(f"--data {data_root!r}: not a usable path ({reason})") from None
-    if not found:
+    if not usable_path(data_root, "--data").is_dir():
         raise OfaDeployError(f"--data {data_root}: dataset folder not found")
     check_output_file(output, "an accuracy dataset", read_records, inputs=(checkpoint,))
     space = space or read_state_dict(checkpoint)[1].get("space") or DEFAULT_SPACE
