@@ -24,6 +24,12 @@ says how well another run's timings of the same subnets reproduce these rows (:f
 more passes are split into odd and even passes (:func:`split_half`): the ceiling under any model's score, since a
 model is made of timings from one run and scored on another's.
 
+``--turns N`` times each pass's subnets in one process, in N turns, each turn's speed divided out (as ``profile
+--turns``): on a shared VM a second such run reproduces the rows 100 % within +-10 % where one-by-one runs reproduce
+them 66-92 %. ``--ruler`` (with ``--turns``) also times the model's calibration subnets in the same turns and divides
+each pass by how slow they ran against the times the model kept for them: the rows are then at the model's speed
+state, whatever the hour's (BENCHMARKS.md, "Timing in turns").
+
 Goal (#16, a full profile): >= 99 % within +-10 % and tau >= 0.95. Measure on an idle machine.
 """
 
@@ -37,20 +43,20 @@ import textwrap
 import time
 from math import erf
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 import numpy as np
 
 from ofa_deploy.atomic import atomic_path, write_text
-from ofa_deploy.compile.profile import ProfileSettings
+from ofa_deploy.compile.profile import ONE_BY_ONE, ProfileSettings
 from ofa_deploy.compile.toolchain import installed_tvm_version
 from ofa_deploy.compile.types import LatencyMeasurement
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel, mismatch, tables_from_workloads
 from ofa_deploy.latency.profile import measure_subnets, sample_subnets
 from ofa_deploy.latency.speed_state import (Pass, SpeedScaling, fastest_steady, kept_timing, pass_scatter_pct,
-                                             passes_of, referred_steady)
+                                             passes_of, probed, referred_steady)
 from ofa_deploy.latency.tables import lookup
 from ofa_deploy.search.predictor import kendall_tau
 from ofa_deploy.search_space import SubnetConfig
@@ -63,7 +69,7 @@ from ofa_deploy.tuning_logs.layout import MODEL_FILE
 REPO = Path(__file__).resolve().parents[1]
 GOALS = "goal (#16, a full profile): >= 99 % within +-10 %, Kendall tau >= 0.95"
 FIELDS = ("id", "image_size", "ks", "e", "d", "predicted_ms", "measured_ms", "fastest_ms", "pass_ms", "pass_probe_us",
-          "rel_err_pct", "database_sha256", "tvm_version", "model_created")
+          "pass_ruler", "timing", "rel_err_pct", "database_sha256", "tvm_version", "model_created")
 log = logging.getLogger("latency_accuracy")
 
 
@@ -233,16 +239,21 @@ def ceiling_lines(rows: Sequence[dict[str, str]], scaling: SpeedScaling | None,
     return lines
 
 
-def read_rows(path: Path, db: str | None, tvm: str | None, created: str) -> dict[str, dict[str, str]]:
-    """Rows of an earlier run of this model (same database, TVM, model); others are dropped."""
+def read_rows(path: Path, db: str | None, tvm: str | None, created: str, timing: str) -> dict[str, dict[str, str]]:
+    """Rows of an earlier run of this model (same database, TVM, model, way of timing); others are dropped."""
     if not path.is_file():
         return {}
     rows = list(csv.DictReader(path.open()))
     keep = {r["id"]: r for r in rows if (r["database_sha256"] or None) == db and r["tvm_version"] == str(tvm)
-            and r["model_created"] == created and r.get("pass_ms")}
+            and r["model_created"] == created and r.get("pass_ms") and row_timing(r) == timing}
     if len(keep) < len(rows):
-        log.warning("%s: %d rows of another model/database/TVM dropped", path, len(rows) - len(keep))
+        log.warning("%s: %d rows of another model/database/TVM/way of timing dropped", path, len(rows) - len(keep))
     return keep
+
+
+def row_timing(row: dict[str, str]) -> str:
+    """A CSV row's way of timing (rows from before the column: one by one)."""
+    return row.get("timing") or ONE_BY_ONE
 
 
 def row_config(row: dict[str, str], space: str) -> SubnetConfig:
@@ -252,16 +263,41 @@ def row_config(row: dict[str, str], space: str) -> SubnetConfig:
 
 
 def row_passes(row: dict[str, str]) -> list[Pass]:
-    """A CSV row's passes as (ms, probe reading or None)."""
+    """A CSV row's passes as (ms, probe reading or None), each divided by its pass's ruler where it has one
+    (``--ruler``: then the passes are at the speed state of the model whose calibration subnets were the ruler)."""
     probes = [float(v) or None for v in (row.get("pass_probe_us") or "").split()]
-    return [(float(v), probes[i] if i < len(probes) else None) for i, v in enumerate(row["pass_ms"].split())]
+    rulers = [float(v) for v in (row.get("pass_ruler") or "").split()]
+    return [(float(v) / (rulers[i] if i < len(rulers) else 1.0), probes[i] if i < len(probes) else None)
+            for i, v in enumerate(row["pass_ms"].split())]
+
+
+def referred_by_probe(rows: Sequence[dict[str, str]], scaling: SpeedScaling | None) -> bool:
+    """Whether the rows' passes are referred by the speed probe (timed one by one, with a speed-referred model)."""
+    return scaling is not None and all(probed(row_passes(r)) for r in rows)
+
+
+def measured_label(rows: Sequence[dict[str, str]], scaling: SpeedScaling | None) -> str:
+    """What the rows' measured value is, for the plot's axis and the printout."""
+    if referred_by_probe(rows, scaling):
+        return "speed-referred median pass"
+    if rows and all(r.get("pass_ruler") for r in rows):
+        return "fastest pass in turns, referred by the model's calibration subnets timed in the same turns"
+    if rows and all(row_timing(r) != ONE_BY_ONE for r in rows):
+        return "fastest pass in turns"
+    return "fastest steady pass"
+
+
+def ruler(now_ms: dict[str, float], model_ms: dict[str, float]) -> float:
+    """How slow this pass ran against the model's speed state: the median, over the model's calibration subnets
+    timed in the same turns as the rows, of their time now over the time the model kept for them."""
+    return float(np.median([now_ms[k] / model_ms[k] for k in now_ms]))
 
 
 def first_passes(row: dict[str, str], n: int | None) -> dict[str, str]:
     """``row`` with only its first ``n`` passes (all when ``n`` is None)."""
     if n is None:
         return row
-    return {**row, **{k: " ".join((row.get(k) or "").split()[:n]) for k in ("pass_ms", "pass_probe_us")}}
+    return {**row, **{k: " ".join((row.get(k) or "").split()[:n]) for k in ("pass_ms", "pass_probe_us", "pass_ruler")}}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -305,10 +341,18 @@ def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, title: 
               help="Timing passes over all subnets; each subnet's fastest steady pass counts (as in profile).")
 @click.option("--retries", type=click.IntRange(min=0), default=ProfileSettings().retry_passes, show_default=True,
               help="Extra passes for subnets whose every pass ran slowed (as profile --retries).")
+@click.option("--turns", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0: each pass times the subnets one after another, as profile does. N: each pass calls all of "
+                   "them in N turns in one process, each turn's speed divided out (the VM's drift hits all alike).")
+@click.option("--ruler", "use_ruler", is_flag=True,
+              help="With --turns: also time the model's calibration subnets in the same turns and refer each pass to "
+                   "the model's speed state by how fast they ran against the times the model kept for them.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(REPO / "bench" / "results"),
               show_default=True)
 @click.option("--build-only", is_flag=True, help="Only compile the subnets into the module cache (builds need "
               "no idle machine: run them while something else works, then time on an idle one).")
+@click.option("--keep-modules", is_flag=True, help="Keep the built subnets in the module cache after their last "
+              "pass (~20 MB each), for a second run into another --out (a retest) without building again.")
 @click.option("--update-benchmarks", is_flag=True, help="Also rewrite the BENCHMARKS.md section.")
 @click.option("--score-rows", "score_rows", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Time nothing: score the model on this CSV's rows (timed earlier with the same code).")
@@ -320,7 +364,8 @@ def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, title: 
                    "them, the ceiling under any model's score (repeatable).")
 @click.option("--first-passes", "first", type=click.IntRange(min=1), default=None,
               help="With --score-rows: keep only each row's first N passes (what a run of N passes would have said).")
-def main(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_dir: str, build_only: bool,
+def main(target: str, n_subnets: int, seed: int, passes: int, retries: int, turns: int, use_ruler: bool, out_dir: str,
+         build_only: bool, keep_modules: bool,
          update_benchmarks: bool, score_rows: str | None, model_file: str | None, retests: tuple[str, ...],
          first: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -334,7 +379,11 @@ def main(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_
         if model_file:
             raise OfaDeployError("--model: scores a model file on --score-rows rows; a timed run measures the "
                                  "device's current model (give --score-rows too, or drop --model)")
-        run(target, n_subnets, seed, passes, retries, Path(out_dir), build_only, update_benchmarks)
+        if use_ruler and not turns:
+            raise OfaDeployError("--ruler: times the model's calibration subnets in the same turns as the rows; give "
+                                 "--turns N too")
+        run(target, n_subnets, seed, passes, retries, turns, Path(out_dir), build_only, keep_modules, use_ruler,
+            update_benchmarks)
     except OfaDeployError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
@@ -389,7 +438,7 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
     scatter_png(png, p, m, "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
         f"{stats['n']} subnets timed earlier ({rows_path.name}): {100 * stats['within_10pct']:.0f} % within +-10 %, "
         f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"]),
-        "speed-referred median pass" if model.scaling else "fastest steady pass")
+        measured_label(rows, model.scaling))
     click.echo("\n".join([
         f"target {spec.name}; model {path} ({model.basis})",
         f"{stats['n']} subnets from {rows_path}{f' (first {keep_passes} passes)' if keep_passes else ''} "
@@ -402,8 +451,39 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
         f"scatter: {png}"]))
 
 
-def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_dir: Path, build_only: bool,
-        update_benchmarks: bool) -> None:
+def time_with_ruler(todo: list[SubnetConfig], have: dict[str, int], points: list[dict], passes: int, turns: int,
+                    keep_modules: bool, build_only: bool, spec: Any, database: Path | None, n_classes: int,
+                    keep: Callable[..., None]) -> None:
+    """``--ruler``: each pass times the rows' subnets and the model's calibration subnets in the same turns, and
+    keeps every row's pass with that pass's :func:`ruler`.
+
+    Why: on a shared VM the level of a whole pass moves by 10-30 % from one minute to the next (the turns
+    divide out what moves within a pass, not that); the calibration subnets, timed now beside the rows and
+    then for the model, say by how much, which the speed probe does not (BENCHMARKS.md, "Timing in turns").
+    """
+    cal_cfgs = [SubnetConfig.from_dict(p["config"]) for p in points]
+    model_ms = {p["id"]: float(p["measured_ms"]) for p in points}
+    for p in range(passes):
+        rows_now = [c for c in todo if have.get(c.id, 0) <= p]
+        if not rows_now:
+            continue
+        now: dict[str, LatencyMeasurement] = {}
+        last = p + 1 == passes
+        settings = ProfileSettings(passes=p + 1, turns=turns, keep_modules=keep_modules or not last)
+        measure_subnets(cal_cfgs + rows_now, spec, database, n_classes, settings=settings,
+                        passes_done={c.id: passes if build_only else p for c in cal_cfgs + rows_now},
+                        on_result=lambda key, _p, m, _record: now.__setitem__(key, m))
+        if build_only:
+            return
+        level = ruler({k: now[k].median_ms for k in model_ms}, model_ms)
+        log.info("pass %d: the model's %d calibration subnets ran at %.3fx the times it kept for them", p + 1,
+                 len(model_ms), level)
+        for c in rows_now:
+            keep(c.id, p, now[c.id], {}, level)
+
+
+def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, turns: int, out_dir: Path, build_only: bool,
+        keep_modules: bool, use_ruler: bool, update_benchmarks: bool) -> None:
     spec, path, model, db, tvm = current_model(target)
     meta = model.meta
     cal = meta["calibration"]
@@ -422,23 +502,30 @@ def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     device = target_dir(spec.name).name  # results of two CPUs never share a file (x86-host is this CPU)
     csv_path, png_path = out_dir / f"latency_accuracy_{device}.csv", out_dir / f"latency_accuracy_{device}.png"
-    rows = read_rows(csv_path, db, tvm, meta["created"])
+    timing = ProfileSettings(turns=turns).timing  # one subnet after another (as profile), or all of them in turns
+    timing += " with the model's calibration subnets as ruler" if use_ruler else ""
+    rows = read_rows(csv_path, db, tvm, meta["created"], timing)
     database = default_database(spec.name)
     pred_of = {cfg.id: float(pred) for cfg, pred in zip(subnets, predicted)}
     scaling = model.scaling  # the model's speed state: each row's passes are referred to it, as its tables were
     by_id = {cfg.id: cfg for cfg in subnets}
 
-    def keep(sid: str, pass_index: int, m: LatencyMeasurement, record: dict) -> None:
+    def keep(sid: str, pass_index: int, m: LatencyMeasurement, record: dict, level: float | None = None) -> None:
         cfg, pred = by_id[sid], pred_of[sid]
         old = rows.get(sid, {})
-        passes = (row_passes(old) if old else [])[:pass_index] + [(m.median_ms, m.probe_us or None)]
+
+        def then(column: str) -> list[str]:  # the row's earlier passes (a resumed run's)
+            return (old.get(column) or "").split()[:pass_index]
+
+        row = {"pass_ms": " ".join(then("pass_ms") + [f"{m.median_ms:.4f}"]),
+               "pass_probe_us": " ".join(then("pass_probe_us") + [f"{m.probe_us or 0.0:.3f}"]),
+               "pass_ruler": " ".join(then("pass_ruler") + ([f"{level:.4f}"] if level else []))}
+        passes = row_passes(row)
         kept = kept_timing(passes, scaling)
         rows[sid] = {"id": sid, "image_size": cfg.image_size, "ks": " ".join(map(str, cfg.ks)),
                      "e": " ".join(map(str, cfg.e)), "d": " ".join(map(str, cfg.d)),
                      "predicted_ms": f"{pred:.4f}", "measured_ms": f"{kept:.4f}",
-                     "fastest_ms": f"{fastest_steady(passes):.4f}",
-                     "pass_ms": " ".join(f"{v:.4f}" for v, _ in passes),
-                     "pass_probe_us": " ".join(f"{p or 0.0:.3f}" for _, p in passes),
+                     "fastest_ms": f"{fastest_steady(passes):.4f}", **row, "timing": timing,
                      "rel_err_pct": f"{(pred - kept) / kept * 100:.2f}",
                      "database_sha256": db or "", "tvm_version": str(tvm), "model_created": meta["created"]}
         write_rows(csv_path, list(rows.values()))
@@ -446,8 +533,11 @@ def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_d
     have = {sid: len(r.get("pass_ms", "").split()) for sid, r in rows.items()}
     todo = [cfg for cfg in subnets if have.get(cfg.id, 0) < passes]
     log.info("%d of %d subnets to build/time (%d passes each)", len(todo), len(subnets), passes)
-    if todo:
-        settings = ProfileSettings(passes=passes, retry_passes=retries)
+    if todo and use_ruler:
+        time_with_ruler(todo, have, cal["points"], passes, turns, keep_modules, build_only, spec, database,
+                        meta["n_classes"], keep)
+    elif todo:
+        settings = ProfileSettings(passes=passes, retry_passes=retries, turns=turns, keep_modules=keep_modules)
         measure_subnets(todo, spec, database, meta["n_classes"], settings=settings,
                         passes_done={c.id: passes for c in todo} if build_only else have, on_result=keep)
     if build_only:
@@ -462,14 +552,16 @@ def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_d
     title = "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
         f"{stats['n']} unseen subnets: {100 * stats['within_10pct']:.0f} % within +-10 %, "
         f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"])
-    scatter_png(png_path, p, m, title, "speed-referred median pass" if scaling else "fastest steady pass")
+    scatter_png(png_path, p, m, title, measured_label(mine, scaling))
     lines = [f"target {spec.name}; model {path} ({model.basis})",
              f"{stats['n']} unseen subnets (seed {seed}) at {','.join(map(str, model.resolutions))} px, "
              f"measured {m.min():.2f}..{m.max():.2f} ms",
              *summary_lines(p, m, repeat, scaling is not None), *ceiling_lines(mine, scaling), GOALS,
+             *([f"measured: {measured_label(mine, scaling)}"] if not referred_by_probe(mine, scaling) else []),
              *([f"measured: median steady pass referred to the model's speed state ({scaling.describe()}, k from "
                 f"its calibration subnets); unreferred, the fastest steady pass: {100 * raw['within_10pct']:.1f} % "
-                f"within +-10 %, MAPE {raw['mape_pct']:.2f} %, tau {raw['kendall_tau']:.3f}"] if scaling else []),
+                f"within +-10 %, MAPE {raw['mape_pct']:.2f} %, tau {raw['kendall_tau']:.3f}"]
+               if referred_by_probe(mine, scaling) else []),
              f"rows: {csv_path}; scatter: {png_path}"]
     click.echo("\n".join(lines))
     if update_benchmarks:
@@ -480,7 +572,8 @@ def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, out_d
         shown = where.relative_to(REPO) if where.is_relative_to(REPO) else where
         out = "" if where == REPO / "bench" / "results" else f" --out {shown}"
         body = (f"`python bench/latency_accuracy.py --target {spec.name} --n {n_subnets} --seed {seed} "
-                f"--passes {passes} --retries {retries}{out}`\n\n```\n"
+                f"--passes {passes} --retries {retries}{f' --turns {turns}' if turns else ''}"
+                f"{' --ruler' if use_ruler else ''}{out}`\n\n```\n"
                 + "\n".join(lines[:-1]) + "\n```\n")
         update_benchmarks_md(f"Latency model accuracy ({device})", body)
 

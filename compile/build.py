@@ -194,7 +194,8 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
     return m
 
 
-def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray, *, calls: int = 200, warmup: int = 10,
+def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray | Sequence[np.ndarray], *, calls: int = 200,
+                     warmup: int = 10,
                      num_threads: int | None = None, onnx_paths: Sequence[str | Path] = (), block: int = 1,
                      settle: int = 0, timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> list[list[float]]:
     """Per-call milliseconds of several CPU modules called in turns in one process (``calls`` turns).
@@ -205,7 +206,8 @@ def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray, *, calls
     number of threads (the reference runtime a user would otherwise ship); their samples follow
     the modules'. Each turn calls every entry ``settle`` times untimed (the first calls after a
     switch pay for the other runtime's threads still spinning), then ``block`` times timed, back
-    to back: ``calls * block`` samples each.
+    to back: ``calls * block`` samples each. ``input``: one array for all, or one per module (then
+    ``onnx_paths`` reuse the first).
     """
     if calls < 1 or warmup < 0 or block < 1 or settle < 0 or not so_paths:
         raise OfaDeployError(f"time_interleaved needs modules, calls >= 1, block >= 1, settle >= 0 and warmup >= 0 "
@@ -217,12 +219,17 @@ def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray, *, calls
     if missing:
         raise OfaDeployError(f"ONNX model not found: {missing[0]}")
     env = {"TVM_NUM_THREADS": str(num_threads)} if num_threads else {}
+    arrays = list(input) if isinstance(input, (list, tuple)) else [input] * len(paths)
+    if len(arrays) != len(paths):
+        raise OfaDeployError(f"time_interleaved: give one input for all modules or one per module (got {len(arrays)} "
+                             f"inputs for {len(paths)} modules)")
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_time_") as tmp:
-        in_path = Path(tmp) / "input.npy"
-        np.save(in_path, _as_input(input))
+        in_paths = [str(Path(tmp) / f"input{i}.npy") for i in range(len(arrays))]
+        for path, x in zip(in_paths, arrays):
+            np.save(path, _as_input(x))
         reply = run_worker({"op": "time_interleaved", "so_paths": paths, "onnx_paths": onnx, "block": block,
-                            "settle": settle,
-                            "input_path": str(in_path), "calls": calls, "warmup": warmup},
+                            "settle": settle, "input_paths": in_paths + in_paths[:1] * len(onnx),
+                            "calls": calls, "warmup": warmup},
                            what=f"timing {len(paths) + len(onnx)} models in turns", timeout=timeout, env=env)
     return reply["samples_ms"]
 

@@ -14,7 +14,13 @@ the other, and the fastest of the passes timed in the machine's steady state is 
 at a time (models then run 1.3-1.6x slow). A speed probe read before every sample
 (``compile.speed``) recognises those spells: their samples are dropped, and a model timed only in
 them is timed again. The steady state itself still drifts by ~10 % over tens of minutes, which
-the probe also reads (BENCHMARKS.md, "Timing in the machine's steady state"). A killed run keeps
+the probe also reads (BENCHMARKS.md, "Timing in the machine's steady state").
+
+**Or in turns** (``ProfileSettings.turns``): a pass loads every model of the list into one process
+and calls them in turns (A B C, B C A, ...), each turn's speed divided out
+(``compile.speed.in_turns``). Models timed one after another each catch the VM's speed of their
+own minute; models timed in the same turns share it, so their ratios hold to 1-4 % where separate
+timings scatter 8-13 % (BENCHMARKS.md, "Timing in turns"). A killed run keeps
 its builds; a module whose last pass is done leaves the cache (unless ``keep_modules``: a whole
 profile is ~2.5 GB of modules).
 
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from ofa_deploy.atomic import sweep_stale
@@ -48,13 +55,16 @@ from ofa_deploy.tuning_logs.database import (best_records, check_database_target
                                              transfer_databases)
 
 from .build import local_measurement
-from .isolate import run_worker_polling
+from .isolate import run_worker, run_worker_polling
 from .rpc import EMULATED_REPEAT, RpcSpec, check_reachable, rpc_measurement
-from .speed import CONTENDED_RATIO, SteadyState, steady_passes_mask
+from .speed import CONTENDED_RATIO, SteadyState, in_turns, steady_passes_mask
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
 from .types import LatencyMeasurement
 
 log = logging.getLogger(__name__)
+
+
+ONE_BY_ONE = "one by one"  # ProfileSettings.timing of turns=0 (and of every timing from before turns existed)
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,22 @@ class ProfileSettings:
     steady_wait_s: float = 5.0  # before each model, wait up to this long for the machine to be steady
     retry_passes: int = 3  # then up to this many more passes for models whose every pass was contended
     retry_wait_s: float = 60.0  # the wait before each model of those passes (slow spells last ~10-70 s)
+    # 0: each pass times the models one after another (repeat samples each, probe-filtered, above).
+    # N: each pass loads every model of the list into one process and calls them in N turns, each turn's
+    # speed divided out (compile.speed.in_turns): the machine's drift then hits every model alike.
+    turns: int = 0
+
+    @property
+    def timing(self) -> str:
+        """How a pass times its models, as models and result rows record it (timings of two ways never mix)."""
+        return f"in {self.turns} turns" if self.turns else ONE_BY_ONE
 
     def __post_init__(self) -> None:
         if self.repeat < 1 or self.min_repeat_ms < 0 or self.chunk_size < 1 or self.passes < 1:
             raise OfaDeployError(f"profile settings: repeat >= 1, min_repeat_ms >= 0, passes >= 1 and chunk_size >= 1 "
                                  f"(got {self.repeat}, {self.min_repeat_ms}, {self.passes}, {self.chunk_size})")
+        if self.turns < 0:
+            raise OfaDeployError(f"profile settings: turns >= 0 (0: one model after another; got {self.turns})")
         if self.steady_wait_s < 0 or self.retry_passes < 0 or self.retry_wait_s < 0:
             raise OfaDeployError(f"profile settings: steady_wait_s, retry_passes and retry_wait_s >= 0 (got "
                                  f"{self.steady_wait_s}, {self.retry_passes}, {self.retry_wait_s})")
@@ -203,6 +224,10 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     """
     spec = get_target(target)
     device = local_device(spec) if remote is None else remote_device(spec)
+    if settings.turns and (remote is not None or device != "cpu"):
+        raise OfaDeployError(f"--turns {settings.turns}: timing in turns is for this machine's CPU (one process "
+                             f"holds every model); {spec.name} is timed {'over RPC' if remote else 'on ' + device}: "
+                             "time it one model after another (--turns 0)")
     work = [it if isinstance(it, WorkloadItem) else WorkloadItem(str(it[0]), Path(it[1]), tuple(int(d) for d in it[2]))
             for it in items]
     for it in work:
@@ -265,12 +290,16 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
         run_round("build", todo, None, 0.0)
     for p in range(settings.passes):
         todo = [it for it in work if done.get(it.key, 0) <= p]
-        if todo:
+        if todo and settings.turns:
+            _time_pass_in_turns(todo, so_paths, settings, env, p, spec.name,
+                                lambda key, m, record, p=p: _keep(key, p, m, record, out, on_result))
+        elif todo:
             run_round(f"time pass {p + 1}/{settings.passes}", todo, p, settings.steady_wait_s)
+
     def slowed() -> list[WorkloadItem]:  # timed in this call, and only while the machine was slowed
         return [it for it in work if out[it.key] and steady.all_contended([m.probe_us for m in out[it.key]])]
 
-    for r in range(settings.retry_passes if steady is not None else 0):
+    for r in range(settings.retry_passes if steady is not None and not settings.turns else 0):
         todo = slowed()
         if not todo:
             break
@@ -278,7 +307,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                  "timing them again (retry %d/%d)", len(todo), CONTENDED_RATIO, steady.floor_us, r + 1,
                  settings.retry_passes)
         run_round(f"retry {r + 1}/{settings.retry_passes}", todo, settings.passes + r, settings.retry_wait_s)
-    left = slowed() if steady is not None else []
+    left = slowed() if steady is not None and not settings.turns else []
     if left:
         log.warning("%d models were timed only while the machine was slowed (%s ...): their latencies are "
                     "high; time them again on a quieter machine", len(left), left[0].key)
@@ -288,6 +317,48 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
                 for path in (so_paths[it.key], Path(f"{so_paths[it.key]}.json")):
                     path.unlink(missing_ok=True)
     return out
+
+
+TURN_BLOCK = 3  # timed samples per model and turn (their median is the turn's timing)
+TURN_SETTLE = 0  # untimed calls per model before them: none, time_evaluator makes one before every sample
+TURN_SAMPLE_MS = 2.0  # a sample runs a model back to back for at least this long (a 20 us block: 100 calls)
+
+
+def _time_pass_in_turns(todo: list[WorkloadItem], so_paths: dict[str, Path], settings: ProfileSettings,
+                        env: dict[str, str], pass_index: int, target_name: str,
+                        keep: Callable[[str, LatencyMeasurement, dict[str, Any]], None]) -> None:
+    """One timing pass of ``todo`` (all built) in one process, in ``settings.turns`` turns (worker op
+    ``time_interleaved``); each model's latency at the pass's median speed (``compile.speed.in_turns``).
+
+    Why: on a shared VM, models timed minutes apart differ by the machine's drift (10-30 %), which no
+    probe reading undoes well; models timed in the same turns share it, and the turn's speed divides
+    out (BENCHMARKS.md, "Timing in turns": two models' ratio scatters 1-4 % where their separate
+    timings scatter 8-13 %). The measurements carry no speed-probe reading: a pass is already at its
+    own median speed, and the probe does not follow what is left, the level of the minutes the pass
+    ran in (a k fitted on such passes came out 0.0 in one profile and 1.9 in the next); a model's
+    entry is then its fastest pass, as on a board.
+    """
+    with tempfile.TemporaryDirectory(prefix="ofa_deploy_turns_") as tmp:
+        inputs: list[str] = []
+        for k, it in enumerate(todo):
+            inputs.append(str(Path(tmp) / f"input{k}.npy"))
+            np.save(inputs[-1], np.random.default_rng(0).standard_normal(it.input_shape).astype(np.float32))
+        request = {"op": "time_interleaved", "so_paths": [str(so_paths[it.key]) for it in todo],
+                   "input_paths": inputs, "calls": settings.turns, "warmup": 1, "block": TURN_BLOCK,
+                   "settle": TURN_SETTLE, "min_sample_ms": TURN_SAMPLE_MS}
+        log.info("time pass %d/%d: %d models in one process, %d turns", pass_index + 1, settings.passes, len(todo),
+                 settings.turns)
+        reply = run_worker(request, what=f"timing {len(todo)} models in {settings.turns} turns ({todo[0].key} ...)",
+                           timeout=settings.timeout_per_item_s * len(todo), env=env)
+    timing = in_turns(reply["samples_ms"], TURN_BLOCK)
+    where = f"{platform.machine()} ({reply['threads']} threads)"
+    log.info("%s pass %d: the turns ran at %.2f-%.2fx the median speed (5th-95th percentile)", target_name,
+             pass_index + 1, *np.percentile(timing.turn_speed, [5, 95]))
+    for it, ms, sd, number in zip(todo, timing.latency_ms, timing.spread, reply["numbers"]):
+        with open(f"{so_paths[it.key]}.json") as f:
+            record = {"key": it.key, **json.load(f), "timing": settings.timing}
+        keep(it.key, LatencyMeasurement(median_ms=ms, std_ms=ms * sd, n=settings.turns, source="measured",
+                                        runs_per_sample=number, device=where), record)
 
 
 def _keep(key: str, pass_index: int | None, m: LatencyMeasurement | None, record: dict[str, Any],

@@ -18,7 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from ofa_deploy.atomic import write_text
 from ofa_deploy.cache import cache_root
@@ -131,3 +134,43 @@ class SteadyState:
     def all_contended(self, probe_us: Sequence[float | None]) -> bool:
         """Whether every one of a model's passes (their readings) was timed slowed."""
         return all(self.contended(p) for p in probe_us)
+
+
+@dataclass(frozen=True)
+class TurnTiming:
+    """Models timed in turns in one process (worker op ``time_interleaved``), the machine's drift taken out.
+
+    ``latency_ms[i]``: model i at the session's median speed; ``spread[i]``: how its turns scatter
+    about that once each turn's speed is divided out (sd of the log); ``turn_speed[t]``: turn t's
+    time relative to the median turn (1.3: everything ran 1.3x slow then).
+    """
+
+    latency_ms: list[float]
+    spread: list[float]
+    turn_speed: list[float]
+
+
+def in_turns(samples_ms: Sequence[Sequence[float]], block: int, rounds: int = 3) -> TurnTiming:
+    """Each model's latency from samples taken in turns (``block`` per model and turn), drift divided out.
+
+    Why: on a shared VM the machine's speed moves by 10-30 % within seconds (BENCHMARKS.md, "Timing in
+    turns"); models timed one after another each catch a different speed, while models timed in the
+    same turn share it. A turn's speed is the median, over models, of each model's block median
+    relative to that model's latency; a model's latency is the median over turns of its block
+    medians divided by their turn's speed; ``rounds`` alternations of the two settle it. With one
+    model this is its median block. The median turn has speed 1, so the latencies stay in ms at
+    the session's typical speed.
+    """
+    if block < 1 or not samples_ms or any(len(s) != len(samples_ms[0]) or len(s) < block for s in samples_ms):
+        raise ValueError(f"in_turns needs one equally long list of samples per model, at least block={block} each")
+    turns = len(samples_ms[0]) // block
+    blocks = np.array([[statistics.median(s[t * block:(t + 1) * block]) for t in range(turns)] for s in samples_ms])
+    latency = np.median(blocks, axis=1)
+    speed = np.ones(turns)
+    for _ in range(rounds):
+        speed = np.median(blocks / latency[:, None], axis=0)
+        speed /= np.median(speed)
+        latency = np.median(blocks / speed[None, :], axis=1)
+    residual = np.log(blocks / speed[None, :] / latency[:, None])
+    return TurnTiming([float(v) for v in latency], [float(v) for v in residual.std(axis=1)],
+                      [float(v) for v in speed])

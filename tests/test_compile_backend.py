@@ -136,10 +136,29 @@ def test_time_interleaved_calls_each_module_in_turns(tiny, x86_module, tmp_path)
     copy = shutil.copy(x86_module.so_path, tmp_path / "copy.so")
     a, b = time_interleaved([x86_module.so_path, copy], tiny[1], calls=7, warmup=1, num_threads=1)
     assert len(a) == len(b) == 7 and all(0 < ms < 1000 for ms in a + b)
+    a, b = time_interleaved([x86_module.so_path, copy], [tiny[1], tiny[1] * 2], calls=2, warmup=0)  # one input each
+    assert len(a) == len(b) == 2
+    with pytest.raises(OfaDeployError, match="one input for all modules or one per module"):
+        time_interleaved([x86_module.so_path, copy], [tiny[1]], calls=2)
     with pytest.raises(OfaDeployError, match="calls >= 1"):
         time_interleaved([copy], tiny[1], calls=0)
     with pytest.raises(OfaDeployError, match="module not found"):
         time_interleaved([tmp_path / "missing.so"], tiny[1])
+
+
+@pytest.mark.tvm
+def test_the_worker_times_modules_of_different_inputs_in_turns_with_samples_of_many_calls(tiny, x86_module,
+                                                                                        tmp_path):
+    """Worker op ``time_interleaved`` with one input per module and ``min_sample_ms``: a sample is the mean of
+    enough calls to last that long (``numbers``), ``calls x block`` samples each."""
+    from ofa_deploy.compile.worker.run import time_interleaved
+
+    x = tmp_path / "x.npy"
+    np.save(x, tiny[1])
+    reply = time_interleaved({"so_paths": [x86_module.so_path] * 2, "input_paths": [str(x)] * 2, "calls": 4,
+                              "warmup": 1, "block": 2, "settle": 1, "min_sample_ms": 5.0})
+    assert [len(s) for s in reply["samples_ms"]] == [8, 8]
+    assert all(n * float(np.median(s)) >= 2.5 for n, s in zip(reply["numbers"], reply["samples_ms"]))  # ~5 ms each
 
 
 @pytest.mark.tvm

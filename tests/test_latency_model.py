@@ -319,6 +319,54 @@ def test_the_accuracy_bench_scores_a_kept_model_file_on_earlier_rows(tuning_logs
     assert len(plots) == 2 and plots[1].endswith("_rescored_earlier.png")  # the device model's plot is kept
 
 
+def test_the_accuracy_bench_resumes_only_rows_timed_the_same_way(tmp_path):
+    """A run with --turns N resumes rows timed in N turns, never rows timed one by one (rows from before the
+    ``timing`` column were) or in another number of turns, and the other way round."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from latency_accuracy import read_rows, write_rows
+
+    from ofa_deploy.compile.profile import ProfileSettings
+
+    def timing_label(turns: int) -> str:
+        return ProfileSettings(turns=turns).timing
+
+    base = {"image_size": 224, "ks": "", "e": "", "d": "", "predicted_ms": "1", "measured_ms": "1", "fastest_ms": "1",
+            "pass_ms": "1.0", "pass_probe_us": "2.0", "rel_err_pct": "0", "database_sha256": "", "tvm_version": "t",
+            "model_created": "m"}
+    path = tmp_path / "rows.csv"
+    write_rows(path, [{**base, "id": "old", "timing": ""}, {**base, "id": "seq", "timing": timing_label(0)},
+                      {**base, "id": "t60", "timing": timing_label(60)}, {**base, "id": "t30", "timing": "in 30 turns"}])
+    assert sorted(read_rows(path, None, "t", "m", timing_label(0))) == ["old", "seq"]
+    assert sorted(read_rows(path, None, "t", "m", timing_label(60))) == ["t60"]
+    assert read_rows(path, None, "t", "m", timing_label(90)) == {}
+
+
+def test_the_accuracy_bench_refers_each_pass_by_the_models_calibration_subnets(tmp_path):
+    """--ruler: a pass whose calibration subnets ran 1.25x the times the model kept for them counts its rows at
+    1/1.25 (the median ratio: one odd subnet does not move it); rows without a ruler are as timed, and a cut to the
+    first passes cuts the rulers too. --ruler without --turns is one line, exit 2."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from latency_accuracy import first_passes, main, row_passes, ruler
+
+    assert ruler({"a": 2.5, "b": 5.0, "c": 9.0}, {"a": 2.0, "b": 4.0, "c": 4.0}) == 1.25
+    row = {"pass_ms": "5.0 4.0", "pass_probe_us": "0.000 0.000", "pass_ruler": "1.25 1.0"}
+    assert row_passes(row) == [(4.0, None), (4.0, None)]
+    assert row_passes({**row, "pass_ruler": ""}) == [(5.0, None), (4.0, None)]
+    assert row_passes(first_passes(row, 1)) == [(4.0, None)]
+    result = CliRunner().invoke(main, ["--ruler", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--ruler" in result.output and "--turns" in result.output
+
+
 def test_the_accuracy_bench_says_how_well_its_own_rows_repeat():
     """bench/latency_accuracy's ceiling: a second run at 1.2x with +-3 % alternating noise reproduces the rows at
     scale 1 / 1.2, all within +-10 %, with the noise's sd (3.0 %) and a noise-free model's share from it; odd and even
@@ -501,6 +549,10 @@ def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
     assert code == 2 and "--retries: not used with --estimate-from" in err
     code, _, err = run_cli(["profile", "--target", "x86-host", "--adapt", "--time-blocks", "-1"], capsys)
     assert code == 2 and "--time-blocks" in err and ">=0" in err.replace(" ", "")
+    code, _, err = run_cli(["profile", "--target", "cortex-a76", "--rpc", "127.0.0.1:9190:pi5", "--turns", "60"], capsys)
+    assert code == 2 and "--turns 60: timing in turns holds every model in one process of this machine" in err
+    code, _, err = run_cli(["profile", "--target", "cortex-a76", "--estimate-from", "x86-host", "--turns", "60"], capsys)
+    assert code == 2 and "--turns: not used with --estimate-from" in err
 
 
 @pytest.mark.tvm

@@ -8,9 +8,11 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ofa_deploy.compile import speed
+from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.compile.types import LatencyMeasurement
 
 FLOOR = 1.5  # us per launch: a steady reading on the development VM; contended ones read ~2.8
@@ -115,6 +117,102 @@ def test_time_workloads_times_again_the_models_whose_every_pass_was_contended(tm
     assert any("timed only while the machine was slowed" in r.getMessage() and "(c" in r.getMessage()
                for r in caplog.records)
     assert speed.recorded_floor("x86_64-test-2c", 2) == FLOOR  # the lowest reading is remembered
+
+
+def test_in_turns_divides_out_a_drift_that_every_model_shares():
+    """Three models 1 : 2 : 5 timed in turns while the machine's speed wanders by +-30 % (a random walk) and each
+    sample scatters 1 %: their latencies come back in the true ratios to ~1 %, at the session's median speed,
+    while each model's own median is off by the drift it happened to see."""
+    rng = np.random.default_rng(0)
+    true, turns, block = np.array([1.0, 2.0, 5.0]), 200, 3
+    drift = np.exp(np.clip(np.cumsum(rng.normal(0, 0.05, turns)), -0.3, 0.3))
+    samples = [list(np.repeat(t * drift, block) * np.exp(rng.normal(0, 0.01, turns * block))) for t in true]
+    timing = speed.in_turns(samples, block)
+    ratios = np.array(timing.latency_ms) / timing.latency_ms[0]
+    assert ratios == pytest.approx(true, rel=0.01)
+    assert np.median(timing.turn_speed) == pytest.approx(1.0)
+    assert np.array(timing.turn_speed) == pytest.approx(drift / np.median(drift), rel=0.02)
+    assert timing.latency_ms[0] == pytest.approx(np.median(drift), rel=0.02)  # ms at the median speed
+    assert max(timing.spread) < 0.02  # what is left once each turn's speed is out: the 1 % sample noise
+    # one model: its median block; ragged or empty input is refused
+    assert speed.in_turns([[3.0, 1.0, 2.0, 4.0]], 1).latency_ms == [2.5]
+    with pytest.raises(ValueError, match="equally long"):
+        speed.in_turns([[1.0, 2.0], [1.0]], 1)
+    with pytest.raises(ValueError):
+        speed.in_turns([[1.0]], 2)
+
+
+def test_time_workloads_in_turns_times_each_pass_in_one_process(tmp_path, monkeypatch):
+    """``ProfileSettings(turns=N)``: each pass is one ``time_interleaved`` worker call over every model still
+    to time (one input per model), each model's latency with the turns' drift divided out; passes already done
+    are skipped, no retry pass runs, and the measurements carry no probe reading (a pass is at its own median
+    speed already)."""
+    from ofa_deploy.compile import profile as prof
+
+    monkeypatch.setenv("OFA_DEPLOY_CACHE", str(tmp_path / "cache"))
+    requests: list[dict] = []
+
+    def fake_chunk(chunk, so_paths, request, env, settings, measurement, bar, keep):
+        assert not request["time"], "in turns, only the build round goes through the chunked worker"
+        for it in chunk:
+            so_paths[it.key].write_bytes(b"so")
+            Path(f"{so_paths[it.key]}.json").write_text(json.dumps({"tuned_funcs": 1, "total_funcs": 2}))
+            keep(it.key, None, {})
+
+    def fake_worker(request, *, what, timeout, env=None):
+        requests.append(request)
+        shapes = [np.load(p).shape for p in request["input_paths"]]
+        assert shapes == [(1, 3, 8, 8), (1, 3, 16, 16)][-len(shapes):]
+        n = request["calls"] * request["block"]
+        slow = np.repeat([1.0, 1.5] * (request["calls"] // 2), request["block"])  # every other turn 1.5x slow
+        return {"samples_ms": [list(base * slow[:n]) for base in (1.0, 4.0)[-len(shapes):]],
+                "numbers": [1] * len(shapes), "threads": 2}
+
+    monkeypatch.setattr(prof, "_run_chunk", fake_chunk)
+    monkeypatch.setattr(prof, "run_worker", fake_worker)
+    items = []
+    for key, size in (("a", 8), ("b", 16)):
+        onnx = tmp_path / f"{key}.onnx"
+        onnx.write_bytes(key.encode())
+        items.append((key, onnx, (1, 3, size, size)))
+    seen: list[tuple[str, int, dict]] = []
+    out = prof.time_workloads(items, "x86-host", settings=prof.ProfileSettings(passes=3, turns=10, retry_passes=3),
+                              progress=False, passes_done={"a": 1},
+                              on_result=lambda key, p, m, record: seen.append((key, p, record)))
+    assert [len(r["so_paths"]) for r in requests] == [1, 2, 2]  # pass 1: only b; passes 2 and 3: both
+    assert all(r["op"] == "time_interleaved" and r["calls"] == 10 and r["min_sample_ms"] > 0 for r in requests)
+    assert sorted((k, p) for k, p, _ in seen) == [("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    m = out["b"][0]
+    # the median turn speed is between the fast and the slow turns: both models at that one speed, in ratio 1 : 4
+    assert out["a"][0].median_ms * 4 == pytest.approx(m.median_ms) and m.n == 10
+    assert m.probe_us is None and m.source == "measured"
+    assert all(r["tuned_funcs"] == 1 and r["timing"] == "in 10 turns" for _, _, r in seen)
+    with pytest.raises(OfaDeployError, match="turns >= 0"):
+        prof.ProfileSettings(turns=-1)
+    # a board or a GPU: refused before anything is built (turns hold every model in one process of this machine)
+    board = prof.RemoteDevice(prof.RpcSpec.parse("127.0.0.1:9190:pi5"))
+    with pytest.raises(OfaDeployError, match="--turns 10: timing in turns is for this machine's CPU"):
+        prof.time_workloads(items, "cortex-a76", settings=prof.ProfileSettings(turns=10), progress=False, remote=board)
+    assert len(requests) == 3
+
+
+def test_a_profile_in_turns_never_resumes_timings_taken_one_by_one(tmp_path):
+    """The way of timing is part of a profile's identity: a partial file timed one by one (or from before the field)
+    is reused by a run timed the same way, never by one in turns, and the other way round."""
+    from ofa_deploy.compile.profile import ProfileSettings
+    from ofa_deploy.latency import profile as lp
+    from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
+
+    identity = {"target": "x86-host", "tvm_version": "t"}
+    one_by_one, in_turns = ProfileSettings().timing, ProfileSettings(turns=60).timing
+    record = {"passes": [{"median_ms": 1.0}]}
+    (tmp_path / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": {"r224/stem": record}}))
+    assert list(lp._reusable(tmp_path, {**identity, "timing": one_by_one})[0]) == ["r224/stem"]  # before the field
+    assert lp._reusable(tmp_path, {**identity, "timing": in_turns})[0] == {}
+    (tmp_path / PARTIAL_FILE).write_text(json.dumps({**identity, "timing": in_turns, "workloads": {"r224/stem": record}}))
+    assert lp._reusable(tmp_path, {**identity, "timing": one_by_one})[0] == {}
+    assert list(lp._reusable(tmp_path, {**identity, "timing": in_turns})[0]) == ["r224/stem"]
+    assert (one_by_one, in_turns) == ("one by one", "in 60 turns")
 
 
 @pytest.mark.tvm

@@ -78,30 +78,64 @@ def _onnxruntime_call(onnx_path: str, x: np.ndarray, threads: int) -> Any:
 
 
 def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
-    """Worker op ``time_interleaved``: several modules in one process, in turns, per-call ms.
+    """Worker op ``time_interleaved``: several modules in one process, in turns, per-sample ms.
 
     A shared VM's speed drifts by up to 1.6x within seconds to minutes (BENCHMARKS.md), so two
     modules timed one after the other can land in different states. Called in turns (A B C, B C A,
     C A B, ...) every module sees the same machine; compare them by their per-turn ratios. Each
-    turn calls every module ``settle`` times untimed, then ``block`` times timed, back to back: the
-    first call after a switch pays for the other runtime's thread pool still spinning on the cores
-    (a TVM call right after an ORT call ran up to 3x slow, BENCHMARKS.md), which is not either
-    runtime's speed. ``onnx_paths`` join the turns as ONNX Runtime sessions with as many threads
-    as TVM's pool: the reference runtime timed in the same process, same turns (its samples follow
-    the modules' in the reply).
+    turn calls every module ``settle`` times untimed, then takes ``block`` timed samples, back to
+    back: the first call after a switch pays for the other runtime's thread pool still spinning on
+    the cores (a TVM call right after an ORT call ran up to 3x slow, BENCHMARKS.md), which is not
+    either runtime's speed. A sample is one call from Python (what an application calling either
+    runtime pays), or with ``min_sample_ms`` the mean of enough back-to-back calls to last that long
+    (``numbers``: calls per sample, chosen per entry in the warm-up), so a 20 us block is timed as
+    reliably as a 10 ms subnet; a module's such samples are TVM's ``time_evaluator`` (one untimed
+    call, then the calls in C++), as ``profile`` times one model after another: a call from Python
+    costs ~45 us more, which a block inside a network never pays (BENCHMARKS.md, "Timing in
+    turns"). ``onnx_paths`` join the turns as ONNX Runtime sessions with as many threads as TVM's
+    pool: the reference runtime timed in the same process, same turns (its samples follow the
+    modules' in the reply).
+
+    ``input_paths``: one input per entry (modules of different input sizes), ONNX sessions' included.
     """
+    import math
     import time as clock
 
     loaded = [_load(path, "cpu") for path in request["so_paths"]]
-    dev = loaded[0][1]
-    x_np = np.load(request["input_path"])
-    x = tvm.runtime.tensor(x_np, dev)
-    calls = [(lambda vm=vm: vm["main"](x)) for vm, _ in loaded]
-    calls += [_onnxruntime_call(path, x_np, pool_threads()) for path in request.get("onnx_paths", [])]
+    dev = loaded[0][1] if loaded else tvm.cpu(0)
+    arrays = [np.load(p) for p in request["input_paths"]]
+    inputs = [tvm.runtime.tensor(a, dev) for a in arrays[:len(loaded)]]
+    calls = [(lambda vm=vm, x=x: vm["main"](x)) for (vm, _), x in zip(loaded, inputs)]
+    calls += [_onnxruntime_call(path, arrays[len(loaded) + k], pool_threads())
+              for k, path in enumerate(request.get("onnx_paths", []))]
     block, settle = int(request.get("block", 1)), int(request.get("settle", 0))
+    min_sample_ms = float(request.get("min_sample_ms", 0.0))
     for _ in range(int(request["warmup"])):
         for call in calls:
             call()
+
+    def from_python(call: Any, number: int) -> Any:  # ms per call of `number` calls from Python
+        def sample() -> float:
+            start = clock.perf_counter()
+            for _ in range(number):
+                call()
+            return (clock.perf_counter() - start) * 1e3 / number
+        return sample
+
+    def in_tvm(vm: Any, x: Any, number: int) -> Any:  # ms per call of time_evaluator's `number` calls
+        evaluator = vm.time_evaluator("main", dev, number=number, repeat=1)
+        return lambda: evaluator(x).results[0] * 1e3
+
+    numbers = [1] * len(calls)
+    samplers = [from_python(call, 1) for call in calls]
+    if min_sample_ms > 0:
+        for i, call in enumerate(calls):
+            def sampler(number: int, i: int = i, call: Any = call) -> Any:
+                return in_tvm(loaded[i][0], inputs[i], number) if i < len(loaded) else from_python(call, number)
+
+            once = sampler(1)
+            numbers[i] = max(1, math.ceil(min_sample_ms / max(min(once() for _ in range(3)), 1e-4)))
+            samplers[i] = sampler(numbers[i])
     samples: list[list[float]] = [[] for _ in calls]
     for turn in range(int(request["calls"])):
         for k in range(len(calls)):
@@ -109,7 +143,5 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
             for _ in range(settle):
                 calls[i]()
             for _ in range(block):
-                start = clock.perf_counter()
-                calls[i]()
-                samples[i].append((clock.perf_counter() - start) * 1e3)
-    return {"samples_ms": samples, "threads": pool_threads()}
+                samples[i].append(samplers[i]())
+    return {"samples_ms": samples, "numbers": numbers, "threads": pool_threads()}

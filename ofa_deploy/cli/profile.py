@@ -42,6 +42,10 @@ from .options import SEED, parse_resolutions
               help="Extra passes for the models whose every pass ran while the speed probe said the machine was "
                    "slowed (each waits up to a minute per model for the steady state). 0 on a machine that stays "
                    "slowed: those timings are then kept, referred to the speed state like the others.")
+@click.option("--turns", type=click.IntRange(min=0), default=ProfileSettings().turns, show_default=True, metavar="N",
+              help="0: each pass times the models one after another. N: each pass loads them all into one process "
+                   "and calls them in N turns, each turn's speed divided out: a shared VM's drift then hits every "
+                   "model alike (a model made this way is never mixed with one-by-one timings).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
 @click.option("--estimate-from", "estimate_from", default=None, metavar="SOURCE",
               help="For a target with no device here: learn roofline efficiencies on SOURCE's profiled model "
@@ -61,7 +65,7 @@ from .options import SEED, parse_resolutions
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulated: bool, resolutions: str,
                     calibrate: int, recalibrate: bool, database: str | None, space: str | None, seed: int, passes: int,
-                    retries: int, no_progress: bool, estimate_from: str | None, adapt: bool, adapt_from: str | None,
+                    retries: int, turns: int, no_progress: bool, estimate_from: str | None, adapt: bool, adapt_from: str | None,
                     time_blocks: int) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
@@ -107,11 +111,14 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
             raise OfaDeployError(f"--adapt: no other device in tuning_logs/ has a latency model to adapt; run "
                                  f"'ofa-deploy profile --target {target}' (the full tables)")
         adapt_from = str(near[0])
+    if turns and rpc:
+        raise OfaDeployError(f"--turns {turns}: timing in turns holds every model in one process of this machine; "
+                             "a board over --rpc is timed one model after another (drop --turns)")
     if adapt_from is not None and calibrate < 3:
         raise OfaDeployError(f"--calibrate {calibrate}: adapting fits a scale and an offset, give at least 3 subnets")
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
                                           space=space or DEFAULT_SPACE, seed=seed,
-                                          settings=ProfileSettings(passes=passes, retry_passes=retries),
+                                          settings=ProfileSettings(passes=passes, retry_passes=retries, turns=turns),
                                           adapt_from=adapt_from, rpc=rpc, rpc_emulated=rpc_emulated,
                                           time_blocks=time_blocks, recalibrate=recalibrate),
                             progress=False if no_progress else None)
@@ -137,7 +144,7 @@ def _estimate(ctx: click.Context, target: str, source: str, space: str | None) -
     from ofa_deploy.latency.learned import estimate_target
 
     timed_only = [p.replace("_", "-") for p in ("rpc", "rpc_emulated", "resolutions", "calibrate", "recalibrate",
-                                                "database", "seed", "passes", "retries")
+                                                "database", "seed", "passes", "retries", "turns")
                   if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
     if timed_only:
         raise OfaDeployError(f"--{timed_only[0]}: not used with --estimate-from (nothing is timed); allowed with it: "

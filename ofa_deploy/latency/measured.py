@@ -247,7 +247,9 @@ def describe_basis(data: dict[str, Any]) -> str:
              if isinstance(device, dict) and device.get("kind") == "rpc" else "")
     speed = SpeedScaling.from_dict(data.get("speed_scaling"))
     referred = f", {speed.describe()}" if speed is not None else ""
-    return f"{tuned}, {data['target']}{board}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}{referred}"
+    turns = f", timed {data['timing']}" if str(data.get("timing", "")).startswith("in ") else ""  # in N turns
+    return (f"{tuned}, {data['target']}{board}{threads}, r{res}, TVM {data.get('tvm_version')}, {fit}{turns}"
+            f"{referred}")
 
 
 def save_model(path: str | Path, data: dict[str, Any]) -> None:

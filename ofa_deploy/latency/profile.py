@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ofa_deploy.atomic import write_json
+from ofa_deploy.compile.profile import ONE_BY_ONE
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.search_space import DEFAULT_SPACE, SearchSpace, SubnetConfig, get_space
 from ofa_deploy.tuning_logs.database import (current_transfer_hashes, database_hash, default_database,
@@ -111,22 +112,23 @@ class ProfileReport:
 
 
 def _identity(spec: Any, db_hash: str | None, space: str, n_classes: int, threads: int | None,
-              timing_source: str = "measured") -> dict[str, Any]:
+              timing_source: str = "measured", timing: str = ONE_BY_ONE) -> dict[str, Any]:
     """What timings depend on: reuse old timings only if all of it is unchanged.
 
     ``threads``: TVM's pool here (None on a board: its server's); ``timing_source``: ``measured``
-    or ``emulated`` (an emulator's timings never mix with a device's).
+    or ``emulated`` (an emulator's timings never mix with a device's); ``timing``: one model after
+    another or in turns (``ProfileSettings.timing``: the two see the machine's drift differently).
     """
     from ofa_deploy.compile.toolchain import installed_tvm_version
 
     return {"target": spec.name, "tvm_target": spec.tvm_target, "tvm_version": installed_tvm_version(),
             "database_sha256": db_hash, "transfer_sha256": current_transfer_hashes(spec.name), "space": space,
             "n_classes": n_classes, "tvm_threads": threads, "timing_source": timing_source,
-            "data_layout": spec.data_layout}
+            "data_layout": spec.data_layout, "timing": timing}
 
 
 # What a file from before a field existed meant by its absence.
-IDENTITY_DEFAULTS = {"timing_source": "measured", "data_layout": "NCHW"}
+IDENTITY_DEFAULTS = {"timing_source": "measured", "data_layout": "NCHW", "timing": ONE_BY_ONE}
 
 
 def _reusable(out_dir: Path, identity: dict[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -525,7 +527,7 @@ def _start(cfg: ProfileConfig) -> _Run:
                         "UNTUNED code; run 'ofa-deploy tune' first for a model of tuned code", spec.name,
                         target_dir(spec.name).name)
     identity = _identity(spec, db_hash, sp.name, n_classes, None if remote else tvm_threads(settings.num_threads),
-                         remote.source if remote else "measured")
+                         remote.source if remote else "measured", settings.timing)
     workloads = space_workloads(sp, cfg.resolutions, n_classes, spec.data_layout)  # edges in the network's layout
     if cfg.keys is not None:
         unknown = sorted(set(cfg.keys) - {w.key for w in workloads})
