@@ -195,9 +195,9 @@ def time_local(so_path: str | Path, input: np.ndarray, *, repeat: int = 20, numb
 
 
 def time_interleaved(so_paths: Sequence[str | Path], input: np.ndarray | Sequence[np.ndarray], *, calls: int = 200,
-                     warmup: int = 10,
-                     num_threads: int | None = None, onnx_paths: Sequence[str | Path] = (), block: int = 1,
-                     settle: int = 0, timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> list[list[float]]:
+                     warmup: int = 10, num_threads: int | None = None, onnx_paths: Sequence[str | Path] = (),
+                     block: int = 1, settle: int = 0,
+                     timeout: float | None = DEFAULT_RUN_TIMEOUT_S) -> list[list[float]]:
     """Per-call milliseconds of several CPU modules called in turns in one process (``calls`` turns).
 
     For comparing modules on a machine whose speed drifts: the k-th samples of two modules were

@@ -65,8 +65,8 @@ from .options import SEED, parse_resolutions
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulated: bool, resolutions: str,
                     calibrate: int, recalibrate: bool, database: str | None, space: str | None, seed: int, passes: int,
-                    retries: int, turns: int, no_progress: bool, estimate_from: str | None, adapt: bool, adapt_from: str | None,
-                    time_blocks: int) -> None:
+                    retries: int, turns: int, no_progress: bool, estimate_from: str | None, adapt: bool,
+                    adapt_from: str | None, time_blocks: int) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution (their edges in

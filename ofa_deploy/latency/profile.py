@@ -315,8 +315,9 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
         untimed = [w.key for w in run.wanted if w.key not in run.workloads]
         if cfg.recalibrate and untimed:
             raise OfaDeployError(f"--recalibrate keeps the tables, but {len(untimed)} of {len(run.wanted)} workloads "
-                                 f"(e.g. {untimed[0]}) have no timing here with this database, TVM and target; run "
-                                 f"'ofa-deploy profile --target {cfg.target}' without --recalibrate")
+                                 f"(e.g. {untimed[0]}) have no timing here with this database, TVM, target and way of timing "
+                                 f"({run.settings.timing}); run 'ofa-deploy profile --target {cfg.target}' without "
+                                 "--recalibrate, or recalibrate as the model was timed")
         timed, reused = _time_workloads(run, cfg.resolutions, progress)
     used, cal, scaling = _calibrate(run, cfg, progress)
     if source is not None:
