@@ -55,7 +55,7 @@ from ofa_deploy.tuning_logs.database import (best_records, check_database_target
                                              transfer_databases)
 
 from .build import local_measurement
-from .isolate import run_worker, run_worker_polling
+from .isolate import run_worker_polling
 from .rpc import EMULATED_REPEAT, RpcSpec, check_reachable, rpc_measurement
 from .speed import CONTENDED_RATIO, SteadyState, in_turns, steady_passes_mask
 from .toolchain import find_nvcc, installed_tvm_version, linker_for
@@ -291,7 +291,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     for p in range(settings.passes):
         todo = [it for it in work if done.get(it.key, 0) <= p]
         if todo and settings.turns:
-            _time_pass_in_turns(todo, so_paths, settings, env, p, spec.name,
+            _time_pass_in_turns(todo, so_paths, settings, env, p, spec.name, disable,
                                 lambda key, m, record, p=p: _keep(key, p, m, record, out, on_result))
         elif todo:
             run_round(f"time pass {p + 1}/{settings.passes}", todo, p, settings.steady_wait_s)
@@ -325,7 +325,7 @@ TURN_SAMPLE_MS = 2.0  # a sample runs a model back to back for at least this lon
 
 
 def _time_pass_in_turns(todo: list[WorkloadItem], so_paths: dict[str, Path], settings: ProfileSettings,
-                        env: dict[str, str], pass_index: int, target_name: str,
+                        env: dict[str, str], pass_index: int, target_name: str, disable: bool | None,
                         keep: Callable[[str, LatencyMeasurement, dict[str, Any]], None]) -> None:
     """One timing pass of ``todo`` (all built) in one process, in ``settings.turns`` turns (worker op
     ``time_interleaved``); each model's latency at the pass's median speed (``compile.speed.in_turns``).
@@ -343,13 +343,19 @@ def _time_pass_in_turns(todo: list[WorkloadItem], so_paths: dict[str, Path], set
         for k, it in enumerate(todo):
             inputs.append(str(Path(tmp) / f"input{k}.npy"))
             np.save(inputs[-1], np.random.default_rng(0).standard_normal(it.input_shape).astype(np.float32))
+        progress = Path(tmp) / "turns_done"
+        progress.touch()
         request = {"op": "time_interleaved", "so_paths": [str(so_paths[it.key]) for it in todo],
                    "input_paths": inputs, "calls": settings.turns, "warmup": 1, "block": TURN_BLOCK,
-                   "settle": TURN_SETTLE, "min_sample_ms": TURN_SAMPLE_MS}
+                   "settle": TURN_SETTLE, "min_sample_ms": TURN_SAMPLE_MS, "progress_path": str(progress)}
         log.info("time pass %d/%d: %d models in one process, %d turns", pass_index + 1, settings.passes, len(todo),
                  settings.turns)
-        reply = run_worker(request, what=f"timing {len(todo)} models in {settings.turns} turns ({todo[0].key} ...)",
-                           timeout=settings.timeout_per_item_s * len(todo), env=env)
+        with tqdm(total=settings.turns, desc=f"profile {target_name}: time pass {pass_index + 1}/{settings.passes} "
+                  f"({len(todo)} models in turns)", unit="turn", file=sys.stderr, disable=disable) as bar:
+            reply = run_worker_polling(
+                request, what=f"timing {len(todo)} models in {settings.turns} turns ({todo[0].key} ...)",
+                timeout=settings.timeout_per_item_s * len(todo), env=env,
+                poll=lambda: bar.update(progress.stat().st_size - bar.n))
     timing = in_turns(reply["samples_ms"], TURN_BLOCK)
     where = f"{platform.machine()} ({reply['threads']} threads)"
     log.info("%s pass %d: the turns ran at %.2f-%.2fx the median speed (5th-95th percentile)", target_name,

@@ -150,14 +150,15 @@ def test_time_interleaved_calls_each_module_in_turns(tiny, x86_module, tmp_path)
 def test_the_worker_times_modules_of_different_inputs_in_turns_with_samples_of_many_calls(tiny, x86_module,
                                                                                         tmp_path):
     """Worker op ``time_interleaved`` with one input per module and ``min_sample_ms``: a sample is the mean of
-    enough calls to last that long (``numbers``), ``calls x block`` samples each."""
+    enough calls to last that long (``numbers``), ``calls x block`` samples each, a progress byte a turn."""
     from ofa_deploy.compile.worker.run import time_interleaved
 
     x = tmp_path / "x.npy"
     np.save(x, tiny[1])
+    done = tmp_path / "turns_done"
     reply = time_interleaved({"so_paths": [x86_module.so_path] * 2, "input_paths": [str(x)] * 2, "calls": 4,
-                              "warmup": 1, "block": 2, "settle": 1, "min_sample_ms": 5.0})
-    assert [len(s) for s in reply["samples_ms"]] == [8, 8]
+                              "warmup": 1, "block": 2, "settle": 1, "min_sample_ms": 5.0, "progress_path": str(done)})
+    assert [len(s) for s in reply["samples_ms"]] == [8, 8] and done.read_bytes() == b"...."  # a byte a turn
     assert all(n * float(np.median(s)) >= 2.5 for n, s in zip(reply["numbers"], reply["samples_ms"]))  # ~5 ms each
 
 

@@ -159,8 +159,10 @@ def test_time_workloads_in_turns_times_each_pass_in_one_process(tmp_path, monkey
             Path(f"{so_paths[it.key]}.json").write_text(json.dumps({"tuned_funcs": 1, "total_funcs": 2}))
             keep(it.key, None, {})
 
-    def fake_worker(request, *, what, timeout, env=None):
+    def fake_worker(request, *, what, timeout, poll, env=None):
         requests.append(request)
+        Path(request["progress_path"]).write_bytes(b"." * request["calls"])  # every turn done
+        poll()
         shapes = [np.load(p).shape for p in request["input_paths"]]
         assert shapes == [(1, 3, 8, 8), (1, 3, 16, 16)][-len(shapes):]
         n = request["calls"] * request["block"]
@@ -169,7 +171,7 @@ def test_time_workloads_in_turns_times_each_pass_in_one_process(tmp_path, monkey
                 "numbers": [1] * len(shapes), "threads": 2}
 
     monkeypatch.setattr(prof, "_run_chunk", fake_chunk)
-    monkeypatch.setattr(prof, "run_worker", fake_worker)
+    monkeypatch.setattr(prof, "run_worker_polling", fake_worker)
     items = []
     for key, size in (("a", 8), ("b", 16)):
         onnx = tmp_path / f"{key}.onnx"

@@ -97,6 +97,7 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
     modules' in the reply).
 
     ``input_paths``: one input per entry (modules of different input sizes), ONNX sessions' included.
+    ``progress_path``: a byte is appended there after every turn (the parent's progress bar).
     """
     import math
     import time as clock
@@ -137,6 +138,7 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
             numbers[i] = max(1, math.ceil(min_sample_ms / max(min(once() for _ in range(3)), 1e-4)))
             samplers[i] = sampler(numbers[i])
     samples: list[list[float]] = [[] for _ in calls]
+    progress = open(request["progress_path"], "ab", buffering=0) if request.get("progress_path") else None
     for turn in range(int(request["calls"])):
         for k in range(len(calls)):
             i = (turn + k) % len(calls)
@@ -144,4 +146,8 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
                 calls[i]()
             for _ in range(block):
                 samples[i].append(samplers[i]())
+        if progress is not None:
+            progress.write(b".")
+    if progress is not None:
+        progress.close()
     return {"samples_ms": samples, "numbers": numbers, "threads": pool_threads()}
