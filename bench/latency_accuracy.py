@@ -443,7 +443,7 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
         f"target {spec.name}; model {path} ({model.basis})",
         f"{stats['n']} subnets from {rows_path}{f' (first {keep_passes} passes)' if keep_passes else ''} "
         f"(timed {len({r['model_created'] for r in rows})} run(s) earlier with "
-        f"this code; referred to this model's speed state), measured {m.min():.2f}..{m.max():.2f} ms",
+        f"this code; {measured_label(rows, model.scaling)}), measured {m.min():.2f}..{m.max():.2f} ms",
         *summary_lines(p, m, repeat, model.scaling is not None),
         *ceiling_lines(rows, model.scaling, [(other, rows if other.resolve() == rows_path.resolve() else usable(other))
                                              for other in retests],
