@@ -27,6 +27,7 @@ from ofa_deploy.atomic import atomic_path
 from ofa_deploy.compile import time_interleaved
 from ofa_deploy.compile.speed import in_turns
 from ofa_deploy.errors import OfaDeployError
+from ofa_deploy.export import seeded_input
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.targets import get_target
 from ofa_deploy.tuning_logs.identity import host_identity
@@ -108,8 +109,7 @@ def main(target: str, turns: int, window: int, block: int, out_dir: str) -> None
         with tempfile.TemporaryDirectory(prefix="ofa_deploy_turns_") as tmp:
             paths = [compile_subnet(cfg, CompileOptions(target=spec.name, out_dir=f"{tmp}/{i}", random_weights=True,
                                                         verify=False)) / "subnet.so" for i, cfg in enumerate(cfgs)]
-            inputs = [np.random.default_rng(0).standard_normal((1, 3, c.image_size, c.image_size)).astype(np.float32)
-                      for c in cfgs]
+            inputs = [seeded_input((1, 3, c.image_size, c.image_size)) for c in cfgs]
             samples = time_interleaved(paths, inputs, calls=turns, warmup=3, block=block, settle=1)
     except OfaDeployError as err:
         click.echo(f"error: {err}", err=True)

@@ -198,6 +198,16 @@ def _schedules(record: dict[str, Any]) -> str:
     return f"{record['tuned_funcs']}/{record['total_funcs']} functions tuned{other}"
 
 
+def check_turns(settings: ProfileSettings, spec: TargetSpec, remote: RemoteDevice | None) -> None:
+    """Refuse ``settings.turns`` where the models are not timed on this machine's CPU: a pass in turns holds every
+    model in one process here (a board over RPC or a GPU is timed one model after another)."""
+    if settings.turns and (remote is not None or local_device(spec) != "cpu"):
+        where = "over RPC" if remote is not None else f"on {local_device(spec)}"
+        raise OfaDeployError(f"--turns {settings.turns}: timing in turns holds every model in one process of this "
+                             f"machine's CPU; {spec.name} is timed {where}: time it one model after another "
+                             "(--turns 0)")
+
+
 def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequence[int]]], target: TargetSpec | str,
                    database_dir: str | Path | None = None, *, input_name: str = "input",
                    settings: ProfileSettings = ProfileSettings(), on_result: OnResult | None = None,
@@ -224,10 +234,7 @@ def time_workloads(items: Sequence[WorkloadItem | tuple[str, str | Path, Sequenc
     """
     spec = get_target(target)
     device = local_device(spec) if remote is None else remote_device(spec)
-    if settings.turns and (remote is not None or device != "cpu"):
-        raise OfaDeployError(f"--turns {settings.turns}: timing in turns is for this machine's CPU (one process "
-                             f"holds every model); {spec.name} is timed {'over RPC' if remote else 'on ' + device}: "
-                             "time it one model after another (--turns 0)")
+    check_turns(settings, spec, remote)
     work = [it if isinstance(it, WorkloadItem) else WorkloadItem(str(it[0]), Path(it[1]), tuple(int(d) for d in it[2]))
             for it in items]
     for it in work:
@@ -338,11 +345,13 @@ def _time_pass_in_turns(todo: list[WorkloadItem], so_paths: dict[str, Path], set
     ran in (a k fitted on such passes came out 0.0 in one profile and 1.9 in the next); a model's
     entry is then its fastest pass, as on a board.
     """
+    from ofa_deploy.export import seeded_input  # torch: already loaded by whoever exported the models
+
     with tempfile.TemporaryDirectory(prefix="ofa_deploy_turns_") as tmp:
         inputs: list[str] = []
         for k, it in enumerate(todo):
             inputs.append(str(Path(tmp) / f"input{k}.npy"))
-            np.save(inputs[-1], np.random.default_rng(0).standard_normal(it.input_shape).astype(np.float32))
+            np.save(inputs[-1], seeded_input(it.input_shape))
         progress = Path(tmp) / "turns_done"
         progress.touch()
         request = {"op": "time_interleaved", "so_paths": [str(so_paths[it.key]) for it in todo],

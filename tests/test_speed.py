@@ -193,7 +193,8 @@ def test_time_workloads_in_turns_times_each_pass_in_one_process(tmp_path, monkey
         prof.ProfileSettings(turns=-1)
     # a board or a GPU: refused before anything is built (turns hold every model in one process of this machine)
     board = prof.RemoteDevice(prof.RpcSpec.parse("127.0.0.1:9190:pi5"))
-    with pytest.raises(OfaDeployError, match="--turns 10: timing in turns is for this machine's CPU"):
+    with pytest.raises(OfaDeployError, match="--turns 10: timing in turns holds every model in one process of this "
+                                             "machine's CPU; cortex-a76 is timed over RPC"):
         prof.time_workloads(items, "cortex-a76", settings=prof.ProfileSettings(turns=10), progress=False, remote=board)
     assert len(requests) == 3
 

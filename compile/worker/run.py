@@ -103,7 +103,7 @@ def time_interleaved(request: dict[str, Any]) -> dict[str, Any]:
     import time as clock
 
     loaded = [_load(path, "cpu") for path in request["so_paths"]]
-    dev = loaded[0][1] if loaded else tvm.cpu(0)
+    dev = loaded[0][1]
     arrays = [np.load(p) for p in request["input_paths"]]
     inputs = [tvm.runtime.tensor(a, dev) for a in arrays[:len(loaded)]]
     calls = [(lambda vm=vm, x=x: vm["main"](x)) for (vm, _), x in zip(loaded, inputs)]

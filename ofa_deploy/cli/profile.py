@@ -111,9 +111,6 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
             raise OfaDeployError(f"--adapt: no other device in tuning_logs/ has a latency model to adapt; run "
                                  f"'ofa-deploy profile --target {target}' (the full tables)")
         adapt_from = str(near[0])
-    if turns and rpc:
-        raise OfaDeployError(f"--turns {turns}: timing in turns holds every model in one process of this machine; "
-                             "a board over --rpc is timed one model after another (drop --turns)")
     if adapt_from is not None and calibrate < 3:
         raise OfaDeployError(f"--calibrate {calibrate}: adapting fits a scale and an offset, give at least 3 subnets")
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,

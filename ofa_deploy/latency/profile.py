@@ -500,13 +500,15 @@ def _start(cfg: ProfileConfig) -> _Run:
     """Check where the target is timed (here, or a board over RPC) and that its folder is that device's, find
     its database, list the workloads and what earlier runs timed of them."""
     from ofa_deploy.compile.isolate import tvm_threads
-    from ofa_deploy.compile.profile import ProfileSettings
+    from ofa_deploy.compile.profile import ProfileSettings, check_turns
     from ofa_deploy.compile.rpc import check_reachable
     from ofa_deploy.targets import get_target
     from ofa_deploy.workloads import space_workloads
 
     spec = get_target(cfg.target)
     remote = _timing_device(cfg, spec)
+    settings = cfg.settings or ProfileSettings()
+    check_turns(settings, spec, remote)  # before the board is contacted
     out_dir = Path(cfg.out_dir) if cfg.out_dir else target_dir(spec.name)
     device = measuring_identity(spec.name, remote.rpc.key if remote else None)
     check_folder(out_dir, device, "a latency model")  # a wrong board is refused before it is contacted
@@ -514,7 +516,6 @@ def _start(cfg: ProfileConfig) -> _Run:
         check_reachable(remote.rpc)  # seconds, one line: before anything is written or built
     sp = get_space(cfg.space)
     n_classes = cfg.n_classes or sp.n_classes
-    settings = cfg.settings or ProfileSettings()
     database = Path(cfg.database_dir) if cfg.database_dir else default_database(spec.name)
     db_hash = database_hash(database) if database is not None else None
     if database is None:
