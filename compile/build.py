@@ -44,7 +44,8 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
                  input_name: str, input_shape: tuple[int, ...] | list[int],
                  database_dir: str | Path | None = None,
                  transfer_databases: Sequence[tuple[str, str | Path]] = (),
-                 timeout: float | None = DEFAULT_BUILD_TIMEOUT_S, data_layout: str | None = None) -> BuildInfo:
+                 timeout: float | None = DEFAULT_BUILD_TIMEOUT_S, data_layout: str | None = None,
+                 cuda_graph: bool = True) -> BuildInfo:
     """Compile an ONNX model into a deployable ``.so`` for ``target``.
 
     The work runs in a child process (isolate.py), so a TVM crash is an OfaDeployError here.
@@ -54,7 +55,10 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
     ``transfer_databases`` ((label, folder) of other devices' databases, nearest first: the same
     workload, or a structural sibling), else a rule (compile/worker/schedules.py). BuildInfo
     counts the functions by where their schedule came from. ``data_layout`` overrides the
-    target's (:attr:`TargetSpec.data_layout`): for benches that compare layouts.
+    target's (:attr:`TargetSpec.data_layout`): for benches that compare layouts. ``cuda_graph``
+    (CUDA targets): the whole static-shape network is captured into one CUDA graph on the first
+    call and replayed on every later one (one launch instead of one per kernel: at batch 1 the
+    launches cost more than the kernels; BENCHMARKS.md "CUDA modules on a GPU").
 
     Raises:
         OfaDeployError: analytic-only target, missing ONNX file or tool (with the package to
@@ -95,6 +99,7 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
         # the build reads each workload's fastest record only: a copy with just those loads ~7x faster
         "database_dir": str(best_records(database_dir).resolve()) if database_dir is not None else None,
         "transfer_databases": [[label, str(Path(d).resolve())] for label, d in transfer_databases],
+        "cuda_graph": cuda_graph and spec.kind == "cuda",
     }
     start = time.perf_counter()
     try:
@@ -111,7 +116,8 @@ def build_module(onnx_path: str | Path, target: TargetSpec | str, out_path_so: s
         schedule_sources=reply["schedule_sources"],
         transferred_from=tuple(label for label, _ in transfer_databases),
         build_seconds=round(time.perf_counter() - start, 3), input_name=input_name,
-        input_shape=shape, onnx_sha256=file_sha256(onnx_path), data_layout=reply["data_layout"])
+        input_shape=shape, onnx_sha256=file_sha256(onnx_path), data_layout=reply["data_layout"],
+        cuda_graph=request["cuda_graph"])
 
 
 def _check_local_module(so_path: str | Path, device: str | None) -> tuple[Path, str]:

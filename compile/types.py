@@ -40,6 +40,7 @@ class BuildInfo:
     input_shape: tuple[int, ...]
     onnx_sha256: str
     data_layout: str = "NCHW"  # the activation layout the module computes in (its input and output stay NCHW / flat)
+    cuda_graph: bool = False  # CUDA: main is captured into one CUDA graph on its first call, replayed after
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -25,6 +25,7 @@ import torch
 from . import __version__
 from .atomic import write_json
 from .data import MEAN, STD
+from .device_check import REFERENCE_FILE, VERIFY_RTOL, verification
 from .errors import OfaDeployError
 from .export import INPUT_NAME, export_onnx, seeded_input
 from .outputs import OutputFolder
@@ -35,8 +36,7 @@ from .tuning_logs.database import default_database, transfer_databases
 
 log = logging.getLogger(__name__)
 
-VERIFY_RTOL = 1e-3  # max |compiled - torch| relative to max |torch|
-COMPILE_FILES = ("metadata.json", "subnet.json", "subnet.onnx", "subnet.so")
+COMPILE_FILES = ("metadata.json", "subnet.json", "subnet.onnx", "subnet.so", REFERENCE_FILE)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class CompileOptions:
     config_path: str | None = None  # the subnet.json cfg was read from: the output never replaces it
     batch: int = 1
     seed: int = 0
+    cuda_graph: bool = True  # CUDA targets: the network replays as one captured CUDA graph (build_module)
 
 
 def _checkpoint(opts: CompileOptions) -> str | None:
@@ -78,11 +79,6 @@ def _model(cfg: SubnetConfig, opts: CompileOptions) -> tuple[torch.nn.Module, li
     return supernet.extract(cfg), supernet.classes
 
 
-def _relative_error(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    abs_err = float(np.abs(got - expected).max())
-    return abs_err, abs_err / max(float(np.abs(expected).max()), 1e-12)
-
-
 def verify_module(so_path: Path, spec: Any, x: np.ndarray, expected: np.ndarray, *,
                   rpc: Any = None, rpc_emulated: bool = False) -> dict[str, Any]:
     """Run the module on the remote device (``rpc``: an RpcSpec) or where it can run here, and
@@ -102,11 +98,7 @@ def verify_module(so_path: Path, spec: Any, x: np.ndarray, expected: np.ndarray,
         return {"status": "compiled-only", "reason": f"no {spec.arch} TVM runtime here to emulate with: compiled, not run"}
     else:
         got, how = run_local(so_path, x), "local"
-    if got.shape != expected.shape:
-        raise OfaDeployError(f"verification: compiled module returned shape {got.shape}, expected {expected.shape}")
-    abs_err, rel_err = _relative_error(got, expected)
-    status = "passed" if rel_err <= VERIFY_RTOL else "failed"
-    return {"status": status, "ran_on": how, "max_abs_err": abs_err, "max_rel_err": rel_err, "rtol": VERIFY_RTOL}
+    return verification(got, expected, how)
 
 
 def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
@@ -129,16 +121,17 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
         shape = (opts.batch, 3, cfg.image_size, cfg.image_size)
         export = export_onnx(model, cfg.image_size, work / "subnet.onnx", batch=opts.batch, seed=opts.seed)
         info = build_module(work / "subnet.onnx", build_spec, work / "subnet.so", input_name=INPUT_NAME, input_shape=shape,
-                            database_dir=database, transfer_databases=transfer)
+                            database_dir=database, transfer_databases=transfer, cuda_graph=opts.cuda_graph)
         _warn_if_untuned(info, spec.name, on_board=not is_local_target(spec) and spec.kind == "cpu")
         x = seeded_input(shape, opts.seed)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).numpy()
-        verification = (verify_module(work / "subnet.so", build_spec, x, expected, rpc=rpc, rpc_emulated=opts.rpc_emulated)
+        np.savez(work / REFERENCE_FILE, input=x, logits=expected)  # for 'ofa-deploy check' on the device
+        verified = (verify_module(work / "subnet.so", build_spec, x, expected, rpc=rpc, rpc_emulated=opts.rpc_emulated)
                         if opts.verify else {"status": "skipped"})
-        if verification["status"] == "failed":
-            raise OfaDeployError(f"verification failed on {verification['ran_on']}: max relative error "
-                                 f"{verification['max_rel_err']:.2e} > {VERIFY_RTOL:g}")
+        if verified["status"] == "failed":
+            raise OfaDeployError(f"verification failed on {verified['ran_on']}: max relative error "
+                                 f"{verified['max_rel_err']:.2e} > {VERIFY_RTOL:g}")
         latency = None
         if opts.measure:
             if rpc is not None:
@@ -149,8 +142,13 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             else:
                 log.warning("--measure: no %s device reachable from here; no latency recorded "
                             "(emulation is never a speed)", spec.name)
-        measured_on = _board_identity(spec, rpc) if latency else None
-        prediction = _check_prediction(cfg, spec, model.n_classes, latency, measured_on) if latency else None
+        measured_on = measuring_device(spec.name, rpc) if latency else None
+        searched_ms = _searched_here(opts.config_path, measured_on)
+        if latency and searched_ms is not None:
+            log.info("search measured %.2f ms for this subnet on this device; now %.2f ms (%+.1f %%)", searched_ms,
+                     latency["median_ms"], 100 * (latency["median_ms"] / searched_ms - 1))
+        prediction = (_check_prediction(cfg, spec, model.n_classes, latency, measured_on, searched_ms)
+                      if latency else None)
         costs = count_costs(cfg, n_classes=model.n_classes)
         metadata = {
             "ofa_deploy_version": __version__,
@@ -160,6 +158,7 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
                                 "tuned_functions": info.tuned_funcs, "total_functions": info.total_funcs,
                                 "schedule_sources": info.schedule_sources,
                                 "transferred_from": list(info.transferred_from)},
+            "cuda_graph": info.cuda_graph,
             "input": {"name": INPUT_NAME, "shape": list(shape), "layout": "NCHW", "dtype": "float32"},
             "output": {"name": "logits", "shape": [opts.batch, model.n_classes], "dtype": "float32", "classes": classes},
             "preprocessing": {"resize": [cfg.image_size, cfg.image_size], "color": "RGB", "scale": 1 / 255,
@@ -168,9 +167,12 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             "arithmetic_intensity": {"fp32": costs.intensity(4), "int8": costs.intensity(1)},
             "latency_ms": latency["median_ms"] if latency else None,
             "latency": latency,  # carries its source: measured | emulated | estimated
-            "measured_on": measured_on,  # the board's identity (RPC key), as tune/profile --rpc record it
+            "measured_on": measured_on,  # the device's identity (a board's by its RPC key, as tune/profile --rpc record it)
+            "search_measured_ms": searched_ms,  # search's own measurement of this subnet on this device, if it made one
             "latency_prediction": prediction,  # what search's latency model predicted for this subnet
-            "verification": verification,
+            "verification": verified,
+            "reference": {"file": REFERENCE_FILE, "seed": opts.seed,  # input + PyTorch's logits: what check compares
+                          "note": "ofa-deploy check FOLDER runs them through subnet.so on the device"},
             "onnx": {"file": "subnet.onnx", "sha256": info.onnx_sha256, "max_abs_err_vs_torch": export.max_abs_err},
             "build_seconds": info.build_seconds,
             "weights": _checkpoint(opts) or "random (latency work only)",
@@ -182,25 +184,50 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             metadata["vta"] = offload_report(layers_with_acts(cfg, model.n_classes), spec.name)
         write_json(work / "metadata.json", metadata)
         cfg.to_json(work / "subnet.json")
-    log.info("wrote %s (verification: %s)", folder, verification["status"])
+    log.info("wrote %s (verification: %s)", folder, verified["status"])
     return Path(opts.out_dir)
 
 
 PREDICTION_WARN = 0.10  # compile --measure warns when the latency model was further off than this
 
 
-def _board_identity(spec: Any, rpc: Any) -> dict[str, Any] | None:
-    """The identity of the board a latency over RPC was taken on: the one ``tune``/``profile --rpc`` record
-    for its key (None without a key: a bare server address names no board)."""
-    if rpc is None or not rpc.is_tracker:
-        return None
+def measuring_device(target: str, rpc: Any = None) -> dict[str, Any] | None:
+    """The identity of the device a latency of ``target`` is measured on (``rpc``: an RpcSpec or HOST:PORT[:KEY]).
+
+    This CPU (or GPU) when the target runs here; over RPC the board ``tune``/``profile --rpc`` record for
+    its key; None for a bare server address, which names no board.
+    """
     from .tuning_logs.folders import measuring_identity
 
-    return measuring_identity(spec.name, rpc.key).to_json()
+    if rpc is None:
+        return measuring_identity(target).to_json()
+    if isinstance(rpc, str):
+        from .compile import RpcSpec
+
+        rpc = RpcSpec.parse(rpc)
+    return measuring_identity(target, rpc.key).to_json() if rpc.is_tracker else None
+
+
+def _searched_here(config_path: str | None, measured_on: dict[str, Any] | None) -> float | None:
+    """The latency ``search`` measured for this subnet on this same device (its subnet.json), else None."""
+    if config_path is None or measured_on is None:
+        return None
+    from .tuning_logs.identity import DeviceIdentity
+
+    try:
+        record = json.loads(Path(config_path).read_text())
+        if record.get("latency_source") != "measured" or not isinstance(record.get("measured_on"), dict):
+            return None
+        searched_on = DeviceIdentity.from_json(record["measured_on"], config_path)
+        same = searched_on.same_device(DeviceIdentity.from_json(measured_on, "this measurement"))
+        return float(record["latency_ms"]) if same else None
+    except (OSError, ValueError, KeyError, TypeError, OfaDeployError):
+        return None
 
 
 def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dict[str, Any],
-                      measured_on: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                      measured_on: dict[str, Any] | None = None,
+                      searched_ms: float | None = None) -> dict[str, Any] | None:
     """The latency model's prediction for ``cfg`` beside the measured latency; a warning above 10 %.
 
     Search picked the subnet on that prediction, so a large error means the budget may not hold on
@@ -212,6 +239,8 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
     measured code (or a roofline), an emulated one (qemu over ``--rpc-emulated``) only with a model
     profiled under the emulator, as plumbing: recorded with ``source: emulated``, never warned about.
     ``measured_on`` (a board's identity) is checked against the device the model describes.
+    ``searched_ms``: search measured this subnet on this device and answered on that measurement, so
+    a model far off did not decide the budget (the warning says so instead of that it may not hold).
     """
     source = latency.get("source")
     if source not in ("measured", "emulated"):
@@ -241,17 +270,20 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
     error = (predicted - measured) / measured
     basis = getattr(model, "basis", "")
     model_device = getattr(model, "meta", {}).get("device")
-    other_board = (measured_on is not None and isinstance(model_device, dict)
+    other_board = (measured_on is not None and measured_on.get("kind") == "rpc" and isinstance(model_device, dict)
                    and model_device.get("rpc_key") != measured_on.get("rpc_key"))
     if other_board:
         log.warning("the latency model describes board '%s', this latency was taken on board '%s': the comparison "
                     "is between two devices", model_device.get("rpc_key") or model_device.get("mcpu"),
                     measured_on["rpc_key"])
     if source == "measured" and abs(error) > PREDICTION_WARN:
-        board = f" --rpc HOST:PORT:{measured_on['rpc_key']}" if measured_on else ""
+        board = f" --rpc HOST:PORT:{measured_on['rpc_key']}" if measured_on and measured_on.get("rpc_key") else ""
         # Slower than predicted breaks a budget; faster only means search may have passed over better subnets.
         what = ("search's budget may not hold on this device" if error < 0 else
                 "the model over-estimates here: the budget holds, but search may have passed over faster subnets")
+        if searched_ms is not None:
+            what = (f"search measured this subnet here ({searched_ms:.2f} ms) and answered on that, not on the "
+                    "model; the model is what the next search starts from")
         log.warning("measured %.2f ms, the latency model predicted %.2f ms (%+.0f %%): %s; %s; fix: "
                     "'ofa-deploy profile --target %s%s' (or '--adapt' for a quick one)",
                     measured, predicted, 100 * error, basis, what, spec.name, board)

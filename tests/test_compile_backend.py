@@ -251,9 +251,22 @@ def test_cuda_module_embeds_nvcc_fatbin(tiny, tmp_path, target, sm, host_arch):
     # compiled kernels (SASS for the arch + PTX for newer GPUs), not CUDA source left for load time
     assert embedded_fatbins(info.so_path) == [[FatbinEntry("ptx", sm), FatbinEntry("sass", sm)]]
     assert b"__global__" not in Path(info.so_path).read_bytes()
+    # the default: main replays one captured CUDA graph (BENCHMARKS.md "CUDA modules on a GPU")
+    assert info.cuda_graph and b"vm.builtin.cuda_graph.run_or_capture" in Path(info.so_path).read_bytes()
     if host_arch == "x86_64":
         with pytest.raises(OfaDeployError, match="NVIDIA GPU"):
             run_local(info.so_path, tiny[1], device="cpu")
+
+
+@pytest.mark.tvm
+def test_cuda_module_without_a_graph_launches_kernel_by_kernel(tiny, tmp_path):
+    from ofa_deploy.compile import build_module
+
+    info = build_module(tiny[0], "cuda-sm80", tmp_path / "kernels.so", input_name="input", input_shape=INPUT_SHAPE,
+                        cuda_graph=False)
+    assert not info.cuda_graph and b"cuda_graph.run_or_capture" not in Path(info.so_path).read_bytes()
+    cpu = build_module(tiny[0], "x86-host", tmp_path / "cpu.so", input_name="input", input_shape=INPUT_SHAPE)
+    assert not cpu.cuda_graph  # a CPU module has no graph to capture, whatever the default
 
 
 def _has_gpu() -> bool:

@@ -31,19 +31,56 @@ def _check_reference_logits(reference, index, out):
 
 
 def test_x86_module_reproduces_reference_and_writes_metadata(reference, tmp_path):
-    cfg, out = _compile_reference(reference, 2, "x86-host", tmp_path / "x86", measure=True)
+    import json
+
+    from ofa_deploy.tuning_logs.identity import host_identity
+
+    searched = tmp_path / "subnet.json"  # as search writes it after measuring its pick on this machine
+    searched.write_text(json.dumps({**reference["records"][2]["arch"], "latency_ms": 1.5, "latency_source": "measured",
+                                    "measured_on": host_identity().to_json()}))
+    cfg, out = _compile_reference(reference, 2, "x86-host", tmp_path / "x86", measure=True, config_path=str(searched))
     _check_reference_logits(reference, 2, out)
     meta = read_metadata(out)
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "metadata.json", "subnet.json", "subnet.onnx",
-                                                     "subnet.so"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "metadata.json", "reference.npz", "subnet.json",
+                                                     "subnet.onnx", "subnet.so"]
     assert meta["verification"]["status"] == "passed" and meta["verification"]["ran_on"] == "local"
     assert meta["verification"]["max_rel_err"] < 1e-3
     assert meta["latency"]["source"] == "measured" and meta["latency_ms"] > 0
+    assert meta["measured_on"]["mcpu"] == host_identity().mcpu and meta["search_measured_ms"] == 1.5
     assert meta["macs"] == count_costs(cfg).macs and meta["arithmetic_intensity"]["fp32"] > 1
     assert meta["input"] == {"name": "input", "shape": [2, 3, 188, 188], "layout": "NCHW", "dtype": "float32"}
     assert meta["tvm_version"].startswith("0.27") and meta["subnet_id"] == cfg.id
     assert SubnetConfig.from_json(out / "subnet.json") == cfg
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_check_reruns_the_recorded_reference_on_this_machine(reference, tmp_path, capsys):
+    """``ofa-deploy check``: the folder's module against the logits compile recorded, on the machine it runs on."""
+    import json
+
+    from ofa_deploy.device_check import check_compiled
+    from ofa_deploy.tuning_logs.identity import host_identity
+    from tests.conftest import run_cli
+
+    cfg, out = _compile_reference(reference, 3, "x86-host", tmp_path / "x86", batch=1, verify=False)
+    with np.load(out / "reference.npz") as ref:  # compile's input and PyTorch's logits for it
+        assert ref["input"].shape == (1, 3, cfg.image_size, cfg.image_size) and ref["logits"].shape == (1, 1000)
+        x, logits = ref["input"], ref["logits"]
+    result = check_compiled(out, measure=False)
+    here = host_identity()
+    assert result.path == out / f"check-{here.folder_name()}.json" and result.passed
+    record = json.loads(result.path.read_text())
+    assert record["device"]["mcpu"] == here.mcpu and record["subnet_id"] == cfg.id and record["latency"] is None
+    assert record["verification"]["max_rel_err"] < 1e-3 and len(record["so_sha256"]) == 64
+
+    code, stdout, _ = run_cli(["check", str(out), "--repeat", "3"], capsys)
+    assert code == 0 and "verification passed" in stdout and "(measured)" in stdout
+    assert json.loads(result.path.read_text())["latency"]["source"] == "measured"
+
+    np.savez(out / "reference.npz", input=x, logits=logits * 1.01)  # a module that no longer matches: exit 1
+    code, stdout, _ = run_cli(["check", str(out), "--no-measure"], capsys)
+    assert code == 1 and "verification failed" in stdout
+    assert json.loads(result.path.read_text())["verification"]["status"] == "failed"
 
 
 def test_emulated_arm_module_reproduces_reference_without_a_speed(reference, tmp_path):
@@ -65,8 +102,9 @@ def test_all_reference_configs_on_x86_and_arm(reference, tmp_path, index, target
 
 def test_failed_verification_leaves_no_output(reference, tmp_path, monkeypatch):
     import ofa_deploy.deploy as deploy
+    import ofa_deploy.device_check as device_check
 
-    monkeypatch.setattr(deploy, "VERIFY_RTOL", 0.0)  # every real module now "fails"
+    monkeypatch.setattr(device_check, "VERIFY_RTOL", 0.0)  # every real module now "fails"
     with OutputFolder(tmp_path / "out", "compile", deploy.COMPILE_FILES).staged() as stage:  # an earlier output
         (stage / "metadata.json").write_text("previous result")
     (tmp_path / "out" / "notes.txt").write_text("the user's")

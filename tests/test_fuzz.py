@@ -55,6 +55,7 @@ HEAVY = [
     ("ofa_deploy.data", "render_demo_image"),  # demo-data: the folder checks run, the images are not drawn
     ("ofa_deploy.search.dataset", "build_acc_dataset"),
     ("ofa_deploy.search.predictor", "train_predictor"),
+    ("ofa_deploy.compile", "run_local"),  # check: the folder's files are checked for real, the module not run
 ]
 
 
@@ -76,11 +77,17 @@ def playground(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     records = [{"index": i, "arch": SubnetConfig.sample(rng).to_dict(), "acc": 0.5 + i / 100} for i in range(8)]
     (root / "acc_good.jsonl").write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
+    compiled = root / "compiled"  # what compile writes, as check reads it
+    compiled.mkdir()
+    (compiled / "metadata.json").write_text(json.dumps({"target": {"name": "x86-host", "kind": "cpu"}, "tvm_target": {},
+                                                        "subnet_id": "r128-x"}))
+    (compiled / "subnet.so").write_bytes(b"\x7fELF")
+    np.savez(compiled / "reference.npz", input=np.zeros((1, 3, 8, 8), np.float32), logits=np.zeros((1, 10), np.float32))
     return root
 
 
 PATH_NAMES = ["good.json", "notes.txt", "bad.json", "array.json", "empty.json", "binary.bin", "folder",
-              "empty_folder", "acc.jsonl", "acc_good.jsonl", "missing.json", "folder/keep.txt", "new_dir", "new.onnx", ".", "/",
+              "empty_folder", "acc.jsonl", "acc_good.jsonl", "compiled", "missing.json", "folder/keep.txt", "new_dir", "new.onnx", ".", "/",
               "", " ", "..", "/proc/self/status", "/dev/null", str(REFERENCE_DIR / "ofa_mbv3_d234_e346_k357_w1.0.seed7.pth")]
 WORDS = ["", " ", "-", "--", "-1", "0", "1", "2", "3", "7", "8", "2.5", "1e309", "-1e309", "nan", "NaN", "inf", "-inf",
          "99999999999999999999999999", "9" * 5000, "None", "null", "true", "false", "[]", "{}", "[1, 2]", '{"a": 1}',
@@ -104,6 +111,7 @@ def values(playground: Path) -> st.SearchStrategy[str]:
 VALID = {
     "acc-dataset": ["--supernet", "{ref}", "--data", "{folder}", "-o", "{new}.jsonl"],
     "acc-predictor": ["{acc}", "-o", "{new}.pt"],
+    "check": ["{compiled}", "--repeat", "3"],
     "compile": ["{good}", "--target", "x86-host", "--random-weights", "-o", "{new}"],
     "demo-data": ["-o", "{new}"],
     "export": ["{good}", "--random-weights", "-o", "{new}.onnx"],
@@ -121,7 +129,7 @@ VALID = {
 def valid_line(name: str, playground: Path) -> list[str]:
     files = {"ref": str(REFERENCE_DIR / "ofa_mbv3_d234_e346_k357_w1.0.seed7.pth"), "folder": str(playground / "folder"),
              "acc": str(playground / "acc_good.jsonl"), "good": str(playground / "good.json"),
-             "new": str(playground / "out" / name)}
+             "new": str(playground / "out" / name), "compiled": str(playground / "compiled")}
     return [name] + [word.format(**files) for word in VALID[name]]
 
 

@@ -43,6 +43,16 @@ def test_same_device_compares_what_changes_the_code_not_the_marketing_name():
     assert not replace(ZNVER5, cores=8).same_device(ZNVER5)  # tuned for 2 threads is not tuned for 8
 
 
+def test_two_gpus_of_one_architecture_are_two_devices():
+    """An H100 and an H200: both sm_90 with 132 multiprocessors; 1.4x apart in memory bandwidth."""
+    h200 = DeviceIdentity(kind="cuda", arch="cuda", mcpu="sm_90", cores=132, model_name="NVIDIA H200")
+    h100 = replace(h200, model_name="NVIDIA H100 80GB HBM3")
+    assert not h200.same_device(h100) and h200.same_device(DeviceIdentity.from_json(h200.to_json(), "here"))
+    assert "model_name NVIDIA H200 vs NVIDIA H100 80GB HBM3" in h200.differences(h100)
+    assert (h200.folder_name(), h100.folder_name()) == ("cuda-sm_90-nvidia-h200", "cuda-sm_90-nvidia-h100-80gb-hbm3")
+    assert h200.describe() == "NVIDIA H200 (cuda, -mcpu=sm_90, 132 multiprocessors)"
+
+
 def test_host_identity_reads_this_machine():
     me = host_identity()
     assert me.kind == "cpu" and me.cores >= 1 and me.mcpu
@@ -243,12 +253,30 @@ def test_search_measures_its_picks_when_the_model_is_another_devices(other_model
     # that met the budget is still the answer
     assert saved["latency_source"] == "measured" and saved["latency_ms"] == 14.0
     assert [v["round"] for v in saved["verified"]][:3] == [1, 1, 1] and saved["verified"][-1]["round"] > 1
+    assert DeviceIdentity.from_json(saved["measured_on"], "subnet.json").same_device(host_identity())  # named
     measured.clear()
     monkeypatch.setattr(verify, "find_measure", lambda target, rpc=None: lambda cfg: (40.0, "measured"))
     code, _, err = run_cli(["search", "--target", "x86-host", "--latency-ms", "15", "-o", str(tmp_path / "t")],
                            capsys)
     assert code == 2 and re.search(r"none of the \d+ subnets measured meets the 15 ms budget \(fastest measured "
                                    r"40.000 ms\); on this device they ran [\d.]+x the latency model's estimates", err)
+
+
+def test_compile_knows_what_search_measured_on_this_device_only(tmp_path):
+    """compile --measure compares with search's own measurement of the subnet when it was taken on this device."""
+    from ofa_deploy.deploy import _searched_here
+
+    me = host_identity().to_json()
+    record = {"ks": [3] * 20, "latency_ms": 3.73, "latency_source": "measured", "measured_on": me}
+    path = tmp_path / "subnet.json"
+    path.write_text(json.dumps(record))
+    assert _searched_here(str(path), me) == 3.73
+    other = replace(host_identity(), cores=host_identity().cores * 2).to_json()
+    assert _searched_here(str(path), other) is None  # measured on another device: not this one's figure
+    path.write_text(json.dumps({**record, "latency_source": "estimated"}))
+    assert _searched_here(str(path), me) is None
+    path.write_text(json.dumps({k: v for k, v in record.items() if k != "measured_on"}))  # from before it was named
+    assert _searched_here(str(path), me) is None and _searched_here(None, me) is None
 
 
 def test_every_shipped_database_was_tuned_for_the_device_its_folder_names():

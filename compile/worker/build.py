@@ -241,7 +241,9 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     total = len(sources.sources)
     log.info("%s: %d fused functions: %s", request["target_name"], total,
              ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    with target:
+    # CUDA graphs: RewriteCUDAGraph (in the CUDA finalize passes) acts only when the context asks for it
+    config = {"relax.backend.use_cuda_graph": True} if request.get("cuda_graph") else {}
+    with target, tvm.transform.PassContext(config=config):
         executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target))
     kwargs: dict[str, Any] = {"cc": request["linker"]}
     if target.kind.name == "cuda":

@@ -1,22 +1,51 @@
-"""Load a compiled ``.so`` on this machine's CPU and run or time it (worker-only: imports TVM)."""
+"""Load a compiled ``.so`` on this machine (CPU or GPU) and run or time it (worker-only: imports TVM).
+
+Only TVM's runtime is used here (``tvm.runtime``, not ``tvm.relax``), so ``run`` and ``time`` also work
+where only the runtime is installed (``TVM_USE_RUNTIME_LIB=1``: a GPU box or a board the module was
+shipped to; ``ofa-deploy check`` runs there).
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+import tvm_ffi
+from tvm.runtime.vm import VirtualMachine
 
 log = logging.getLogger(__name__)
 
 
-def _load(so_path: str, device: str) -> tuple[relax.VirtualMachine, tvm.runtime.Device]:
+def _cuda_runtime() -> None:
+    """Load TVM's CUDA runtime library where TVM's backend autoload did not (it does not with the runtime only).
+
+    It needs CUDA's ``libcudart.so.13`` (and the driver's ``libcuda.so.1``) on the loader path.
+    """
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    if "tvm_runtime_cuda" in _LOADED_LIBS:
+        return
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
+                                                           extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError(f"TVM's CUDA runtime (libtvm_runtime_cuda.so) did not load: {exc}; CUDA's "
+                           "libcudart.so.13 and the driver's libcuda.so.1 must be on the loader path "
+                           "(LD_LIBRARY_PATH)") from None
+
+
+def _load(so_path: str, device: str) -> tuple[VirtualMachine, tvm.runtime.Device]:
+    if device == "cuda":
+        _cuda_runtime()
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
     if not dev.exist:
         raise RuntimeError(f"no {device} device on this machine")
-    return relax.VirtualMachine(tvm.runtime.load_module(so_path), dev), dev
+    return VirtualMachine(tvm.runtime.load_module(so_path), dev), dev
 
 
 def pool_threads() -> int:
@@ -25,7 +54,7 @@ def pool_threads() -> int:
 
 
 def _first_tensor(result: Any) -> tvm.runtime.Tensor:
-    while isinstance(result, (tuple, list, tvm.ir.Array)) and len(result) > 0:
+    while isinstance(result, (tuple, list, tvm_ffi.Array)) and len(result) > 0:
         if len(result) > 1:
             log.warning("model returned %d outputs; using the first", len(result))
         result = result[0]
@@ -41,6 +70,17 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _speed_probe() -> Any:
+    """The CPU speed probe, or None where only TVM's runtime is installed: the probe is a kernel built here."""
+    try:
+        from .speed_probe import SpeedProbe
+
+        return SpeedProbe()
+    except (ImportError, AttributeError) as exc:  # runtime-only TVM: tvm.te's compiler functions are absent
+        log.warning("no speed probe without TVM's compiler (%s): samples are kept as timed", exc)
+        return None
+
+
 def time(request: dict[str, Any]) -> dict[str, Any]:
     """Worker op ``time``: TVM time_evaluator; returns per-sample milliseconds.
 
@@ -51,12 +91,10 @@ def time(request: dict[str, Any]) -> dict[str, Any]:
     x = tvm.runtime.tensor(np.load(request["input_path"]), dev)
     vm["main"](x)  # first call allocates the memory pools (and loads CUDA kernels): not a sample
     number, repeat = int(request["number"]), int(request["repeat"])
-    if not request.get("speed_probe"):
+    probe = _speed_probe() if request.get("speed_probe") else None
+    if probe is None:
         seconds = vm.time_evaluator("main", dev, number=number, repeat=repeat)(x).results
         return {"samples_ms": [float(s) * 1e3 for s in seconds], "number": number, "threads": pool_threads()}
-    from .speed_probe import SpeedProbe
-
-    probe = SpeedProbe()
     probe.wait_steady(request.get("probe_floor_us"), float(request.get("steady_wait_s", 0.0)))
     evaluator = vm.time_evaluator("main", dev, number=number, repeat=1)
     readings: list[float] = []

@@ -1,6 +1,6 @@
 """The ``ofa-deploy`` command line: a thin layer over the Python API, one module per command group.
 
-``space`` (space, sample, info, targets), ``export``, ``compile``, ``search`` (search, acc-dataset,
+``space`` (space, sample, info, targets), ``export``, ``compile``, ``check``, ``search`` (search, acc-dataset,
 acc-predictor), ``tune``, ``profile`` and ``train`` (train, demo-data); :mod:`.options` holds what
 several share. This package is the top of the house: nothing else in ofa_deploy imports it.
 
@@ -53,6 +53,7 @@ def _register() -> None:
     Imported here, not at the top, so the package's namespace keeps its submodules
     (``ofa_deploy.cli.search`` is the module, not the ``search`` command).
     """
+    from .check import check_command
     from .compile import compile_command
     from .export import export
     from .profile import profile_command
@@ -61,7 +62,7 @@ def _register() -> None:
     from .train import demo_data, train
     from .tune import tune_command
 
-    for command in (space, sample, info, targets_command, export, compile_command, search, acc_dataset, acc_predictor,
+    for command in (space, sample, info, targets_command, export, compile_command, check_command, search, acc_dataset, acc_predictor,
                     tune_command, profile_command, train, demo_data):
         cli.add_command(command)
 

@@ -23,9 +23,11 @@ from .options import FOLDER_RULE
 @click.option("--rpc-emulated", is_flag=True, help="The --rpc server runs under qemu: latency labelled 'emulated'.")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="MetaSchedule database directory (default: tuning_logs/<target>/ if present).")
+@click.option("--no-cuda-graph", is_flag=True,
+              help="CUDA targets: launch every kernel on each call instead of replaying one captured CUDA graph.")
 def compile_command(subnet: str, target: str, checkpoint: str | None,
                     random_weights: bool, output: str | None, no_verify: bool, measure: bool, rpc: str | None,
-                    rpc_emulated: bool, database: str | None) -> None:
+                    rpc_emulated: bool, database: str | None, no_cuda_graph: bool) -> None:
     """Compile a subnet into a verified deployable TVM module (.so + metadata.json + ONNX).
 
     \b
@@ -44,7 +46,8 @@ def compile_command(subnet: str, target: str, checkpoint: str | None,
     result = compile_subnet(cfg, CompileOptions(target=target, out_dir=out, checkpoint=checkpoint,
                                                 random_weights=random_weights, verify=not no_verify,
                                                 measure=measure, rpc=rpc, rpc_emulated=rpc_emulated,
-                                                database_dir=database, config_path=subnet))
+                                                database_dir=database, config_path=subnet,
+                                                cuda_graph=not no_cuda_graph))
     from ofa_deploy.deploy import read_metadata
 
     meta = read_metadata(result)

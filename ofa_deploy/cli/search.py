@@ -199,6 +199,10 @@ def search(target: str, latency_ms: float | None, max_macs: float | None, max_pa
     result = run_search(target, predictor, constraints=constraints, objective=objective, population=population,
                         generations=generations, seed=seed, progress=None, verify_k=verify_top, measure=measure,
                         latency=model)
+    if result.verified:  # a measurement names its device (compile --measure compares with it there)
+        from ofa_deploy.deploy import measuring_device
+
+        result.measured_on = measuring_device(target, rpc)
     paths = write_outputs(result, output, target=target, predictor_info=predictor_info(predictor, acc_predictor),
                           inputs=inputs)
     row = result.row(result.best, 0)

@@ -368,7 +368,11 @@ def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: in
 
     me = target_identity(target_name)
     near = nearest_model(target_name)
-    fix = (f"make one: 'ofa-deploy profile --target {target_name} --adapt' (about 10 min: the nearest tables, "
+    from ofa_deploy.compile.profile import runs_here
+    from ofa_deploy.targets import get_target
+
+    turns = " --turns 60" if runs_here(get_target(target_name)) else ""  # timing in turns: this machine only
+    fix = (f"make one: 'ofa-deploy profile --target {target_name} --adapt{turns}' (6-10 min: the nearest tables, "
            f"calibrated here) or 'ofa-deploy profile --target {target_name}' (this device's own tables)")
     if near is None:
         _warn_once(target_dir(target_name) / MODEL_FILE, f"no latency model for this device ({me.describe()}) "

@@ -45,6 +45,7 @@ def subnet_extra(result: SearchResult, target: str, predictor_info: dict[str, An
         extra["search"]["accuracy_predictor"] = predictor_info
     if result.verified:
         extra["verified"] = result.verified
+        extra["measured_on"] = result.measured_on
     return extra
 
 

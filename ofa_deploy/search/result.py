@@ -54,6 +54,7 @@ class SearchResult:
     evaluations: int = 0
     seconds: float = 0.0
     verified: list[dict[str, Any]] = field(default_factory=list)
+    measured_on: dict[str, Any] | None = None  # the identity of the device the verified latencies were measured on
     # What an "estimated" latency is built on (e.g. "tuned-measured tables, x86-host, db 1a2b3c4d, ...")
     latency_basis: str | None = None
 

@@ -105,14 +105,18 @@ def measuring_identity(target_name: str, rpc_key: str | None = None) -> DeviceId
     return target_identity(target_name)
 
 
-def cuda_identity(arch: str) -> DeviceIdentity:
-    """This machine's first GPU (name and compute capability from torch), for a CUDA target's ``arch``."""
+def cuda_identity(arch: str = "") -> DeviceIdentity:
+    """This machine's first GPU: name, compute capability (``sm_XX``), multiprocessors and memory (from torch).
+
+    ``arch``: the CUDA target's ``-arch``, the identity's only content where no GPU is visible (a
+    device named, not seen). With a GPU the device is what it says it is, whatever the target.
+    """
     import torch
 
-    name, capability = "", ""
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        major, minor = torch.cuda.get_device_capability(0)
-        capability = f"sm_{major}{minor}"
-    return DeviceIdentity(kind="cuda", arch="cuda", mcpu=arch or capability, model_name=name,
-                          report={"compute_capability": capability})
+    if not torch.cuda.is_available():
+        return DeviceIdentity(kind="cuda", arch="cuda", mcpu=arch)
+    props = torch.cuda.get_device_properties(0)
+    capability = f"sm_{props.major}{props.minor}"
+    return DeviceIdentity(kind="cuda", arch="cuda", mcpu=capability, cores=props.multi_processor_count,
+                          model_name=props.name, report={"compute_capability": capability, "target_arch": arch,
+                                                         "memory_gib": round(props.total_memory / 2**30, 1)})

@@ -12,7 +12,8 @@ flags that change generated code (vector widths, FMA, dot products), the physica
 RPC board its tracker key and what it reports about itself; for a GPU its name and compute
 capability. Two identities are the *same device* when everything but the model name and the
 free-form report matches (the model name is informative: VMs print "AMD EPYC" for several
-generations).
+generations). A GPU's name does count: an H100 and an H200 are both ``sm_90`` with 132
+multiprocessors, and differ in memory bandwidth by 1.4x.
 """
 
 from __future__ import annotations
@@ -56,14 +57,18 @@ class DeviceIdentity:
     note: str = ""  # provenance remark, e.g. "reconstructed from the shipped database's records"
     mattr: tuple[str, ...] = ()  # LLVM features the code is built without (-avx, ...): this CPU as a narrower one
 
+    def _compared(self) -> tuple[Any, ...]:
+        """What makes two identities one device (a GPU's name included, a CPU's not: see the module docstring)."""
+        return (self.kind, self.arch, self.mcpu, self.isa, self.cores, self.rpc_key, self.mattr,
+                self.model_name if self.kind == "cuda" else "")
+
     def same_device(self, other: "DeviceIdentity") -> bool:
-        return (self.kind, self.arch, self.mcpu, self.isa, self.cores, self.rpc_key, self.mattr) == \
-               (other.kind, other.arch, other.mcpu, other.isa, other.cores, other.rpc_key, other.mattr)
+        return self._compared() == other._compared()
 
     def differences(self, other: "DeviceIdentity") -> list[str]:
         """What differs, in words (for refusal messages)."""
         out = []
-        for name in ("kind", "arch", "mcpu", "cores", "rpc_key"):
+        for name in ("kind", "arch", "mcpu", "cores", "rpc_key") + (("model_name",) if self.kind == "cuda" else ()):
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
                 out.append(f"{name} {a or '-'} vs {b or '-'}")
@@ -80,7 +85,7 @@ class DeviceIdentity:
         widest = next((f for f in ("avx512f", "avx2", "avx", "sve2", "sve", "asimd") if f in self.isa), "")
         parts = [self.arch, f"-mcpu={self.mcpu}"] + ([f"-mattr={','.join(self.mattr)}"] if self.mattr else []) + \
                 ([widest] if widest else []) + \
-                ([f"{self.cores} cores"] if self.cores else []) + ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
+                ([f"{self.cores} {'multiprocessors' if self.kind == 'cuda' else 'cores'}"] if self.cores else []) + ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
         return f"{self.model_name or self.mcpu} ({', '.join(parts)})"
 
     @property
@@ -101,6 +106,9 @@ class DeviceIdentity:
         """The ``tuning_logs/`` folder a measured device gets: ``x86_64-znver4-2c``, ``rpc-pi5``."""
         if self.kind == "rpc":
             return f"rpc-{self.rpc_key}"
+        if self.kind == "cuda":  # cuda-sm_90-nvidia-h200
+            slug = "-".join("".join(c if c.isalnum() else " " for c in self.model_name.lower()).split())
+            return f"cuda-{self.mcpu}" + (f"-{slug}" if slug else "")
         return f"{self.arch}-{self.mcpu}-{self.cores}c" + "".join(f"-no-{f.lstrip('-')}" for f in self.mattr)
 
     def distance(self, other: "DeviceIdentity") -> float:
