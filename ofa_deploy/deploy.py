@@ -128,7 +128,7 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             expected = model(torch.from_numpy(x)).numpy()
         np.savez(work / REFERENCE_FILE, input=x, logits=expected)  # for 'ofa-deploy check' on the device
         verified = (verify_module(work / "subnet.so", build_spec, x, expected, rpc=rpc, rpc_emulated=opts.rpc_emulated)
-                        if opts.verify else {"status": "skipped"})
+                    if opts.verify else {"status": "skipped"})
         if verified["status"] == "failed":
             raise OfaDeployError(f"verification failed on {verified['ran_on']}: max relative error "
                                  f"{verified['max_rel_err']:.2e} > {VERIFY_RTOL:g}")
@@ -167,8 +167,8 @@ def compile_subnet(cfg: SubnetConfig, opts: CompileOptions) -> Path:
             "arithmetic_intensity": {"fp32": costs.intensity(4), "int8": costs.intensity(1)},
             "latency_ms": latency["median_ms"] if latency else None,
             "latency": latency,  # carries its source: measured | emulated | estimated
-            "measured_on": measured_on,  # the device's identity (a board's by its RPC key, as tune/profile --rpc record it)
-            "search_measured_ms": searched_ms,  # search's own measurement of this subnet on this device, if it made one
+            "measured_on": measured_on,  # the device's identity (a board's by its RPC key, as tune/profile --rpc)
+            "search_measured_ms": searched_ms,  # search's own measurement of this subnet on this device, if any
             "latency_prediction": prediction,  # what search's latency model predicted for this subnet
             "verification": verified,
             "reference": {"file": REFERENCE_FILE, "seed": opts.seed,  # input + PyTorch's logits: what check compares

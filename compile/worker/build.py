@@ -23,6 +23,7 @@ Pipeline (TVM 0.27 Relax; Relay/tvmc are gone):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -241,9 +242,10 @@ def build(request: dict[str, Any]) -> dict[str, Any]:
     total = len(sources.sources)
     log.info("%s: %d fused functions: %s", request["target_name"], total,
              ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    # CUDA graphs: RewriteCUDAGraph (in the CUDA finalize passes) acts only when the context asks for it
-    config = {"relax.backend.use_cuda_graph": True} if request.get("cuda_graph") else {}
-    with target, tvm.transform.PassContext(config=config):
+    # CUDA graphs: RewriteCUDAGraph (in the CUDA finalize passes) acts only when the pass context asks for it
+    graphs = (tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}) if request.get("cuda_graph")
+              else contextlib.nullcontext())
+    with target, graphs:
         executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target))
     kwargs: dict[str, Any] = {"cc": request["linker"]}
     if target.kind.name == "cuda":

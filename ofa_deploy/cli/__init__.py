@@ -1,7 +1,7 @@
 """The ``ofa-deploy`` command line: a thin layer over the Python API, one module per command group.
 
-``space`` (space, sample, info, targets), ``export``, ``compile``, ``check``, ``search`` (search, acc-dataset,
-acc-predictor), ``tune``, ``profile`` and ``train`` (train, demo-data); :mod:`.options` holds what
+``space`` (space, sample, info, targets), ``export``, ``compile``, ``check``, ``search`` (search,
+acc-dataset, acc-predictor), ``tune``, ``profile`` and ``train`` (train, demo-data); :mod:`.options` holds what
 several share. This package is the top of the house: nothing else in ofa_deploy imports it.
 
 Every user error is an :class:`OfaDeployError` or a usage error: one line on stderr, exit code 2, no
@@ -62,8 +62,8 @@ def _register() -> None:
     from .train import demo_data, train
     from .tune import tune_command
 
-    for command in (space, sample, info, targets_command, export, compile_command, check_command, search, acc_dataset, acc_predictor,
-                    tune_command, profile_command, train, demo_data):
+    for command in (space, sample, info, targets_command, export, compile_command, check_command, search, acc_dataset,
+                    acc_predictor, tune_command, profile_command, train, demo_data):
         cli.add_command(command)
 
 

@@ -85,7 +85,8 @@ class DeviceIdentity:
         widest = next((f for f in ("avx512f", "avx2", "avx", "sve2", "sve", "asimd") if f in self.isa), "")
         parts = [self.arch, f"-mcpu={self.mcpu}"] + ([f"-mattr={','.join(self.mattr)}"] if self.mattr else []) + \
                 ([widest] if widest else []) + \
-                ([f"{self.cores} {'multiprocessors' if self.kind == 'cuda' else 'cores'}"] if self.cores else []) + ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
+                ([f"{self.cores} {'multiprocessors' if self.kind == 'cuda' else 'cores'}"] if self.cores else []) + \
+                ([f"rpc key {self.rpc_key}"] if self.rpc_key else [])
         return f"{self.model_name or self.mcpu} ({', '.join(parts)})"
 
     @property
