@@ -44,7 +44,7 @@ def x86_host(disabled: tuple[str, ...] = ()) -> TargetSpec:
         tvm_target=tvm_target,
         host=None, kind="cpu", arch="x86_64", cross_compiler=None, cores=cpu.cores,
         peak_gflops_fp32=peak, peak_gbps=host_copy_bandwidth_gbps(cpu.model_name),
-        peak_source=(f"estimated from /proc/cpuinfo: {cpu.cores} cores x {cpu.ghz} GHz x "
+        peak_source=(f"estimated from /proc/cpuinfo: {cpu.cores} cores x {cpu.ghz:.2f} GHz x "
                      f"{cpu.fp32_flops_per_cycle} FLOP/cycle (two FMA pipes of the widest ISA{restriction}, an "
                      "upper bound); DRAM bandwidth measured here (256 MiB numpy copy, one thread, cached)"),
         aliases=() if disabled else ("host", "local", "native", "llvm"),
