@@ -27,11 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ofa_deploy.search_space import SubnetConfig  # noqa: E402
 
-SUBNETS = {  # as bench/compare_runtimes.py
-    "max": SubnetConfig.uniform(7, 6, 4, 224),
-    "mid": SubnetConfig.uniform(5, 4, 3, 224),
-    "min": SubnetConfig.uniform(3, 3, 2, 224),
-}
+from compare_runtimes import SUBNETS as RUNTIME_SUBNETS  # noqa: E402
+
+SUBNETS = {name.split()[0]: cfg for name, cfg in RUNTIME_SUBNETS.items()}  # max, mid, min @224, as the CPU comparison
 log = logging.getLogger("cuda_on_gpu")
 
 

@@ -309,7 +309,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def scatter_png(path: Path, predicted: np.ndarray, measured: np.ndarray, title: str, measured_label: str) -> None:
-    """Predicted vs measured with the y = x line and the +-10 % band (Agg, atomic)."""
+    """Predicted vs measured with the y = x line and the +-10 % band (Agg, atomic); the title's lines are wrapped."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -435,7 +435,8 @@ def rescore(target: str, rows_path: Path, out_dir: Path, model_path: Path | None
     kept = f"_{model_path.stem}" if model_path else ""  # two models scored into one folder keep two plots
     png = out_dir / f"latency_accuracy_{device}_rescored{kept}.png"
     out_dir.mkdir(parents=True, exist_ok=True)
-    scatter_png(png, p, m, "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
+    scatter_png(png, p, m, "\n".join([  # scatter_png wraps each line
+        f"{spec.name} ({device}): {model.basis}",
         f"{stats['n']} subnets timed earlier ({rows_path.name}): {100 * stats['within_10pct']:.0f} % within +-10 %, "
         f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"]),
         measured_label(rows, model.scaling))
@@ -549,7 +550,8 @@ def run(target: str, n_subnets: int, seed: int, passes: int, retries: int, turns
     stats = accuracy_metrics(p, m)
     raw = accuracy_metrics(p, np.array([float(r["fastest_ms"]) for r in mine]))
     repeat = repeatability([row_passes(r) for r in mine], scaling)
-    title = "\n".join(textwrap.wrap(f"{spec.name} ({device}): {model.basis}", 80) + [
+    title = "\n".join([  # scatter_png wraps each line
+        f"{spec.name} ({device}): {model.basis}",
         f"{stats['n']} unseen subnets: {100 * stats['within_10pct']:.0f} % within +-10 %, "
         f"MAPE {stats['mape_pct']:.1f} %, Kendall tau {stats['kendall_tau']:.3f}"])
     scatter_png(png_path, p, m, title, measured_label(mine, scaling))

@@ -15,7 +15,6 @@ into the same folder cannot pass for checked.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 from .atomic import read_json, write_json
 from .errors import OfaDeployError
+from .tuning_logs.database import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ def verification(got: np.ndarray, expected: np.ndarray, ran_on: str) -> dict[str
     abs_err, rel_err = relative_error(got, expected)
     return {"status": "passed" if rel_err <= VERIFY_RTOL else "failed", "ran_on": ran_on,
             "max_abs_err": abs_err, "max_rel_err": rel_err, "rtol": VERIFY_RTOL}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _this_device(kind: str, arch: str) -> Any:
@@ -105,7 +101,7 @@ def check_compiled(folder: str | Path, *, measure: bool = True, repeat: int = 20
     so = root / "subnet.so"
     got = run_local(so, x, device=device)  # another machine's module is refused here, naming both machines
     record: dict[str, Any] = {
-        "subnet_id": meta.get("subnet_id"), "target": target.get("name"), "so_sha256": _sha256(so),
+        "subnet_id": meta.get("subnet_id"), "target": target.get("name"), "so_sha256": file_sha256(so),
         "device": identity.to_json(), "device_line": identity.describe(), "machine": platform.machine(),
         "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "verification": verification(got, expected, f"{device} ({identity.describe()})"),
