@@ -223,10 +223,11 @@ def test_sample_subnets_is_a_prefix_stream():
     assert [c.id for c in sample_subnets(SPACE, RES, 35, 1001)] != many[:35]
 
 
-def test_calibration_subnets_are_the_ends_of_a_seeded_pool_in_turns():
-    """The picks are the pool's lowest and highest table sums, low/high in turns, so the first m picks are the
-    picks for m (up to half the pool); they spread wider than the pool's random prefix; seeded."""
-    from ofa_deploy.latency.profile import CALIBRATION_POOL, calibration_subnets, ends_in_turns, sample_subnets
+def test_calibration_subnets_are_the_ends_of_a_seeded_pool_in_turns_then_its_stream():
+    """The first 12 picks are the pool's lowest and highest table sums, low/high in turns; the rest are the seeded
+    stream's next subnets; the first m picks are the picks for m; the ends spread wider than the pool; seeded."""
+    from ofa_deploy.latency.profile import (CALIBRATION_POOL, END_PICKS, calibration_subnets, ends_in_turns,
+                                            sample_subnets)
     from ofa_deploy.latency.tables import lookup
 
     assert ends_in_turns([5.0, 1.0, 9.0, 3.0, 7.0], 4) == [1, 2, 3, 4]  # 1.0, 9.0, 3.0, 7.0
@@ -248,8 +249,11 @@ def test_calibration_subnets_are_the_ends_of_a_seeded_pool_in_turns():
         assert [c.id for c in calibration_subnets(SPACE, RES, m, 7, table, fixed)] == [c.id for c in picks[:m]]
     assert np.std(got) > np.std(pool_sums)  # the ends spread wider than the pool they come from
     assert calibration_subnets(SPACE, RES, 0, 7, table, fixed) == []
-    big = calibration_subnets(SPACE, RES, 20, 7, table, fixed)  # a pool of 40
-    assert len({c.id for c in big}) == 20
+    big = calibration_subnets(SPACE, RES, 50, 7, table, fixed)
+    assert len({c.id for c in big}) == 50 and [c.id for c in big[:END_PICKS]] == [c.id for c in picks]
+    stream = sample_subnets(SPACE, RES, CALIBRATION_POOL + 50 - END_PICKS, 7, table)[CALIBRATION_POOL:]
+    assert [c.id for c in big[END_PICKS:]] == [c.id for c in stream]  # random: the middle of the range too
+    assert [c.id for c in calibration_subnets(SPACE, RES, 30, 7, table, fixed)] == [c.id for c in big[:30]]
     assert [c.id for c in calibration_subnets(SPACE, RES, 4, 8, table, fixed)] != [c.id for c in picks[:4]]
 
 
@@ -452,6 +456,22 @@ def test_the_calibration_design_bench_prefers_the_ends_on_a_line_with_noise():
         compare(table[:20], measured[:20], [3], trials=1, seed=0)
 
 
+def partial_identity(data: dict) -> dict:
+    """What a partial file of this machine's x86-host profile must record for its timings to be reused."""
+    from ofa_deploy.compile.isolate import tvm_threads
+    from ofa_deploy.targets import get_target
+    from ofa_deploy.tuning_logs.database import current_transfer_hashes
+    from ofa_deploy.tuning_logs.folders import measuring_identity
+
+    identity = {k: data[k] for k in ("target", "tvm_version", "database_sha256", "space", "n_classes")}
+    identity["tvm_target"] = get_target("x86-host").tvm_target
+    identity["tvm_threads"] = tvm_threads()  # timings of another thread count are not reused
+    identity["data_layout"] = get_target("x86-host").data_layout  # nor timings of modules of another layout
+    identity["transfer_sha256"] = current_transfer_hashes("x86-host")  # schedules borrowed from other devices
+    identity["device"] = measuring_identity("x86-host").to_json()  # timings of another device are not reused
+    return identity
+
+
 def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     """All timings already in the partial file: profile fits and saves without running TVM once."""
     from ofa_deploy.latency.profile import ProfileConfig, calibration_subnets, profile_target
@@ -468,20 +488,11 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
     sums = [python_sum(c, {"workloads": workloads}) for c in calib]
     points = [with_passes({"id": c.id, "config": c.to_dict(), "table_ms": s, "std_ms": 0.0, "source": "measured"},
                           2.0 * s + 1.0, "measured_ms") for c, s in zip(calib, sums)]
-    identity = {k: data[k] for k in ("target", "tvm_version", "database_sha256", "space", "n_classes")}
+    identity = partial_identity(data)
     from ofa_deploy.compile.isolate import tvm_threads
     from ofa_deploy.targets import get_target
 
-    identity["tvm_target"] = get_target("x86-host").tvm_target
-    identity["tvm_threads"] = tvm_threads()  # timings of another thread count are not reused
-    identity["data_layout"] = get_target("x86-host").data_layout  # nor timings of modules of another layout
-    from ofa_deploy.tuning_logs.database import current_transfer_hashes
-
-    identity["transfer_sha256"] = current_transfer_hashes("x86-host")  # schedules borrowed from other devices
     d = host_dir()
-    from ofa_deploy.tuning_logs.folders import measuring_identity
-
-    identity["device"] = measuring_identity("x86-host").to_json()  # timings of another device are not reused
     d.mkdir(parents=True)
     (d / PARTIAL_FILE).write_text(json.dumps({**identity, "workloads": workloads, "calibration": points}))
     report = profile_target(ProfileConfig(target="x86-host", resolutions=(128,), calibrate=3, keys=tuple(keys)),
@@ -529,6 +540,65 @@ def test_profile_resumes_from_partial_file_without_rebuilding(tuning_logs):
         (d / PARTIAL_FILE).write_text(json.dumps({**identity, field: other, "workloads": workloads,
                                                   "calibration": points}))
         assert _reusable(d, now) == ({}, {}), field
+
+
+def test_profile_fits_stage_terms_from_enough_calibration_subnets(tuning_logs):
+    """30 calibration subnets whose stages run at different speeds than their blocks alone (timings in the partial
+    file, nothing run): the saved model carries the stage terms, predicts its points by its tables, and names them."""
+    from ofa_deploy.latency.profile import ProfileConfig, calibration_subnets, profile_target
+    from ofa_deploy.latency.tables import stage_sums
+    from ofa_deploy.tuning_logs.layout import PARTIAL_FILE
+
+    keys = ["r128/stem", "r128/head"] + [block_key(128, s, f, 3, 3) for s in range(5) for f in (True, False)]
+    data = fake_model(resolutions=(128,))
+    workloads = {k: with_passes(data["workloads"][k], data["workloads"][k]["median_ms"]) for k in keys}
+    table, fixed = measured_mod.tables_from_workloads(SPACE, (128,), {k: v["median_ms"] for k, v in workloads.items()})
+    calib = calibration_subnets(SPACE, (128,), 30, 0, table, fixed)
+    genes = configs_to_genes(calib, SPACE)
+    scales = np.array([1.3, 1.0, 0.8, 1.1, 0.9])
+    truth = 1.5 * (fixed[genes[:, -1]] + stage_sums(genes, table, SPACE) @ scales) + 0.3
+    points = [with_passes({"id": c.id, "config": c.to_dict(), "std_ms": 0.0, "source": "measured"}, float(t),
+                          "measured_ms") for c, t in zip(calib, truth)]
+    d = host_dir()
+    d.mkdir(parents=True)
+    (d / PARTIAL_FILE).write_text(json.dumps({**partial_identity(data), "workloads": workloads, "calibration": points}))
+    report = profile_target(ProfileConfig(target="x86-host", resolutions=(128,), calibrate=30, keys=tuple(keys)),
+                            progress=False)
+    cal = report.model.calibration
+    assert report.timed == 0 and cal.n == 30 and cal.stage_scale is not None and cal.rms_pct < 0.5
+    assert np.array(cal.stage_scale) / cal.stage_scale[0] == pytest.approx(scales / scales[0], rel=0.03)
+    predicted = report.model.predict(genes)
+    assert predicted == pytest.approx(truth, rel=0.01)
+    assert [p["predicted_ms"] for p in report.calibration] == pytest.approx(predicted, rel=1e-12)
+    saved = json.loads((d / MODEL_FILE).read_text())
+    assert saved["calibration"]["terms"]["stage_scale"] == pytest.approx(list(cal.stage_scale))
+    assert saved["calibration"]["loo_rms_pct"] < saved["calibration"]["terms"]["affine_loo_rms_pct"]
+    assert "with stage and resolution terms" in report.model.basis
+    # the same points without the stage effect: the line, and the file says so
+    line = 1.5 * (fixed[genes[:, -1]] + stage_sums(genes, table, SPACE).sum(axis=1)) + 0.3
+    points = [{**p, **with_passes({}, float(t), "measured_ms")} for p, t in zip(points, line)]
+    (d / MODEL_FILE).unlink()
+    (d / PARTIAL_FILE).write_text(json.dumps({**partial_identity(data), "workloads": workloads, "calibration": points}))
+    again = profile_target(ProfileConfig(target="x86-host", resolutions=(128,), calibrate=30, keys=tuple(keys)),
+                           progress=False)
+    assert again.model.calibration.stage_scale is None and again.model.calibration.a == pytest.approx(1.5)
+    assert json.loads((d / MODEL_FILE).read_text())["calibration"]["terms"] is None
+
+
+def test_calibrate_defaults_to_the_modes_count(tmp_path):
+    """Not given: 50 for a full profile (the stage terms need them), 12 with --adapt (its 15 minutes), the
+    model's own count with --recalibrate (its subnets again); given: as given."""
+    from ofa_deploy.latency.profile import ADAPT_CALIBRATION, FULL_CALIBRATION, ProfileConfig, calibration_count
+
+    assert (FULL_CALIBRATION, ADAPT_CALIBRATION) == (50, 12)
+    assert calibration_count(ProfileConfig(target="x86-host")) == FULL_CALIBRATION
+    assert calibration_count(ProfileConfig(target="x86-host", adapt_from=str(tmp_path))) == ADAPT_CALIBRATION
+    assert calibration_count(ProfileConfig(target="x86-host", calibrate=7, adapt_from=str(tmp_path))) == 7
+    recal = ProfileConfig(target="x86-host", recalibrate=True, out_dir=str(tmp_path))
+    assert calibration_count(recal) == FULL_CALIBRATION  # no model yet: profile then says there is none
+    (tmp_path / MODEL_FILE).write_text(json.dumps({**fake_model(), "calibration": {**fake_model()["calibration"],
+                                                                                   "n": 24}}))
+    assert calibration_count(recal) == 24
 
 
 def test_profile_cli_rejects_remote_targets_and_bad_resolutions(capsys):
@@ -661,6 +731,20 @@ def test_the_adaptation_curve_refits_on_prefixes_of_the_calibration_subnets():
     assert model.calibration.a == A and model.calibration.b == B
     with pytest.raises(OfaDeployError, match="6 calibration subnets"):
         refit_curve(model, rows, [7])
+
+    # a device whose stages run at their own speeds: from 24 subnets on the refit has the stage terms
+    from ofa_deploy.latency.tables import stage_sums
+
+    cfgs = random_configs(70, seed=4)
+    genes = configs_to_genes(cfgs, SPACE)
+    device = 1.5 * (model.fixed[genes[:, -1]] + stage_sums(genes, model.table, SPACE) @ [1.3, 1.0, 0.8, 1.1, 0.9]) + 0.2
+    data["calibration"]["points"] = [{"config": c.to_dict(), "measured_ms": float(m)}
+                                     for c, m in zip(cfgs[:30], device[:30])]
+    rows = [{"ks": " ".join(map(str, c.ks)), "e": " ".join(map(str, c.e)), "d": " ".join(map(str, c.d)),
+             "image_size": str(c.image_size), "pass_ms": f"{m:.6f}", "pass_probe_us": "0.000"}
+            for c, m in zip(cfgs[30:], device[30:])]
+    line, terms = refit_curve(MeasuredLatencyModel.from_dict(data), rows, [12, 30])
+    assert not line["terms"] and terms["terms"] and terms["mape_pct"] < min(0.1, line["mape_pct"] / 5)
 
 
 def test_the_adaptation_curve_stands_a_full_profiles_entries_in_for_the_blocks_timed():

@@ -22,11 +22,14 @@ from .options import SEED, parse_resolutions
                    "tests only; search never presents them as a speed).")
 @click.option("--resolutions", default="224", show_default=True, metavar="R[,R...]",
               help="Resolutions to profile; search with this model is restricted to them.")
-@click.option("--calibrate", type=click.IntRange(min=0), default=12, show_default=True,
-              help="Subnets compiled and timed end to end to fit the correction: the fastest and the slowest by "
-                   "the tables of a seeded random pool (a line is pinned by its ends).")
+@click.option("--calibrate", type=click.IntRange(min=0), default=None,
+              help="Subnets compiled and timed end to end to fit the correction (~20 s each on 2 cores): the "
+                   "fastest and the slowest by the tables of a seeded random pool (a line is pinned by its ends), "
+                   "from the 13th on random ones; from 24 on a scale per stage and an offset per resolution are "
+                   "fitted too where leave-one-out says they predict better. Default: 50 (a full profile), 12 "
+                   "with --adapt, the model's own number with --recalibrate.")
 @click.option("--recalibrate", is_flag=True,
-              help="Keep this device's tables, build and time the calibration subnets again now (~6 min for 12 on "
+              help="Keep this device's tables, build and time the calibration subnets again now (~20 s each on "
                    "2 cores) and refit the correction: for a machine whose speed moved since the profile (a board "
                    "with new cooling or clocks; a shared VM, as far as its speed holds).")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
@@ -64,14 +67,15 @@ from .options import SEED, parse_resolutions
                    "timed blocks show.")
 @click.pass_context
 def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulated: bool, resolutions: str,
-                    calibrate: int, recalibrate: bool, database: str | None, space: str | None, seed: int, passes: int,
-                    retries: int, turns: int, no_progress: bool, estimate_from: str | None, adapt: bool,
+                    calibrate: int | None, recalibrate: bool, database: str | None, space: str | None, seed: int,
+                    passes: int, retries: int, turns: int, no_progress: bool, estimate_from: str | None, adapt: bool,
                     adapt_from: str | None, time_blocks: int) -> None:
     """Time every block variant of the space with the target's tuned code; fit and save the latency model.
 
     Builds and times the stem, the 90 block variants and the head per resolution (their edges in
     the layout the target computes in, NHWC on CPUs, so each compiles to the kernels it runs inside
-    a network), then compiles --calibrate subnets end to end and fits measured = a * sum_of_blocks + b. Writes
+    a network), then compiles --calibrate subnets end to end and fits measured = a * sum_of_blocks + b (with a
+    scale per stage and an offset per resolution from 24 subnets on, where they predict better). Writes
     tuning_logs/<target>/latency_model.json, which 'ofa-deploy search' then uses for this target
     (while the database and TVM are unchanged). Interrupted runs resume.
 
@@ -86,7 +90,7 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
     \b
     Example:
       ofa-deploy profile --target x86-host
-      ofa-deploy profile --target x86-host --resolutions 160,192,224 --calibrate 20
+      ofa-deploy profile --target x86-host --resolutions 192,224 --turns 60   # ~35 min on 2 cores
       ofa-deploy profile --target x86-host --adapt --resolutions 224     # minutes, from another CPU's tables
       ofa-deploy profile --target x86-host --adapt --time-blocks 20      # + the 20 heaviest blocks timed here
       ofa-deploy profile --target x86-host --resolutions 192,224 --recalibrate  # refit on subnets timed now
@@ -111,7 +115,7 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
             raise OfaDeployError(f"--adapt: no other device in tuning_logs/ has a latency model to adapt; run "
                                  f"'ofa-deploy profile --target {target}' (the full tables)")
         adapt_from = str(near[0])
-    if adapt_from is not None and calibrate < 3:
+    if adapt_from is not None and calibrate is not None and calibrate < 3:
         raise OfaDeployError(f"--calibrate {calibrate}: adapting fits a scale and an offset, give at least 3 subnets")
     report = profile_target(ProfileConfig(target=target, resolutions=res, calibrate=calibrate, database_dir=database,
                                           space=space or DEFAULT_SPACE, seed=seed,
@@ -125,7 +129,7 @@ def profile_command(ctx: click.Context, target: str, rpc: str | None, rpc_emulat
                f"{meta['tuned_funcs']}/{meta['total_funcs']} fused functions tuned")
     if cal.n:
         worst = max(report.calibration, key=lambda p: abs(p["residual_pct"]))
-        click.echo(f"calibration: measured = {cal.a:.4f} x table + {cal.b:.3f} ms on {cal.n} subnets; residual rms "
+        click.echo(f"calibration: {cal.describe()} on {cal.n} subnets; residual rms "
                    f"{cal.rms_pct:.1f} %, max {cal.max_pct:.1f} % ({worst['id']}: {worst['measured_ms']:.2f} ms "
                    f"measured, {worst['predicted_ms']:.2f} predicted)")
     else:

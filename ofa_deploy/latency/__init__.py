@@ -2,11 +2,12 @@
 
 One protocol (:mod:`.base`: ``predict(gene rows) -> ms``, labelled with its ``source`` and
 ``basis``) and its implementations: per-block tables of measured tuned code (:mod:`.measured`,
-built by :mod:`.profile`, ``ofa-deploy profile``), the analytic roofline (:mod:`.roofline`) with
-efficiencies learned on a measured target (:mod:`.learned`, ``profile --estimate-from``), and the
-VTA model (:mod:`.vta`). :func:`latency_model` (:mod:`.choose`) picks one for a target; all of
-them are table lookups over block variants (:mod:`.tables`). The builder (:mod:`.profile`) times
-through ``ofa_deploy.compile``; using a model needs no TVM. Search imports this package; it
+built by :mod:`.profile`, ``ofa-deploy profile``, corrected end to end by :mod:`.calibration`), the
+analytic roofline (:mod:`.roofline`) with efficiencies learned on a measured target
+(:mod:`.learned`, ``profile --estimate-from``), and the VTA model (:mod:`.vta`).
+:func:`latency_model` (:mod:`.choose`) picks one for a target; all of them are table lookups over
+block variants (:mod:`.tables`). The builder (:mod:`.profile`) times through ``ofa_deploy.compile``;
+using a model needs no TVM. Search imports this package; it
 imports neither search, deploy nor the CLI.
 """
 

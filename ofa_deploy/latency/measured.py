@@ -3,16 +3,17 @@
 ``tuning_logs/<target>/latency_model.json`` holds the measured latency of every workload of the
 space at the profiled resolutions (each block variant, stem and head, compiled with the target's
 MetaSchedule database and timed with TVM's time_evaluator; see :mod:`ofa_deploy.workloads`) and
-an affine correction ``measured = a * table_sum + b`` fitted on subnets compiled and timed end to
-end (the sum of isolated blocks misses VM overhead and cache effects between blocks).
+a correction fitted on subnets compiled and timed end to end (:mod:`.calibration`: the sum of
+isolated blocks misses VM overhead and cache effects between blocks): ``a * table_sum + b``, with
+per-stage scales and resolution offsets when enough subnets were timed.
 
 Timings taken on this machine with the speed probe are referred to one speed state of it
 (``speed_scaling``, :mod:`.speed_state`): predictions are latencies in that state, and
 :meth:`SpeedScaling.at` says what they become at another probe reading.
 
-Prediction is a table lookup (:func:`.tables.lookup`) then the affine map, so a batch of 10,000
-subnets takes a few milliseconds, and because ``a > 0`` the exact fastest subnet of the table
-(:func:`.tables.argmin_additive`) is the fastest of the model too. The numbers are a model's
+Prediction is a lookup in the corrected tables (:meth:`.Calibration.corrected`), so a batch of
+10,000 subnets takes a few milliseconds and the exact fastest subnet of those tables
+(:func:`.tables.argmin_additive`) is the fastest of the model. The numbers are a model's
 output, so ``source = "estimated"``; ``basis`` says what they are built on.
 
 The model is only valid for the compiled code it was measured on: it records the TVM version and
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from ofa_deploy.tuning_logs.database import current_database_hash, current_trans
 from ofa_deploy.tuning_logs.folders import target_dir
 from ofa_deploy.tuning_logs.layout import MODEL_FILE
 
+from .calibration import Calibration, fit_affine
 from .speed_state import SpeedScaling
 from .tables import argmin_additive, lookup
 
@@ -75,51 +76,8 @@ def tables_from_workloads(space: str | SearchSpace, resolutions: list[int] | tup
     return table, fixed
 
 
-def fit_affine(table_sum: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """``measured ~ a * table_sum + b``, least squares on *relative* residuals.
-
-    Weighting each point by ``1 / measured`` minimises the relative error, which is what the
-    accuracy goal (share within +-10 %) counts. One point (or equal sums) gives ``b = 0``; no
-    point gives the identity. ``a <= 0`` (nonsense: slower blocks, faster network) falls back
-    to the ratio fit.
-    """
-    x, y = np.asarray(table_sum, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    if len(x) == 0:
-        return 1.0, 0.0
-    rel = x / y
-    ratio = float(rel.sum() / (rel ** 2).sum())  # y = a x minimising sum(((a x - y) / y)^2)
-    if len(x) < 2 or np.ptp(x) <= 1e-9 * np.max(x):
-        return ratio, 0.0
-    w = 1.0 / y
-    design = np.column_stack([x * w, w])
-    (a, b), *_ = np.linalg.lstsq(design, y * w, rcond=None)
-    if a <= 0:
-        log.warning("latency calibration: affine fit has slope %.3g <= 0; using the ratio fit", a)
-        return ratio, 0.0
-    return float(a), float(b)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The affine correction and how well it fits its own points."""
-
-    a: float
-    b: float
-    n: int
-    rms_pct: float  # root mean square of the relative residuals, %
-    max_pct: float  # largest absolute relative residual, %
-
-    @staticmethod
-    def fit(table_sum: np.ndarray, measured: np.ndarray) -> "Calibration":
-        a, b = fit_affine(table_sum, measured)
-        y = np.asarray(measured, dtype=np.float64)
-        rel = (a * np.asarray(table_sum) + b - y) / y * 100 if len(y) else np.zeros(0)
-        return Calibration(a, b, len(y), float(np.sqrt(np.mean(rel ** 2))) if len(y) else math.nan,
-                           float(np.max(np.abs(rel))) if len(y) else math.nan)
-
-
 class MeasuredLatencyModel:
-    """Per-block tables of measured tuned code + affine end-to-end correction (``source="estimated"``).
+    """Per-block tables of measured tuned code + end-to-end correction (``source="estimated"``).
 
     ``resolutions`` are the profiled resolutions: the only ones this model (and search with it)
     allows, since code at any other resolution would be untuned and unmeasured.
@@ -132,6 +90,7 @@ class MeasuredLatencyModel:
                  target: str, resolutions: tuple[int, ...], basis: str, meta: dict[str, Any] | None = None) -> None:
         self.space = get_space(space)
         self.table, self.fixed, self.calibration = table, fixed, calibration
+        self._corrected = calibration.corrected(table, fixed, self.space)  # what predict and fastest sum up
         self.target, self.resolutions, self.basis = target, tuple(resolutions), basis
         self.foreign_device: str | None = None  # set when it stands in for a device without a model
         self.meta = meta or {}
@@ -158,13 +117,11 @@ class MeasuredLatencyModel:
 
     def predict(self, genes: np.ndarray) -> np.ndarray:
         """(N, n_genes) gene rows -> (N,) predicted end-to-end latency (ms); inf outside ``resolutions``."""
-        c = self.calibration
-        return c.a * self.table_sum(genes) + c.b
+        return lookup(genes, *self._corrected, self.space)
 
     def fastest(self) -> tuple[float, np.ndarray]:
-        """(ms, gene row) of the fastest subnet at the profiled resolutions: exact (``a > 0``)."""
-        val, row = argmin_additive(self.table, self.fixed, self.space)
-        return self.calibration.a * val + self.calibration.b, row
+        """(ms, gene row) of the fastest subnet at the profiled resolutions: exact (predictions are sums per block)."""
+        return argmin_additive(*self._corrected, self.space)
 
     # -- file -------------------------------------------------------------------------------------
     @classmethod
@@ -176,10 +133,7 @@ class MeasuredLatencyModel:
         res = tuple(int(r) for r in data["resolutions"])
         ms = {k: float(v["median_ms"]) for k, v in data["workloads"].items()}
         table, fixed = tables_from_workloads(sp, res, ms)
-        c = data["calibration"]
-        nan_if_none = lambda v: math.nan if v is None else float(v)  # noqa: E731 - JSON null: no points
-        cal = Calibration(float(c["a"]), float(c["b"]), int(c["n"]), nan_if_none(c.get("rms_pct")),
-                          nan_if_none(c.get("max_pct")))
+        cal = Calibration.from_dict(data["calibration"])
         return cls(sp, table, fixed, cal, target=data["target"], resolutions=res, basis=describe_basis(data),
                    meta=data)
 
@@ -239,7 +193,8 @@ def describe_basis(data: dict[str, Any]) -> str:
         tuned = (f"ADAPTED: {source.get('folder')}'s {timed} tables (db {_short(was, 'none')}), {per_block}"
                  f"{anchors}calibrated on this device's code ({code})")
     c = data["calibration"]
-    fit = f"{c['n']} calibration subnets, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
+    terms = " with stage and resolution terms" if c.get("terms") else ""
+    fit = f"{c['n']} calibration subnets{terms}, rms {c['rms_pct']:.1f} %" if c.get("n") else "not calibrated"
     res = ",".join(str(r) for r in data["resolutions"])
     threads = f" ({data['tvm_threads']} threads)" if data.get("tvm_threads") else ""
     device = data.get("device")
@@ -373,7 +328,8 @@ def load_nearest_model(target_name: str, space: str | SearchSpace, n_classes: in
 
     turns = " --turns 60" if runs_here(get_target(target_name)) else ""  # timing in turns: this machine only
     fix = (f"make one: 'ofa-deploy profile --target {target_name} --adapt{turns}' (6-10 min: the nearest tables, "
-           f"calibrated here) or 'ofa-deploy profile --target {target_name}' (this device's own tables)")
+           f"calibrated here) or 'ofa-deploy profile --target {target_name}{turns}' (this device's own tables and "
+           "50 subnets timed end to end: ~35 min on 2 cores)")
     if near is None:
         _warn_once(target_dir(target_name) / MODEL_FILE, f"no latency model for this device ({me.describe()}) "
                    f"and none of another device to start from; {fix}", used=True)

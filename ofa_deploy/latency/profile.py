@@ -9,11 +9,12 @@ Steps (each resumable; see :func:`profile_target`):
    ``table[slot, k, e, r]`` and stem + head fill ``fixed[r]`` (:func:`.measured.tables_from_workloads`).
 2. Calibrate: compile ``calibrate`` subnets end to end (the same build as ``ofa-deploy compile``,
    with the database) and time them the same way: the fastest and the slowest by the tables of a
-   seeded random pool (:func:`calibration_subnets`). Refer every timing to
+   seeded random pool, then random ones (:func:`calibration_subnets`). Refer every timing to
    one speed state of the machine (:mod:`.speed_state`: the median of an entry's steady passes,
    each scaled by its probe reading, with the elasticity fitted on these subnets' passes; the
    fastest steady pass where nothing was probed), then fit ``measured = a * table_sum + b`` (the
-   sum of isolated blocks misses the VM's per-call work and cache effects between blocks).
+   sum of isolated blocks misses the VM's per-call work and cache effects between blocks), with a
+   scale per stage and an offset per resolution from 24 subnets on (:mod:`.calibration`).
 3. Save ``tuning_logs/<target>/latency_model.json`` (atomic) with the TVM version and database
    sha256 it is valid for; search loads it (:func:`.choose.latency_model`).
 
@@ -56,13 +57,17 @@ from ofa_deploy.tuning_logs.layout import MODEL_FILE, PARTIAL_FILE
 from .measured import (FORMAT_VERSION, Calibration, MeasuredLatencyModel, model_data_layout, save_model,
                        tables_from_workloads, timing_source)
 from .speed_state import SpeedScaling, kept_timing, lowest_reading, passes_of, probed
-from .tables import lookup
+from .tables import lookup, stage_sums
 
 log = logging.getLogger(__name__)
 
 SAMPLE_BATCH = 64  # sample_subnets draws candidates this many at a time, whatever n is
-CALIBRATION_POOL = 24  # calibration_subnets picks from at least this many seeded random subnets (2n when larger)
-CALIBRATION_DESIGN = f"ends of a pool of max({CALIBRATION_POOL}, 2n)"  # in the model file; absent: n random subnets
+CALIBRATION_POOL = 24  # calibration_subnets takes its first END_PICKS picks from the ends of this many seeded subnets
+END_PICKS = 12  # ... and the rest from the seeded stream after them, at random
+ADAPT_CALIBRATION = 12  # --adapt's default: ~6 min on 2 cores, inside #16's 15 minutes (100 % within +-10 % on SPR)
+FULL_CALIBRATION = 50  # a full profile's default: enough for the stage terms (tau 0.92 -> 0.95 on SPR; +~16 min)
+# In the model file. Earlier: "ends of a pool of max(24, 2n)" (the same picks up to 12), absent: n random subnets.
+CALIBRATION_DESIGN = f"ends of a pool of {CALIBRATION_POOL} (up to {END_PICKS}), then the pool's stream"
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class ProfileConfig:
 
     target: str  # registry name or TVM target string; must run on this machine
     resolutions: tuple[int, ...] = (224,)  # profiled resolutions: search is restricted to them
-    calibrate: int = 12  # subnets compiled and timed end to end for the affine correction (calibration_subnets)
+    calibrate: int | None = None  # subnets timed end to end for the correction; None: the mode's (calibration_count)
     database_dir: str | None = None  # default: tuning_logs/<target>/ when it holds a database (else untuned)
     space: str = DEFAULT_SPACE
     n_classes: int | None = None  # classifier width; None: the space's (1000)
@@ -86,13 +91,13 @@ class ProfileConfig:
     recalibrate: bool = False  # keep the finished model's tables, time its calibration subnets again now
 
     def __post_init__(self) -> None:
-        if self.calibrate < 0:
+        if self.calibrate is not None and self.calibrate < 0:
             raise OfaDeployError(f"--calibrate must be >= 0, got {self.calibrate}")
         if not self.resolutions:
             raise OfaDeployError("--resolutions: give at least one resolution, e.g. 224")
         if self.time_blocks < 0:
             raise OfaDeployError(f"--time-blocks must be >= 0, got {self.time_blocks}")
-        if self.recalibrate and self.calibrate < 2:
+        if self.recalibrate and self.calibrate is not None and self.calibrate < 2:
             raise OfaDeployError(f"--recalibrate refits the correction on the --calibrate subnets; got --calibrate "
                                  f"{self.calibrate}, allowed 2 or more")
         if self.time_blocks and self.adapt_from is None:
@@ -211,25 +216,32 @@ def sample_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int,
 
 def calibration_subnets(space: str, resolutions: tuple[int, ...], n: int, seed: int, table: np.ndarray,
                         fixed: np.ndarray) -> list[SubnetConfig]:
-    """``n`` subnets to calibrate on: the lowest and the highest table sums of a seeded random pool, in turns.
+    """``n`` subnets to calibrate on: the ends of a seeded random pool by table sum, then random ones of the pool.
 
-    Why not ``n`` random subnets: the correction ``a * table_sum + b`` is a line, and its slope is
-    pinned by how far apart its points lie. Random subnets crowd the middle of the range (a sum of
-    20 blocks), so with few of them the slope is mostly noise, and every prediction away from the
-    middle inherits it. Taking the ends of a pool of :data:`CALIBRATION_POOL` random subnets spreads
-    the points without leaving the subnets search meets. Measured on the accuracy rows of four
-    models (``bench/calibration_design.py``: calibrate on 24 of the rows, score the rest): the ends
-    beat as many random subnets at every size from 3 to 12, most at few-shot sizes (4 subnets: +2 to
-    +12 points within +-10 %, a fifth to two fifths of the slope's scatter). Low, high, low, ... in that
-    order: the first ``m`` of ``n`` picks are the picks for ``m`` while both fit one pool (``n`` up to 12).
+    Why the ends first: the correction's line ``a * table_sum + b`` is pinned by how far apart its
+    points lie. Random subnets crowd the middle of the range (a sum of 20 blocks), so with few of
+    them the slope is mostly noise, and every prediction away from the middle inherits it. Taking
+    the lowest and highest sums of a pool of :data:`CALIBRATION_POOL` random subnets spreads the
+    points without leaving the subnets search meets. Measured on the accuracy rows of four models
+    (``bench/calibration_design.py``: calibrate on 24 of the rows, score the rest): the ends beat as
+    many random subnets at every size from 3 to 12, most at few-shot sizes (4 subnets: +2 to +12
+    points within +-10 %, a fifth to two fifths of the slope's scatter).
+
+    Why random ones after the first :data:`END_PICKS`: more subnets fit the stage and resolution
+    terms (:mod:`.calibration`), which are about how blocks add up *inside* a resolution and a
+    size; the ends alone would be the smallest subnets at the lowest resolution and the largest at
+    the highest. The random ones are the pool's next subnets, drawn from the same seeded stream.
+
+    Low, high, low, ... then the pool in order: the first ``m`` of ``n`` picks are the picks for ``m``.
     """
     from ofa_deploy.search_space.genes import configs_to_genes
 
     if n == 0:
         return []
-    pool = sample_subnets(space, resolutions, max(CALIBRATION_POOL, 2 * n), seed, table)
-    sums = lookup(configs_to_genes(pool, get_space(space)), table, fixed, get_space(space))
-    return [pool[i] for i in ends_in_turns(sums, n)]
+    pool = sample_subnets(space, resolutions, CALIBRATION_POOL + max(0, n - END_PICKS), seed, table)
+    ends = pool[:CALIBRATION_POOL]
+    sums = lookup(configs_to_genes(ends, get_space(space)), table, fixed, get_space(space))
+    return [ends[i] for i in ends_in_turns(sums, min(n, END_PICKS))] + pool[CALIBRATION_POOL:][:max(0, n - END_PICKS)]
 
 
 def ends_in_turns(sums: Any, n: int) -> list[int]:
@@ -270,11 +282,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _finite(x: float) -> float | None:
-    """JSON has no NaN: an undefined figure (no calibration point) is stored as null."""
-    return float(x) if np.isfinite(x) else None
-
-
 def _add_pass(entry: dict[str, Any], pass_index: int, m: Any) -> dict[str, Any]:
     """``entry`` (a workload record or calibration point) with pass ``pass_index`` added and its timing updated.
 
@@ -305,6 +312,7 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
     the calibration (``cfg.calibrate`` subnets, timed here) is fitted on them, a few-shot transfer
     that makes a usable model in minutes (see :func:`_adopt_tables`, :mod:`.anchor`).
     """
+    cfg = dataclasses.replace(cfg, calibrate=calibration_count(cfg))
     run = _start(cfg)
     if cfg.adapt_from is not None:
         earlier = run.workloads  # this device's own timings from an earlier run: --time-blocks reuses them
@@ -323,6 +331,25 @@ def profile_target(cfg: ProfileConfig, *, progress: bool | None = True) -> Profi
     if source is not None:
         source["anchored"] = run.anchoring
     return _save(run, cfg, used, cal, scaling, timed, reused, adapted_from=source)
+
+
+def calibration_count(cfg: ProfileConfig) -> int:
+    """``cfg.calibrate``, or when not given: :data:`ADAPT_CALIBRATION` with ``--adapt`` (minutes, a line), the
+    model's own count with ``--recalibrate`` (its subnets timed again), else :data:`FULL_CALIBRATION` (a full
+    profile: enough subnets for the stage terms of :mod:`.calibration`)."""
+    if cfg.calibrate is not None:
+        return cfg.calibrate
+    if cfg.adapt_from is not None:
+        return ADAPT_CALIBRATION
+    if cfg.recalibrate:
+        from ofa_deploy.targets import get_target
+
+        path = (Path(cfg.out_dir) if cfg.out_dir else target_dir(get_target(cfg.target).name)) / MODEL_FILE
+        try:
+            return int(json.loads(path.read_text())["calibration"]["n"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no model to recalibrate: _timed_since_model says so
+    return FULL_CALIBRATION
 
 
 def _time_anchor_blocks(run: _Run, cfg: ProfileConfig, earlier: dict[str, dict[str, Any]],
@@ -630,7 +657,7 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
     residual), the fitted correction and the speed state the timings were referred to
     (:func:`_refer_timings`); adopted tables are then anchored by the blocks timed here.
     """
-    from ofa_deploy.search_space.genes import configs_to_genes
+    from ofa_deploy.search_space.genes import configs_to_genes, layout
 
     sp, passes = run.space, run.settings.passes
     table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: _ranking_ms(v) for k, v in run.workloads.items()})
@@ -654,14 +681,14 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
     if run.adopted_ms is not None:
         _anchor_untimed(run)
     table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: v["median_ms"] for k, v in run.workloads.items()})
-    sums = lookup(configs_to_genes(calib, sp), table, fixed, sp) if calib else []
+    genes = configs_to_genes(calib, sp) if calib else np.zeros((0, layout(sp).n_genes), dtype=np.int64)
+    sums = lookup(genes, table, fixed, sp)
     for point, table_ms in zip(used, sums):
         point["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
-    x = np.array([p["table_ms"] for p in used])
     y = np.array([p["measured_ms"] for p in used])
-    cal = Calibration.fit(x, y)
-    for p in used:
-        p["predicted_ms"] = cal.a * p["table_ms"] + cal.b
+    cal = Calibration.fit(sums, y, stage_sums(genes, table, sp), np.array([c.image_size for c in calib]))
+    for p, predicted in zip(used, lookup(genes, *cal.corrected(table, fixed, sp), sp)):
+        p["predicted_ms"] = float(predicted)
         p["residual_pct"] = (p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"] * 100
     return used, cal, scaling
 
@@ -724,9 +751,7 @@ def _save(run: _Run, cfg: ProfileConfig, used: list[dict[str, Any]], cal: Calibr
         "profile_settings": dataclasses.asdict(run.settings),
         "tuned_funcs": tuned, "total_funcs": total,
         "workloads": done,
-        "calibration": {"a": cal.a, "b": cal.b, "n": cal.n, "rms_pct": _finite(cal.rms_pct),
-                        "max_pct": _finite(cal.max_pct), "seed": cfg.seed, "design": CALIBRATION_DESIGN,
-                        "points": used},
+        "calibration": {**cal.to_dict(), "seed": cfg.seed, "design": CALIBRATION_DESIGN, "points": used},
         "adapted_from": adapted_from,
         "speed_scaling": scaling.to_dict() if scaling is not None else None,
     }

@@ -122,8 +122,23 @@ def lookup(genes: np.ndarray, table: np.ndarray, fixed: np.ndarray, space: str |
     return fixed[r] + vals.sum(axis=1)
 
 
+def stage_sums(genes: np.ndarray, table: np.ndarray, space: str | SearchSpace) -> np.ndarray:
+    """(N, n_stages): each row's sum of ``table`` over the active slots of each stage (no fixed part).
+
+    :func:`lookup` is ``fixed[r]`` plus these summed over the stages; a latency model with a term per
+    stage (``measured.Calibration``) is fitted on them.
+    """
+    sp = get_space(space)
+    lay = layout(sp)
+    g = np.asarray(genes, dtype=np.int64)
+    nb, nk, ne, nr = table.shape
+    flat = ((np.arange(nb)[None, :] * nk + g[:, lay.ks]) * ne + g[:, lay.e]) * nr + g[:, lay.r][:, None]
+    vals = np.where(lay.active(g), table.reshape(-1)[flat], 0)
+    return vals.reshape(len(g), sp.n_stages, sp.max_depth).sum(axis=2)
+
+
 def argmin_additive(table: np.ndarray, fixed: np.ndarray, space: str | SearchSpace) -> tuple[float, np.ndarray]:
-    """Exact minimum of an additive non-negative metric over the whole space, and a gene row reaching it.
+    """Exact minimum of an additive metric over the whole space, and a gene row reaching it.
 
     Per resolution, each stage independently picks the depth minimising the sum of its active
     slots' cheapest variants; this is exact because the metric is a sum of per-slot terms.
