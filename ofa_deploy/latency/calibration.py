@@ -92,8 +92,8 @@ class Calibration:
         a, b = fit_affine(x, y)
         line = Calibration(a, b, len(y), *_residuals(a * x + b, y))
         if len(y) >= 3:
-            line = _with(line, affine_loo_rms_pct=_loo_affine(x, y))
-            line = _with(line, loo_rms_pct=line.affine_loo_rms_pct)
+            loo = _loo_affine(x, y)
+            line = replace(line, affine_loo_rms_pct=loo, loo_rms_pct=loo)
         if stage_sums is None or resolutions is None or len(y) < TERMS_MIN_POINTS:
             return line
         return _fit_terms(line, x, y, np.asarray(stage_sums, dtype=np.float64), np.asarray(resolutions))
@@ -156,10 +156,6 @@ class Calibration:
             resolution_ms=tuple(sorted((int(r), float(o)) for r, o in terms["resolution_ms"].items())) if terms else (),
             ridge=float(terms["ridge"]) if terms else None, loo_rms_pct=nan(c.get("loo_rms_pct")),
             affine_loo_rms_pct=nan(terms.get("affine_loo_rms_pct")) if terms else nan(c.get("loo_rms_pct")))
-
-
-def _with(cal: Calibration, **changes: Any) -> Calibration:
-    return replace(cal, **changes)
 
 
 def _finite(x: float) -> float | None:
@@ -237,7 +233,7 @@ def _fit_terms(line: Calibration, x: np.ndarray, y: np.ndarray, stage_sums: np.n
     cal = Calibration(a, b, len(y), math.nan, math.nan, stage_scale=scales, resolution_ms=offsets, ridge=ridge,
                       loo_rms_pct=best_loo, affine_loo_rms_pct=line.affine_loo_rms_pct)
     rms, worst = _residuals(cal.predict_sums(x, stage_sums, resolutions), y)
-    return _with(cal, rms_pct=rms, max_pct=worst)
+    return replace(cal, rms_pct=rms, max_pct=worst)
 
 
 __all__ = ["Calibration", "RIDGE_CHOICES", "TERMS_GAIN", "TERMS_MIN_POINTS", "fit_affine"]
