@@ -43,6 +43,7 @@ from ofa_deploy.atomic import atomic_path
 from ofa_deploy.errors import OfaDeployError
 from ofa_deploy.latency.measured import Calibration, MeasuredLatencyModel
 from ofa_deploy.latency.speed_state import kept_timing
+from ofa_deploy.latency.tables import stage_sums
 from ofa_deploy.search_space import SubnetConfig
 from ofa_deploy.search_space.genes import configs_to_genes
 from ofa_deploy.targets import get_target
@@ -77,8 +78,6 @@ def refit_curve(model: MeasuredLatencyModel, rows: list[dict[str, str]], sizes: 
 
 def sums(model: MeasuredLatencyModel, cfgs: list[SubnetConfig]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(table sums, stage sums, resolutions) of ``cfgs`` under the model's tables: what a calibration fits on."""
-    from ofa_deploy.latency.tables import stage_sums
-
     genes = configs_to_genes(cfgs, model.space)
     return model.table_sum(genes), stage_sums(genes, model.table, model.space), np.array([c.image_size for c in cfgs])
 

@@ -279,11 +279,13 @@ def _check_prediction(cfg: SubnetConfig, spec: Any, n_classes: int, latency: dic
     if source == "measured" and abs(error) > PREDICTION_WARN:
         board = f" --rpc HOST:PORT:{measured_on['rpc_key']}" if measured_on and measured_on.get("rpc_key") else ""
         # Slower than predicted breaks a budget; faster only means search may have passed over better subnets.
-        what = ("search's budget may not hold on this device" if error < 0 else
-                "the model over-estimates here: the budget holds, but search may have passed over faster subnets")
         if searched_ms is not None:
             what = (f"search measured this subnet here ({searched_ms:.2f} ms) and answered on that, not on the "
                     "model; the model is what the next search starts from")
+        elif error < 0:
+            what = "search's budget may not hold on this device"
+        else:
+            what = "the model over-estimates here: the budget holds, but search may have passed over faster subnets"
         log.warning("measured %.2f ms, the latency model predicted %.2f ms (%+.0f %%): %s; %s; fix: "
                     "'ofa-deploy profile --target %s%s' (or '--adapt' for a quick one)",
                     measured, predicted, 100 * error, basis, what, spec.name, board)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -173,11 +173,19 @@ def _residuals(predicted: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _loo_affine(x: np.ndarray, y: np.ndarray) -> float:
     """Leave-one-out rms (%) of the affine line."""
+    def left_out(keep: np.ndarray, i: int) -> float:
+        a, b = fit_affine(x[keep], y[keep])
+        return a * x[i] + b
+
+    return _loo_rms(y, left_out)
+
+
+def _loo_rms(y: np.ndarray, left_out: Callable[[np.ndarray, int], float]) -> float:
+    """Leave-one-out rms (%) of relative errors: ``left_out(keep, i)`` predicts point i from a fit on ``keep``."""
     errs = []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        a, b = fit_affine(x[keep], y[keep])
-        errs.append((a * x[i] + b - y[i]) / y[i])
+        errs.append((left_out(keep, i) - y[i]) / y[i])
     return float(np.sqrt(np.mean(np.square(errs))) * 100)
 
 
@@ -204,27 +212,26 @@ def _fit_terms(line: Calibration, x: np.ndarray, y: np.ndarray, stage_sums: np.n
     mu, sd = raw.mean(axis=0), raw.std(axis=0)
     sd = np.where(sd > 1e-12, sd, np.inf)  # a column that never varies gets no term
     z = (raw - mu) / sd
+    n_st = stage_sums.shape[1]
     best, best_loo = None, line.affine_loo_rms_pct
     for ridge in RIDGE_CHOICES:
-        errs = []
-        for i in range(len(y)):
-            keep = np.arange(len(y)) != i
-            coef = _solve(x[keep], y[keep], z[keep], ridge)
-            errs.append((coef[0] * x[i] + coef[1] + z[i] @ coef[2:] - y[i]) / y[i])
-        loo = float(np.sqrt(np.mean(np.square(errs))) * 100)
+        def left_out(keep: np.ndarray, i: int) -> float:
+            coef = _solve(x[keep], y[keep], z[keep], ridge)  # noqa: B023 - called within this iteration
+            return coef[0] * x[i] + coef[1] + z[i] @ coef[2:]
+
+        loo = _loo_rms(y, left_out)
+        if not (loo < best_loo - 1e-9 and loo <= TERMS_GAIN * line.affine_loo_rms_pct):
+            continue
         coef = _solve(x, y, z, ridge)
-        n_st = stage_sums.shape[1]
         slopes = coef[0] + coef[2:2 + n_st] / sd[:n_st]  # each stage's ms per table ms
         if coef[0] <= 0 or np.any(slopes <= 0):
             continue  # a stage whose bigger blocks would make the network faster: not a latency model
-        if loo < best_loo - 1e-9 and loo <= TERMS_GAIN * line.affine_loo_rms_pct:
-            best, best_loo = (ridge, coef), loo
+        best, best_loo = (ridge, coef), loo
     if best is None:
         log.info("calibration: stage/resolution terms do not predict left-out subnets %.0f %% better than the line "
                  "(leave-one-out rms %.2f %%); keeping the line", 100 * (1 - TERMS_GAIN), line.affine_loo_rms_pct)
         return line
     ridge, coef = best
-    n_st = stage_sums.shape[1]
     a = float(coef[0])
     raw_coef = coef[2:] / sd
     b = float(coef[1] - raw_coef @ mu)

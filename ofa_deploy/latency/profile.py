@@ -657,7 +657,7 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
     residual), the fitted correction and the speed state the timings were referred to
     (:func:`_refer_timings`); adopted tables are then anchored by the blocks timed here.
     """
-    from ofa_deploy.search_space.genes import configs_to_genes, layout
+    from ofa_deploy.search_space.genes import configs_to_genes
 
     sp, passes = run.space, run.settings.passes
     table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: _ranking_ms(v) for k, v in run.workloads.items()})
@@ -681,7 +681,7 @@ def _calibrate(run: _Run, cfg: ProfileConfig,
     if run.adopted_ms is not None:
         _anchor_untimed(run)
     table, fixed = tables_from_workloads(sp, cfg.resolutions, {k: v["median_ms"] for k, v in run.workloads.items()})
-    genes = configs_to_genes(calib, sp) if calib else np.zeros((0, layout(sp).n_genes), dtype=np.int64)
+    genes = configs_to_genes(calib, sp)
     sums = lookup(genes, table, fixed, sp)
     for point, table_ms in zip(used, sums):
         point["table_ms"] = float(table_ms)  # a reused point meets the tables timed now
